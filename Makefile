@@ -1,0 +1,36 @@
+# `make test` and `make demo` work on a fresh clone: they create .venv and install the package
+# with its dev extras under constraints.txt (which pins the CPU build of torch on this disk).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# xdist workers: both cores of the CI machine.
+WORKERS ?= 2
+
+.PHONY: setup test test-slow demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) -m slow tests
+
+demo: $(STAMP)
+	$(PY) examples/adding_problem.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_kernels.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,69 @@
+"""Argument checks shared by the public boundaries (functional kernels, cells, layers).
+
+Each check raises an rnnkit error that names the argument, what was expected and what came, so a
+user never meets a shape error from inside a matrix product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+
+
+def shape_str(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+    """`value` must be a tensor (of `ndim` dimensions, if given)."""
+    if not isinstance(value, torch.Tensor):
+        raise RnnkitTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if value.dim() not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise RnnkitValueError(
+                f"{name} must be {want}, got {value.dim()}-D with shape {shape_str(value)}"
+            )
+    return value
+
+
+def check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...], meaning: str = ""):
+    """`value` must have exactly the shape `expected`; `meaning` spells the dimensions out."""
+    if tuple(value.shape) != tuple(expected):
+        want = "(" + ", ".join(str(s) for s in expected) + ")"
+        why = f" {meaning}" if meaning else ""
+        raise RnnkitValueError(
+            f"{name} must have shape {want}{why}, got {shape_str(value)}"
+        )
+
+
+def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """`value` must share `ref`'s floating dtype and device."""
+    if not value.is_floating_point():
+        raise RnnkitValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if value.dtype != ref.dtype:
+        raise RnnkitValueError(
+            f"{name} has dtype {value.dtype} but {ref_name} has dtype {ref.dtype}; "
+            "they must match"
+        )
+    if value.device != ref.device:
+        raise RnnkitValueError(
+            f"{name} is on device {value.device} but {ref_name} is on {ref.device}; "
+            "they must be on the same device"
+        )
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RnnkitTypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise RnnkitValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise RnnkitValueError(f"{name} must be one of {options}, got {value!r}")

@@ -1,0 +1,135 @@
+"""Elman RNN: the simple recurrent network (Elman 1990).
+
+    h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),   phi = tanh or relu
+
+Shapes: x_t (B, I), h_t (B, H), W_ih (H, I), W_hh (H, H), b_ih and b_hh (H,). One gate (G = 1).
+
+BPTT (the fused backward): with z_t the pre-activation and dL/dh_t = g_t + W_hh^T dz_{t+1}
+(g_t the gradient arriving from y_t, plus dL/dh_T at the last step),
+    dz_t = dL/dh_t * phi'(z_t),   phi'(z) = 1 - h_t^2 (tanh), [h_t > 0] (relu)
+then after the loop, as single GEMMs over all steps:
+    dW_ih = sum_t dz_t^T x_t,  dW_hh = sum_t dz_t^T h_{t-1},  db = sum_t dz_t,  dx_t = dz_t W_ih.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit._checks import check_choice
+from rnnkit.cells._common import (
+    add_biases,
+    add_final_grad,
+    bias_grad,
+    check_kernel_args,
+    forbid_double_backward,
+    input_grads,
+    input_projection,
+    last_valid,
+    linear,
+    run_loop,
+    stack_prev,
+    weight_grad,
+)
+from rnnkit.cells._module import CellBase
+
+NONLINEARITIES = ("tanh", "relu")
+_ACT = {"tanh": torch.tanh, "relu": torch.relu}
+_ACT_ = {"tanh": torch.tanh_, "relu": torch.relu_}
+
+
+def elman_step(x_t, state, w_ih, w_hh, b_ih, b_hh, nonlinearity: str = "tanh"):
+    """One step of the equations above: (x_t (B, I), (h,)) -> (h',)."""
+    (h,) = state
+    return (_ACT[nonlinearity](linear(x_t, w_ih, b_ih) + linear(h, w_hh, b_hh)),)
+
+
+class ElmanFused(torch.autograd.Function):
+    """Whole-sequence Elman RNN with the hand-derived BPTT backward of the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes):
+        T, B, _ = x.shape
+        act_ = _ACT_[nonlinearity]
+        w_hh_t = w_hh.t().contiguous()  # (H, H), pre-transposed: contiguous GEMM operand per step
+        xw = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, H)
+        y = torch.zeros_like(xw) if batch_sizes else torch.empty_like(xw)  # (T, B, H)
+        h = h0
+        for t, (xw_t, y_t) in enumerate(zip(xw.unbind(0), y.unbind(0))):
+            if batch_sizes:
+                n = batch_sizes[t]
+                xw_t, y_t, h = xw_t[:n], y_t[:n], h[:n]
+            torch.addmm(xw_t, h, w_hh_t, out=y_t)
+            h = act_(y_t)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, y)
+        ctx.nonlinearity, ctx.batch_sizes = nonlinearity, batch_sizes
+        return y, last_valid(y, batch_sizes)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn):
+        forbid_double_backward("rnn")
+        x, h0, w_ih, w_hh, y = ctx.saved_tensors
+        bs = ctx.batch_sizes
+        T, B, H = y.shape
+        g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): dL/dy_t, plus dL/dh_T at the end
+        # phi'(z_t) for all steps at once, outside the sequential loop.
+        deriv = 1 - y * y if ctx.nonlinearity == "tanh" else (y > 0).to(y.dtype)  # (T, B, H)
+        dz = torch.zeros_like(y) if bs else torch.empty_like(y)  # (T, B, H)
+        gs, ds, dzs = g.unbind(0), deriv.unbind(0), dz.unbind(0)
+        for t in range(T - 1, -1, -1):
+            n = bs[t] if bs else B
+            if t == T - 1:
+                dh = gs[t][:n]
+            else:  # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of finished sequences in dz are zero)
+                dh = torch.addmm(gs[t][:n], dzs[t + 1][:n], w_hh)
+            torch.mul(dh, ds[t][:n], out=dzs[t][:n])
+        dx, dw_ih = input_grads(ctx, dz, x, w_ih, 0, 2)
+        dh0 = torch.mm(dz[0], w_hh) if ctx.needs_input_grad[1] else None
+        dw_hh = weight_grad(dz, stack_prev(h0, y)) if ctx.needs_input_grad[3] else None
+        db = dz.sum((0, 1)) if any(ctx.needs_input_grad[4:6]) else None
+        return dx, dh0, dw_ih, dw_hh, db, db, None, None
+
+
+def _elman(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, impl):
+    if h0 is None and isinstance(x, torch.Tensor) and x.dim() == 3:
+        h0 = x.new_zeros(x.shape[1], w_hh.shape[1] if isinstance(w_hh, torch.Tensor) else 0)
+    bs = check_kernel_args(
+        x=x, states={"h0": h0}, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, gates=1,
+        batch_sizes=batch_sizes, impl=impl,
+    )
+    if impl == "loop":
+        y, (h_n,) = run_loop(
+            lambda x_t, s: elman_step(x_t, s, w_ih, w_hh, b_ih, b_hh, nonlinearity), x, (h0,), bs
+        )
+        return y, h_n
+    return ElmanFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, bs)
+
+
+def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fused"):
+    """Elman RNN with tanh over a whole sequence: x (T, B, I), h0 (B, H) or None -> (y (T, B, H),
+    h_n (B, H)). `batch_sizes` as in PackedSequence (sequences sorted by decreasing length);
+    `impl="fused"` runs the hand-derived BPTT, `"loop"` the step equations under autograd."""
+    return _elman(x, h0, w_ih, w_hh, b_ih, b_hh, "tanh", batch_sizes, impl)
+
+
+def rnn_relu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fused"):
+    """Elman RNN with relu; otherwise as `rnn_tanh`."""
+    return _elman(x, h0, w_ih, w_hh, b_ih, b_hh, "relu", batch_sizes, impl)
+
+
+class RNNCell(CellBase):
+    """One Elman step, drop-in for `torch.nn.RNNCell` (same arguments, parameters and shapes).
+
+    forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h' of hx's shape.
+    """
+
+    gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        x, (h,), unbatched = self._batched(input, {"hx": hx})
+        (h,) = elman_step(x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+        return h.squeeze(0) if unbatched else h
