@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from rnnkit._checks import check_choice, check_like, check_shape, check_tensor, shape_str
+from rnnkit.cells._gemm import linear as gemm_linear
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError
 
 IMPLS = ("fused", "loop")
@@ -146,9 +147,24 @@ def add_biases(b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> torch.Te
 def input_projection(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None):
     """W_ih x_t + bias for all T steps as one GEMM: (T, B, I) -> (T, B, G*H)."""
     T, B, I = x.shape
-    x2 = x.reshape(T * B, I)
-    out = torch.mm(x2, w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
-    return out.view(T, B, -1)
+    return gemm_linear(x.reshape(T * B, I), w_ih, bias).view(T, B, -1)
+
+
+def active_rows(batch_sizes: list[int] | None, *seqs: torch.Tensor) -> list[list[torch.Tensor]]:
+    """For each (T, B, *) tensor, its per-step views restricted to the rows active at that step,
+    made once before a loop so the loop itself does no slicing."""
+    if batch_sizes is None:
+        return [list(s.unbind(0)) for s in seqs]
+    return [[v[:n] for v, n in zip(s.unbind(0), batch_sizes)] for s in seqs]
+
+
+def next_rows(batch_sizes: list[int] | None, seq: torch.Tensor) -> list[torch.Tensor]:
+    """seq[t + 1] restricted to the rows active at step t, for t < T - 1 (the backward loop reads
+    step t+1's gradient for the sequences still running at t; rows past step t+1's count are 0)."""
+    views = seq.unbind(0)[1:]
+    if batch_sizes is None:
+        return list(views)
+    return [v[:n] for v, n in zip(views, batch_sizes)]
 
 
 def lengths_of(batch_sizes: list[int], B: int, device) -> torch.Tensor:
@@ -191,7 +207,7 @@ def input_grads(ctx, d_pre_x: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor,
     T, B, I = x.shape
     dx = dw_ih = None
     if ctx.needs_input_grad[x_idx]:
-        dx = torch.mm(d_pre_x.reshape(T * B, -1), w_ih).view(T, B, I)
+        dx = gemm_linear(d_pre_x.reshape(T * B, -1), w_ih.t()).view(T, B, I)
     if ctx.needs_input_grad[w_idx]:
         dw_ih = weight_grad(d_pre_x, x)
     return dx, dw_ih
@@ -218,4 +234,13 @@ def forbid_double_backward(kernel: str) -> None:
 def stack_prev(first: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The state entering each step: [first, y_0, ..., y_{T-2}] as (T, B, P)."""
     return torch.cat([first.unsqueeze(0), y[:-1]])
+
+
+def recurrent_weight_grad(d_pre: torch.Tensor, first: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_t d_pre[t]^T h_{t-1} with h_{-1} = first and h_t = y[t], without building the shifted
+    copy of y: (T, B, G*H), (B, P), (T, B, P) -> (G*H, P)."""
+    grad = torch.mm(d_pre[0].t(), first)
+    if d_pre.shape[0] > 1:
+        grad += weight_grad(d_pre[1:], y[:-1])
+    return grad
 

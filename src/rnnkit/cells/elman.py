@@ -18,6 +18,7 @@ import torch
 from rnnkit._checks import check_choice
 from rnnkit.cells._common import (
     add_biases,
+    active_rows,
     add_final_grad,
     bias_grad,
     check_kernel_args,
@@ -26,10 +27,11 @@ from rnnkit.cells._common import (
     input_projection,
     last_valid,
     linear,
+    next_rows,
+    recurrent_weight_grad,
     run_loop,
-    stack_prev,
-    weight_grad,
 )
+from rnnkit.cells._gemm import Product
 from rnnkit.cells._module import CellBase
 
 NONLINEARITIES = ("tanh", "relu")
@@ -50,15 +52,14 @@ class ElmanFused(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes):
         T, B, _ = x.shape
         act_ = _ACT_[nonlinearity]
-        w_hh_t = w_hh.t().contiguous()  # (H, H), pre-transposed: contiguous GEMM operand per step
+        recurrent = Product(w_hh, B)  # h -> h W_hh^T, on the faster GEMM backend for this size
         xw = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, H)
         y = torch.zeros_like(xw) if batch_sizes else torch.empty_like(xw)  # (T, B, H)
         h = h0
-        for t, (xw_t, y_t) in enumerate(zip(xw.unbind(0), y.unbind(0))):
-            if batch_sizes:
-                n = batch_sizes[t]
-                xw_t, y_t, h = xw_t[:n], y_t[:n], h[:n]
-            torch.addmm(xw_t, h, w_hh_t, out=y_t)
+        for xw_t, y_t in zip(*active_rows(batch_sizes, xw, y)):
+            if batch_sizes:  # the sequences still running are the first rows
+                h = h[: y_t.shape[0]]
+            recurrent(h, add=xw_t, out=y_t)
             h = act_(y_t)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y)
         ctx.nonlinearity, ctx.batch_sizes = nonlinearity, batch_sizes
@@ -74,17 +75,16 @@ class ElmanFused(torch.autograd.Function):
         # phi'(z_t) for all steps at once, outside the sequential loop.
         deriv = 1 - y * y if ctx.nonlinearity == "tanh" else (y > 0).to(y.dtype)  # (T, B, H)
         dz = torch.zeros_like(y) if bs else torch.empty_like(y)  # (T, B, H)
-        gs, ds, dzs = g.unbind(0), deriv.unbind(0), dz.unbind(0)
+        gs, ds, dzs = active_rows(bs, g, deriv, dz)  # per-step views of the active rows
+        dzs_next = next_rows(bs, dz)  # dz_{t+1} restricted to the rows active at t
+        back = Product(w_hh.t(), B)  # dz -> dz W_hh
         for t in range(T - 1, -1, -1):
-            n = bs[t] if bs else B
-            if t == T - 1:
-                dh = gs[t][:n]
-            else:  # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of finished sequences in dz are zero)
-                dh = torch.addmm(gs[t][:n], dzs[t + 1][:n], w_hh)
-            torch.mul(dh, ds[t][:n], out=dzs[t][:n])
+            # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of sequences that ended before t+1 are zero)
+            dh = gs[t] if t == T - 1 else back(dzs_next[t], add=gs[t])
+            torch.mul(dh, ds[t], out=dzs[t])
         dx, dw_ih = input_grads(ctx, dz, x, w_ih, 0, 2)
         dh0 = torch.mm(dz[0], w_hh) if ctx.needs_input_grad[1] else None
-        dw_hh = weight_grad(dz, stack_prev(h0, y)) if ctx.needs_input_grad[3] else None
+        dw_hh = recurrent_weight_grad(dz, h0, y) if ctx.needs_input_grad[3] else None
         db = dz.sum((0, 1)) if any(ctx.needs_input_grad[4:6]) else None
         return dx, dh0, dw_ih, dw_hh, db, db, None, None
 

@@ -1,0 +1,73 @@
+"""The matrix products of the fused kernels, on the fastest backend torch offers for them.
+
+Why: on CPU, torch.mm goes to MKL, which on some processors (AMD EPYC with AVX-512, measured
+here) runs at less than half the machine's GEMM throughput, while torch's oneDNN linear kernel
+(`torch.ops.mkldnn._linear_pointwise`, what torch.compile emits for CPU linears) reaches it. A
+step's recurrent product is the same product T times, so the choice is made once per kernel call.
+oneDNN has a fixed per-call cost, so small products (where per-op overhead dominates) stay on MKL,
+as do float64, non-CPU tensors and builds without oneDNN. Both give the same product up to
+floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Products smaller than this many multiply-adds go to torch.mm: below it oneDNN's fixed cost per
+# call outweighs its faster inner kernel (measured crossover on 2 cores: ~1.5M, e.g. 32x128x384).
+ONEDNN_MIN_MACS = 2_000_000
+
+
+def _onednn_linear():
+    """torch's oneDNN linear (x W^T) if this build has it and it computes correctly, else None."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        if not torch.backends.mkldnn.is_available():
+            return None
+        a, w = torch.randn(3, 5), torch.randn(4, 5)
+        if not torch.allclose(op(a, w, None, "none", [], ""), a @ w.t(), atol=1e-5):
+            return None
+        return op
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR = _onednn_linear()
+
+
+def use_onednn(rows: int, w: torch.Tensor) -> bool:
+    return (
+        _LINEAR is not None
+        and w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
+    )
+
+
+class Product:
+    """x -> x W^T (+ add), for many x of up to `rows` rows against one weight W (N, K).
+
+    Holds W in the layout its backend wants: as is for oneDNN, transposed and contiguous for MKL
+    (a product with a contiguous right operand is 2-4x faster there than with `W.t()`).
+    """
+
+    def __init__(self, w: torch.Tensor, rows: int):
+        self.onednn = use_onednn(rows, w)
+        self.w = w.contiguous() if self.onednn else w.t().contiguous()
+
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None, out: torch.Tensor | None = None):
+        if self.onednn:
+            y = _LINEAR(x, self.w, None, "none", [], "")
+            if add is None:
+                return y if out is None else out.copy_(y)
+            return torch.add(add, y, out=out) if out is not None else y.add_(add)
+        if add is None:
+            return torch.mm(x, self.w, out=out) if out is not None else torch.mm(x, self.w)
+        return torch.addmm(add, x, self.w, out=out) if out is not None else torch.addmm(add, x, self.w)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + bias for a single large product (the input projection of all steps, dx)."""
+    if use_onednn(x.shape[0], w) and x.is_contiguous():
+        return _LINEAR(x, w.contiguous(), bias, "none", [], "")
+    return torch.mm(x, w.t()) if bias is None else torch.addmm(bias, x, w.t())

@@ -1,0 +1,133 @@
+"""The forward boundary of the sequence layers: every input form torch accepts (batched,
+unbatched, batch_first, PackedSequence), plus padded input with `lengths`, brought to the one
+internal form the kernels use, and the outputs brought back.
+
+Internal form: x (T, B, I) time-major, sequences sorted by decreasing length when lengths differ,
+and `batch_sizes` (None when all have length T) as in PackedSequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from rnnkit._checks import check_like, shape_str
+from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor  # (T, B, I), sorted by decreasing length when batch_sizes is given
+    batch_sizes: list[int] | None  # None: every sequence has length T
+    lengths: torch.Tensor | None  # (B,) sorted lengths on x's device, when batch_sizes is given
+    sorted_indices: torch.Tensor | None  # position in the caller's batch of each sorted sequence
+    unsorted_indices: torch.Tensor | None  # its inverse
+    packed: bool
+    unbatched: bool
+    batch_first: bool
+
+    def sort(self, state: torch.Tensor) -> torch.Tensor:
+        """Caller's batch order -> internal order, on dim 1 of a (L*D, B, H) state."""
+        return state if self.sorted_indices is None else state.index_select(1, self.sorted_indices)
+
+    def unsort(self, state: torch.Tensor) -> torch.Tensor:
+        return state if self.unsorted_indices is None else state.index_select(1, self.unsorted_indices)
+
+    def output(self, y: torch.Tensor):
+        """Internal (T, B, F) output -> the form the input came in."""
+        if self.packed:
+            data = pack_padded_sequence(y, self.lengths.cpu(), enforce_sorted=True).data
+            bs = torch.tensor(self.batch_sizes or [y.shape[1]] * y.shape[0], dtype=torch.int64)
+            return PackedSequence(data, bs, self.sorted_indices, self.unsorted_indices)
+        y = y if self.sorted_indices is None else y.index_select(1, self.unsorted_indices)
+        if self.unbatched:
+            return y.squeeze(1)
+        return y.transpose(0, 1) if self.batch_first else y
+
+    def state_out(self, state: torch.Tensor) -> torch.Tensor:
+        state = self.unsort(state)
+        return state.squeeze(1) if self.unbatched else state
+
+
+def prepare_input(input, *, lengths, batch_first: bool, input_size: int, weight: torch.Tensor) -> Batch:
+    """Check the input (and lengths) and bring it to the internal form."""
+    if isinstance(input, PackedSequence):
+        if lengths is not None:
+            raise RnnkitValueError(
+                "lengths must be None when input is a PackedSequence (it carries its own lengths)"
+            )
+        _check_features(input.data, 2, input_size, weight, "input.data")
+        padded, lens = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes), batch_first=False)
+        bs = input.batch_sizes.tolist()
+        return Batch(
+            x=padded, batch_sizes=None if bs[-1] == bs[0] else bs, lengths=lens.to(padded.device),
+            sorted_indices=input.sorted_indices, unsorted_indices=input.unsorted_indices,
+            packed=True, unbatched=False, batch_first=False,
+        )
+    if not isinstance(input, torch.Tensor):
+        raise RnnkitTypeError(
+            f"input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}"
+        )
+    if input.dim() not in (2, 3):
+        raise RnnkitValueError(
+            f"input must be 2-D (seq_len, input_size) unbatched or 3-D batched, got {input.dim()}-D "
+            f"with shape {shape_str(input)}"
+        )
+    _check_features(input, input.dim(), input_size, weight, "input")
+    unbatched = input.dim() == 2
+    x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if batch_first else input)
+    T, B = x.shape[0], x.shape[1]
+    if T == 0:
+        raise RnnkitValueError(
+            f"input must hold at least one time step, got a sequence of length 0 (shape {shape_str(input)})"
+        )
+    common = dict(packed=False, unbatched=unbatched, batch_first=batch_first)
+    if lengths is None:
+        return Batch(x, None, None, None, None, **common)
+    lens = _check_lengths(lengths, T, B)
+    if bool((lens == T).all()):
+        return Batch(x, None, None, None, None, **common)
+    sorted_lens, order = torch.sort(lens, descending=True, stable=True)
+    bs = (sorted_lens[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # (T,) active per step
+    order = order.to(x.device)
+    return Batch(
+        x=x.index_select(1, order), batch_sizes=bs, lengths=sorted_lens.to(x.device),
+        sorted_indices=order, unsorted_indices=torch.argsort(order), **common,
+    )
+
+
+def _check_features(x: torch.Tensor, ndim: int, input_size: int, weight: torch.Tensor, name: str):
+    check_like(name, x, "the layer's parameters", weight)
+    if x.shape[-1] != input_size:
+        raise RnnkitValueError(
+            f"{name} must have {input_size} features (input_size) in its last dimension, "
+            f"got shape {shape_str(x)}"
+        )
+
+
+def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
+    """lengths: a 1-D integer tensor (any device) or a list of ints, B of them, each in 1..T."""
+    if isinstance(lengths, torch.Tensor):
+        if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+            raise RnnkitValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+        if lengths.dim() != 1:
+            raise RnnkitValueError(f"lengths must be 1-D, got {lengths.dim()}-D with shape {shape_str(lengths)}")
+        lens = lengths.detach().to("cpu", torch.int64)
+    elif isinstance(lengths, (list, tuple)):
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+            raise RnnkitTypeError(
+                f"lengths must be a list of ints or an integer tensor, got {[type(n).__name__ for n in lengths]}"
+            )
+        lens = torch.tensor(list(lengths), dtype=torch.int64)
+    else:
+        raise RnnkitTypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {type(lengths).__name__}")
+    if lens.numel() != B:
+        raise RnnkitValueError(f"lengths must have one entry per batch element ({B}), got {lens.numel()}")
+    if B and (int(lens.min()) < 1 or int(lens.max()) > T):
+        raise RnnkitValueError(
+            f"lengths must each be in 1..{T} (the padded sequence length), got min {int(lens.min())} "
+            f"and max {int(lens.max())}"
+        )
+    return lens

@@ -1,0 +1,197 @@
+"""Multi-layer, optionally bidirectional sequence layers, drop-in for torch.nn.RNN/LSTM/GRU.
+
+The layer owns parameters and plumbing (stacking, directions, dropout between layers, lengths,
+state shapes); each cell family's fused kernel owns the loop over time. A reverse direction reads
+each sequence's valid part backwards: the input is flipped within each length, run forward, and
+the output flipped back.
+
+Parameters are registered exactly as torch does (names, shapes, order, U(-1/sqrt(H), 1/sqrt(H))
+initialisation), so state_dicts load both ways.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import nn
+
+from rnnkit._checks import check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit.cells._common import IMPLS
+from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+from rnnkit.layers._inputs import Batch, prepare_input
+
+
+class RecurrentBase(nn.Module):
+    """What RNN, LSTM, GRU and MGU share; a subclass sets `gates` and `_kernel`."""
+
+    gates: int = 1
+    num_states: int = 1  # 2 for the LSTM: (h, c)
+
+    def __init__(
+        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, proj_size=0, device=None, dtype=None, *, impl="fused",
+    ):
+        super().__init__()
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_layers", num_layers)
+        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            if not isinstance(flag, bool):
+                raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number):
+            raise RnnkitTypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__}")
+        if not 0 <= dropout <= 1:
+            raise RnnkitValueError(f"dropout must be in [0, 1] (a probability), got {dropout}")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+            raise RnnkitTypeError(f"proj_size must be an int, got {type(proj_size).__name__}")
+        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
+            raise RnnkitValueError(
+                f"proj_size must be 0 (no projection) or in 1..{hidden_size - 1} (< hidden_size), "
+                f"got {proj_size}"
+            )
+        check_choice("impl", impl, IMPLS)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout applies between stacked layers, so with num_layers=1 it does nothing "
+                f"(dropout={dropout}, num_layers={num_layers})",
+                stacklevel=3,
+            )
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
+        factory = {"device": device, "dtype": dtype}
+        D, G, H = self.num_directions, self.gates, hidden_size
+        out_size = proj_size or hidden_size
+        self._all_weights: list[list[str]] = []
+        for k in range(num_layers):
+            for d in range(D):
+                suffix = "_reverse" if d else ""
+                layer_in = input_size if k == 0 else out_size * D
+                shapes = {f"weight_ih_l{k}{suffix}": (G * H, layer_in), f"weight_hh_l{k}{suffix}": (G * H, out_size)}
+                if bias:
+                    shapes.update({f"bias_ih_l{k}{suffix}": (G * H,), f"bias_hh_l{k}{suffix}": (G * H,)})
+                if proj_size:
+                    shapes[f"weight_hr_l{k}{suffix}"] = (proj_size, H)
+                for name, shape in shapes.items():
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                self._all_weights.append(list(shapes))
+        self._flat_weights_names = [n for names in self._all_weights for n in names]
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """Exists for torch compatibility: our kernels need no flat weight buffer."""
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("proj_size", 0), ("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False), ("impl", "fused")):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        return s
+
+    def _weights(self, idx: int) -> dict[str, torch.Tensor | None]:
+        """The parameters of layer-direction `idx` (= layer * D + direction) by kernel argument."""
+        names = self._all_weights[idx]
+        p = [getattr(self, n) for n in names]
+        return {
+            "w_ih": p[0], "w_hh": p[1],
+            "b_ih": p[2] if self.bias else None, "b_hh": p[3] if self.bias else None,
+            "w_hr": p[-1] if self.proj_size else None,
+        }
+
+    def _kernel(self, x, state: tuple, w: dict, batch_sizes) -> tuple[torch.Tensor, tuple]:
+        """One layer, one direction: (x (T, B, I), state) -> (y (T, B, P), final state)."""
+        raise NotImplementedError
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        out = self.proj_size or self.hidden_size
+        return (out,) if self.num_states == 1 else (out, self.hidden_size)
+
+    def _initial_states(self, hx, batch: Batch) -> list[torch.Tensor]:
+        """hx as given (None, a tensor, or the LSTM's (h0, c0)) -> states (L*D, B, *) in the
+        kernels' batch order."""
+        LD, B = self.num_layers * self.num_directions, batch.x.shape[1]
+        sizes = self._state_sizes()
+        if hx is None:
+            return [batch.x.new_zeros(LD, B, n) for n in sizes]
+        names = ("hx",) if self.num_states == 1 else ("hx[0] (h_0)", "hx[1] (c_0)")
+        if self.num_states == 1:
+            states = [hx]
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise RnnkitTypeError(
+                    f"hx must be a tuple (h_0, c_0) of two tensors for an LSTM, got {type(hx).__name__}"
+                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+                )
+            states = list(hx)
+        out = []
+        for name, s, n in zip(names, states, sizes):
+            check_tensor(name, s, ndim=2 if batch.unbatched else 3)
+            check_like(name, s, "input", batch.x)
+            if batch.unbatched:
+                check_shape(name, s, (LD, n), "(num_layers * num_directions, hidden) for unbatched input")
+                s = s.unsqueeze(1)
+            else:
+                check_shape(name, s, (LD, B, n), "(num_layers * num_directions, batch, hidden)")
+            out.append(batch.sort(s))
+        return out
+
+    def forward(self, input, hx=None, *, lengths=None):
+        """input (T, B, I) ((B, T, I) with batch_first), unbatched (T, I), or a PackedSequence;
+        hx the initial state (zeros if None); lengths (B,) the valid length of each padded
+        sequence. Returns (output, h_n), or (output, (h_n, c_n)) for the LSTM, shaped as torch."""
+        batch = prepare_input(
+            input, lengths=lengths, batch_first=self.batch_first, input_size=self.input_size,
+            weight=self.weight_ih_l0,
+        )
+        states = self._initial_states(hx, batch)
+        D = self.num_directions
+        reverse_index = _reverse_index(batch) if self.bidirectional else None
+        x, finals = batch.x, [[] for _ in states]
+        for k in range(self.num_layers):
+            outputs = []
+            for d in range(D):
+                idx = k * D + d
+                x_in = x if d == 0 else _flip(x, reverse_index)
+                y, final = self._kernel(x_in, tuple(s[idx] for s in states), self._weights(idx), batch.batch_sizes)
+                outputs.append(y if d == 0 else _flip(y, reverse_index))
+                for acc, s in zip(finals, final):
+                    acc.append(s)
+            x = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (T, B, D*P)
+            if self.dropout and self.training and k < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+        h_n = [batch.state_out(torch.stack(acc)) for acc in finals]  # (L*D, B, *)
+        return batch.output(x), (h_n[0] if self.num_states == 1 else tuple(h_n))
+
+
+def _reverse_index(batch: Batch) -> torch.Tensor | None:
+    """For sequences of different lengths: index (T, B) that reverses each within its length
+    (and leaves padding in place); None when a plain flip over time does."""
+    if batch.batch_sizes is None:
+        return None
+    T = batch.x.shape[0]
+    t = torch.arange(T, device=batch.x.device)[:, None]  # (T, 1)
+    lens = batch.lengths[None, :]  # (1, B)
+    return torch.where(t < lens, lens - 1 - t, t)  # (T, B); its own inverse
+
+
+def _flip(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    if index is None:
+        return x.flip(0)
+    return x.gather(0, index[:, :, None].expand_as(x))

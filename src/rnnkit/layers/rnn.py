@@ -1,0 +1,112 @@
+"""The four sequence layers: each binds a cell family's kernel to the shared layer plumbing of
+`recurrent.RecurrentBase`. Equations live with the kernels in `rnnkit.cells`."""
+
+from __future__ import annotations
+
+from rnnkit._checks import check_choice
+from rnnkit.cells.elman import NONLINEARITIES, rnn_relu, rnn_tanh
+from rnnkit.cells.gru import gru
+from rnnkit.cells.lstm import lstm
+from rnnkit.cells.mgu import mgu
+from rnnkit.errors import RnnkitTypeError
+from rnnkit.layers.recurrent import RecurrentBase
+
+
+class RNN(RecurrentBase):
+    """Elman RNN layer, drop-in for torch.nn.RNN: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+    (or relu), per layer and direction; see `rnnkit.cells.elman`."""
+
+    gates = 1
+
+    def __init__(
+        self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *, impl="fused",
+    ):
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        self.nonlinearity = nonlinearity
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device=device, dtype=dtype, impl=impl,
+        )
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.nonlinearity == "tanh" else s + f", nonlinearity={self.nonlinearity!r}"
+
+    def _kernel(self, x, state, w, batch_sizes):
+        kernel = rnn_tanh if self.nonlinearity == "tanh" else rnn_relu
+        y, h = kernel(x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], batch_sizes=batch_sizes, impl=self.impl)
+        return y, (h,)
+
+
+class LSTM(RecurrentBase):
+    """LSTM layer, drop-in for torch.nn.LSTM (gate order i, f, g, o; `proj_size` as torch);
+    forward returns (output, (h_n, c_n)). See `rnnkit.cells.lstm`."""
+
+    gates = 4
+    num_states = 2
+
+    def __init__(
+        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, proj_size=0, device=None, dtype=None, *, impl="fused",
+    ):
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device=device, dtype=dtype, impl=impl,
+        )
+
+    def _kernel(self, x, state, w, batch_sizes):
+        y, h, c = lstm(
+            x, state[0], state[1], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], w_hr=w["w_hr"],
+            batch_sizes=batch_sizes, impl=self.impl,
+        )
+        return y, (h, c)
+
+
+class GRU(RecurrentBase):
+    """GRU layer, drop-in for torch.nn.GRU (gate order r, z, n). `reset_after=True` is torch's
+    form, `False` the original of Cho et al. 2014. See `rnnkit.cells.gru`."""
+
+    gates = 3
+
+    def __init__(
+        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None, *, impl="fused", reset_after=True,
+    ):
+        if not isinstance(reset_after, bool):
+            raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        self.reset_after = reset_after
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device=device, dtype=dtype, impl=impl,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+    def _kernel(self, x, state, w, batch_sizes):
+        y, h = gru(
+            x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], reset_after=self.reset_after,
+            batch_sizes=batch_sizes, impl=self.impl,
+        )
+        return y, (h,)
+
+
+class MGU(RecurrentBase):
+    """Minimal gated unit layer (Zhou et al. 2016), with GRU's calling convention (gate order f,
+    n). See `rnnkit.cells.mgu`."""
+
+    gates = 2
+
+    def __init__(
+        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None, *, impl="fused",
+    ):
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device=device, dtype=dtype, impl=impl,
+        )
+
+    def _kernel(self, x, state, w, batch_sizes):
+        y, h = mgu(x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], batch_sizes=batch_sizes, impl=self.impl)
+        return y, (h,)

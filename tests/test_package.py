@@ -1,0 +1,56 @@
+"""Package-level promises of API.md: names, version, command, error hierarchy, import layering."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import rnnkit
+
+SRC = pathlib.Path(rnnkit.__file__).parent
+
+
+def test_version_and_command():
+    assert isinstance(rnnkit.__version__, str) and rnnkit.__version__
+    out = subprocess.run([sys.executable, "-m", "rnnkit", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and rnnkit.__version__ in out.stdout
+
+
+def test_error_hierarchy():
+    assert issubclass(rnnkit.RnnkitValueError, rnnkit.RnnkitError)
+    assert issubclass(rnnkit.RnnkitValueError, ValueError)
+    assert issubclass(rnnkit.RnnkitTypeError, TypeError)
+    assert issubclass(rnnkit.RnnkitFileError, OSError)
+    assert issubclass(rnnkit.RnnkitError, Exception)
+
+
+def test_public_names():
+    for name in ("RNN", "LSTM", "GRU", "MGU", "RnnkitError"):
+        assert hasattr(rnnkit, name)
+    for name in ("rnn_tanh", "rnn_relu", "lstm", "gru", "mgu"):
+        assert callable(getattr(rnnkit.functional, name))
+    for name in ("RNNCell", "LSTMCell", "GRUCell", "MGUCell"):
+        assert hasattr(rnnkit.cells, name)
+
+
+# Lower levels never import higher ones (STYLE.md rule 1).
+LEVELS = {"errors": 0, "_checks": 0, "cells": 1, "functional": 2, "layers": 2, "cli": 9}
+
+
+def _level(module: str) -> int | None:
+    parts = module.split(".")
+    return LEVELS.get(parts[1]) if parts[0] == "rnnkit" and len(parts) > 1 else None
+
+
+def test_imports_point_down():
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.name in ("__init__.py", "__main__.py") and len(rel.parts) == 1:
+            continue
+        here = LEVELS.get(rel.parts[0].removesuffix(".py"))
+        if here is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                there = _level(node.module)
+                assert there is None or there <= here, f"{rel} imports {node.module} (up)"
