@@ -18,6 +18,7 @@ import torch
 
 from rnnkit._checks import check_choice, check_like, check_shape, check_tensor, shape_str
 from rnnkit.cells._gemm import linear as gemm_linear
+from rnnkit.cells._gemm import weight_grads
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError
 
 IMPLS = ("fused", "loop")
@@ -211,6 +212,26 @@ def input_grads(ctx, d_pre_x: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor,
     if ctx.needs_input_grad[w_idx]:
         dw_ih = weight_grad(d_pre_x, x)
     return dx, dw_ih
+
+
+def gate_weight_grads(ctx, d_pre, x, h0, y, ih_idx: int, hh_idx: int):
+    """dW_ih = sum_t d_t^T x_t and dW_hh = sum_t d_t^T h_{t-1} (h_{-1} = h0, h_t = y[t]) as one
+    large product after the backward loop; None for a weight that needs no gradient."""
+    T, B, _ = x.shape
+    need_ih, need_hh = ctx.needs_input_grad[ih_idx], ctx.needs_input_grad[hh_idx]
+    blocks = ([[x.reshape(T * B, -1)]] if need_ih else []) + (
+        [[h0, y[:-1].reshape(-1, y.shape[-1])]] if need_hh else []
+    )
+    if not blocks:
+        return None, None
+    grads = iter(weight_grads(d_pre.reshape(T * B, -1), blocks))
+    return (next(grads) if need_ih else None), (next(grads) if need_hh else None)
+
+
+def input_grad(d_pre_x: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
+    """dL/dx_t = d_t W_ih for all steps as one GEMM: (T, B, G*H) -> (T, B, I)."""
+    T, B, _ = d_pre_x.shape
+    return gemm_linear(d_pre_x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
 
 
 def bias_grad(ctx, idx: int, d_pre: torch.Tensor) -> torch.Tensor | None:

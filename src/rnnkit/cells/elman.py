@@ -17,18 +17,17 @@ import torch
 
 from rnnkit._checks import check_choice
 from rnnkit.cells._common import (
-    add_biases,
     active_rows,
+    add_biases,
     add_final_grad,
-    bias_grad,
     check_kernel_args,
     forbid_double_backward,
-    input_grads,
+    gate_weight_grads,
+    input_grad,
     input_projection,
     last_valid,
     linear,
     next_rows,
-    recurrent_weight_grad,
     run_loop,
 )
 from rnnkit.cells._gemm import Product
@@ -82,9 +81,9 @@ class ElmanFused(torch.autograd.Function):
             # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of sequences that ended before t+1 are zero)
             dh = gs[t] if t == T - 1 else back(dzs_next[t], add=gs[t])
             torch.mul(dh, ds[t], out=dzs[t])
-        dx, dw_ih = input_grads(ctx, dz, x, w_ih, 0, 2)
+        dx = input_grad(dz, w_ih) if ctx.needs_input_grad[0] else None
+        dw_ih, dw_hh = gate_weight_grads(ctx, dz, x, h0, y, 2, 3)
         dh0 = torch.mm(dz[0], w_hh) if ctx.needs_input_grad[1] else None
-        dw_hh = recurrent_weight_grad(dz, h0, y) if ctx.needs_input_grad[3] else None
         db = dz.sum((0, 1)) if any(ctx.needs_input_grad[4:6]) else None
         return dx, dh0, dw_ih, dw_hh, db, db, None, None
 

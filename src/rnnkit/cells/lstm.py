@@ -1,0 +1,201 @@
+"""Long short-term memory (Hochreiter and Schmidhuber 1997, with the forget gate of Gers et al.
+2000), in torch's form and gate order i, f, g, o, with the optional output projection of Sak et
+al. 2014 (torch's `proj_size`):
+
+    i_t = sigmoid(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)      input gate
+    f_t = sigmoid(W_if x_t + b_if + W_hf h_{t-1} + b_hf)      forget gate
+    g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)         candidate cell
+    o_t = sigmoid(W_io x_t + b_io + W_ho h_{t-1} + b_ho)      output gate
+    c_t = f_t * c_{t-1} + i_t * g_t
+    m_t = o_t * tanh(c_t)
+    h_t = m_t                    (no projection)
+    h_t = W_hr m_t               (with projection)
+
+Shapes: x_t (B, I), c_t and m_t (B, H), h_t (B, P) with P = proj_size or H; W_ih (4H, I),
+W_hh (4H, P), b_ih and b_hh (4H,), W_hr (P, H); gate blocks stacked i, f, g, o.
+
+BPTT (the fused backward), walking t from T to 1 with dh_t = g_t + W_hh^T dG_{t+1} (g_t the
+gradient arriving from y_t, plus dL/dh_T at the last step) and dc carried from step t+1:
+    dm_t = dh_t                  (or W_hr^T dh_t with projection; dW_hr += dh_t^T m_t)
+    dc_t = dc_{t+1} f_{t+1} + dm_t * o_t * (1 - tanh^2 c_t)
+    dG_t = [dc_t g_t i_t(1-i_t),  dc_t c_{t-1} f_t(1-f_t),  dc_t i_t (1-g_t^2),
+            dm_t tanh(c_t) o_t(1-o_t)]                          (pre-activation gradients)
+and after the loop, as single GEMMs over all steps: dW_ih = sum_t dG_t^T x_t,
+dW_hh = sum_t dG_t^T h_{t-1}, db = sum_t dG_t, dx_t = dG_t W_ih.
+
+Inside the fused kernel the gate blocks are reordered to i, f, o, g, so that one sigmoid covers
+three gates and one tanh the fourth; gradients are put back in torch's order after the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.cells._common import (
+    active_rows,
+    add_biases,
+    add_final_grad,
+    check_kernel_args,
+    forbid_double_backward,
+    gate_weight_grads,
+    input_grad,
+    input_projection,
+    last_valid,
+    linear,
+    next_rows,
+    run_loop,
+    stack_prev,
+    weight_grad,
+)
+from rnnkit.cells._gemm import Product
+from rnnkit.cells._module import CellBase
+from rnnkit.errors import RnnkitTypeError
+
+
+def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None):
+    """One step of the equations above: (x_t (B, I), (h, c)) -> (h', c')."""
+    h, c = state
+    i, f, g, o = (linear(x_t, w_ih, b_ih) + linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    m = torch.sigmoid(o) * torch.tanh(c)
+    return (m if w_hr is None else linear(m, w_hr, None)), c
+
+
+def _ifog(H: int, device) -> torch.Tensor:
+    """Row order i, f, o, g from torch's i, f, g, o; swapping two blocks is its own inverse."""
+    r = torch.arange(4 * H, device=device)
+    return torch.cat([r[: 2 * H], r[3 * H :], r[2 * H : 3 * H]])
+
+
+class LSTMFused(torch.autograd.Function):
+    """Whole-sequence LSTM with the hand-derived BPTT backward of the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+        T, B, _ = x.shape
+        H = w_hh.shape[0] // 4
+        order = _ifog(H, x.device)
+        bias = add_biases(b_ih, b_hh)
+        w_ih_p = w_ih.index_select(0, order)  # (4H, I), blocks i, f, o, g
+        gates = input_projection(x, w_ih_p, None if bias is None else bias.index_select(0, order))
+        recurrent = Product(w_hh.index_select(0, order), B)  # h -> h W_hh^T
+        project = None if w_hr is None else Product(w_hr, B)  # m -> m W_hr^T
+        new = torch.zeros_like if batch_sizes else torch.empty_like
+        c = new(gates[..., :H])  # (T, B, H)
+        tanh_c = new(c)  # (T, B, H), kept for backward
+        y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
+        m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
+        i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) views; activations once computed
+        steps = active_rows(batch_sizes, gates, gates[..., : 3 * H], i, f, o, g, c, tanh_c, m, y)
+        h, c_prev = h0, c0
+        for G_t, sig_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
+            if batch_sizes:  # the sequences still running are the first rows
+                h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
+            recurrent(h, add=G_t, out=G_t)  # (n, 4H) pre-activations, in place
+            sig_t.sigmoid_()  # i, f, o in one call: why the blocks are reordered
+            g_t.tanh_()
+            torch.mul(f_t, c_prev, out=c_t)
+            c_t.addcmul_(i_t, g_t)  # c = f * c_{t-1} + i * g
+            torch.tanh(c_t, out=tc_t)
+            torch.mul(o_t, tc_t, out=m_t)
+            if project is not None:
+                project(m_t, out=y_t)
+            h, c_prev = y_t, c_t
+        ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y)
+        ctx.batch_sizes = batch_sizes
+        return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn, grad_cn):
+        forbid_double_backward("lstm")
+        x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y = ctx.saved_tensors
+        bs = ctx.batch_sizes
+        T, B, H = c.shape
+        order = _ifog(H, x.device)
+        w_hh_p = w_hh.index_select(0, order)
+        i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) activations
+        # Factors that depend only on the forward pass, for all steps at once outside the loop.
+        K = torch.zeros(T, B, 4, H, dtype=c.dtype, device=c.device)  # multiplies dc, per gate
+        torch.mul(i, 1 - i, out=K[:, :, 0]).mul_(g)  # i(1-i) g
+        torch.mul(f, 1 - f, out=K[:, :, 1]).mul_(stack_prev(c0, c))  # f(1-f) c_{t-1}
+        torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)  # (1-g^2) i
+        K_o = tanh_c * o * (1 - o)  # (T, B, H), multiplies dm
+        E = o * (1 - tanh_c * tanh_c)  # (T, B, H): dc_t += dm_t * E_t
+        g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
+        dG = torch.zeros_like(gates) if bs else torch.empty_like(gates)  # (T, B, 4H)
+        dG4 = dG.view(T, B, 4, H)
+        dh_all = None if w_hr is None else torch.empty_like(y)  # (T, B, P), for dW_hr
+        carry = grad_cn.clone()  # dc_{t+1} f_{t+1}; rows of sequences not yet reached hold dL/dc_n
+        gs, Ks, K_os, Es, fs, dG4s, dGos, carries = active_rows(
+            bs, g_h, K, K_o, E, f, dG4, dG4[:, :, 2], carry.expand(T, B, H)
+        )
+        dhs = active_rows(bs, dh_all)[0] if dh_all is not None else [None] * T
+        dG_next = next_rows(bs, dG)
+        back = Product(w_hh_p.t(), B)  # dG -> dG W_hh
+        unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
+        for t in range(T - 1, -1, -1):
+            if t == T - 1:
+                dh = gs[t] if dhs[t] is None else dhs[t].copy_(gs[t])
+            else:  # dh_t = g_t + dG_{t+1} W_hh
+                dh = back(dG_next[t], add=gs[t], out=dhs[t])
+            dm = dh if unproject is None else unproject(dh)
+            dc = torch.addcmul(carries[t], dm, Es[t])  # (n, H)
+            torch.mul(Ks[t], dc.unsqueeze(1), out=dG4s[t])  # i, f, g blocks (o overwritten next)
+            torch.mul(dm, K_os[t], out=dGos[t])
+            torch.mul(dc, fs[t], out=carries[t])
+        dx = input_grad(dG, w_ih_p) if ctx.needs_input_grad[0] else None
+        dw_ih, dw_hh = gate_weight_grads(ctx, dG, x, h0, y, 3, 4)
+        dh0 = back(dG[0]) if ctx.needs_input_grad[1] else None
+        dc0 = carry if ctx.needs_input_grad[2] else None
+        # back to torch's gate order i, f, g, o
+        dw_ih = None if dw_ih is None else dw_ih.index_select(0, order)
+        dw_hh = None if dw_hh is None else dw_hh.index_select(0, order)
+        db = dG.sum((0, 1)).index_select(0, order) if any(ctx.needs_input_grad[5:7]) else None
+        dw_hr = weight_grad(dh_all, m) if w_hr is not None and ctx.needs_input_grad[7] else None
+        return dx, dh0, dc0, dw_ih, dw_hh, db, db, dw_hr, None
+
+
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=None, impl="fused"):
+    """LSTM over a whole sequence: x (T, B, I), h0 (B, P) and c0 (B, H) or None (zeros) ->
+    (y (T, B, P), h_n (B, P), c_n (B, H)); P = H, or w_hr's rows with a projection.
+    `batch_sizes` as in PackedSequence (sequences sorted by decreasing length); `impl="fused"`
+    runs the hand-derived BPTT, `"loop"` the step equations under autograd."""
+    if isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(w_hh, torch.Tensor) and w_hh.dim() == 2:
+        if h0 is None:
+            h0 = x.new_zeros(x.shape[1], w_hh.shape[1])
+        if c0 is None:
+            c0 = x.new_zeros(x.shape[1], w_hh.shape[0] // 4)
+    bs = check_kernel_args(
+        x=x, states={"h0": h0, "c0": c0}, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, gates=4,
+        batch_sizes=batch_sizes, impl=impl, w_hr=w_hr,
+    )
+    if impl == "loop":
+        y, (h_n, c_n) = run_loop(
+            lambda x_t, s: lstm_step(x_t, s, w_ih, w_hh, b_ih, b_hh, w_hr), x, (h0, c0), bs
+        )
+        return y, h_n, c_n
+    return LSTMFused.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, bs)
+
+
+class LSTMCell(CellBase):
+    """One LSTM step, drop-in for `torch.nn.LSTMCell` (same arguments, parameters and shapes).
+
+    forward(input (B, I) or (I,), hx=(h, c) or None) -> (h', c').
+    """
+
+    gates = 4
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+
+    def forward(self, input, hx=None):
+        if hx is None:
+            hx = (None, None)
+        elif not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise RnnkitTypeError(
+                f"hx must be a tuple (h, c) of two tensors or None, got {type(hx).__name__}"
+                + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+            )
+        x, (h, c), unbatched = self._batched(input, {"hx[0] (h)": hx[0], "hx[1] (c)": hx[1]})
+        h, c = lstm_step(x, (h, c), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
