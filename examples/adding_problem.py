@@ -69,7 +69,10 @@ def main() -> None:
         if step % 100 == 0 or step == 1:
             with torch.no_grad():
                 test = nn.functional.mse_loss(model(x_test), y_test).item()
-            print(f"step {step:5d}  train MSE {running:.4f}  test MSE {test:.4f}  ({time.perf_counter() - start:.0f} s)")
+            print(
+                f"step {step:5d}  train MSE {running:.4f}  test MSE {test:.4f}  "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
     print(f"final test MSE {test:.4f} vs {1 / 6:.4f} for the mean predictor")
 
 

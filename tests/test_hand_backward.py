@@ -30,7 +30,16 @@ CASES = {
     "mgu": (F.mgu, lambda: _args(2), {}),
 }
 
-FORBIDDEN_VF = ["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_tanh_cell", "rnn_relu_cell", "lstm_cell", "gru_cell"]
+FORBIDDEN_VF = [
+    "rnn_tanh",
+    "rnn_relu",
+    "lstm",
+    "gru",
+    "rnn_tanh_cell",
+    "rnn_relu_cell",
+    "lstm_cell",
+    "gru_cell",
+]
 
 
 def _raiser(name):
@@ -60,7 +69,14 @@ def test_backward_is_hand_written(case, monkeypatch):
     for name in FORBIDDEN_VF:
         if hasattr(torch._VF, name):
             monkeypatch.setattr(torch._VF, name, _raiser(f"torch._VF.{name}"))
-    for mod in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.LSTMCell, torch.nn.GRUCell, torch.nn.RNNCell):
+    for mod in (
+        torch.nn.LSTM,
+        torch.nn.GRU,
+        torch.nn.RNN,
+        torch.nn.LSTMCell,
+        torch.nn.GRUCell,
+        torch.nn.RNNCell,
+    ):
         monkeypatch.setattr(mod, "forward", _raiser(f"{mod.__name__}.forward"))
     monkeypatch.setattr(torch.autograd, "grad", _raiser("torch.autograd.grad"))
     monkeypatch.setattr(torch.autograd, "backward", _raiser("torch.autograd.backward"))

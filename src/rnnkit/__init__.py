@@ -1,5 +1,28 @@
-"""rnnkit (TEMPORARY during parallel development: the final file is restored when all cell families exist)."""
+"""rnnkit: recurrent neural networks as the textbooks describe them, on PyTorch."""
 
 __version__ = "0.1.0"
 
-from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError  # noqa
+from rnnkit import cells, functional  # noqa: E402
+from rnnkit.errors import (  # noqa: E402
+    RnnkitError,
+    RnnkitFileError,
+    RnnkitTypeError,
+    RnnkitUnsupportedError,
+    RnnkitValueError,
+)
+from rnnkit.layers import GRU, LSTM, MGU, RNN  # noqa: E402
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "MGU",
+    "RNN",
+    "RnnkitError",
+    "RnnkitFileError",
+    "RnnkitTypeError",
+    "RnnkitUnsupportedError",
+    "RnnkitValueError",
+    "__version__",
+    "cells",
+    "functional",
+]

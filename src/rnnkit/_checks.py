@@ -34,9 +34,7 @@ def check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...], meani
     if tuple(value.shape) != tuple(expected):
         want = "(" + ", ".join(str(s) for s in expected) + ")"
         why = f" {meaning}" if meaning else ""
-        raise RnnkitValueError(
-            f"{name} must have shape {want}{why}, got {shape_str(value)}"
-        )
+        raise RnnkitValueError(f"{name} must have shape {want}{why}, got {shape_str(value)}")
 
 
 def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
@@ -45,8 +43,7 @@ def check_like(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor)
         raise RnnkitValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if value.dtype != ref.dtype:
         raise RnnkitValueError(
-            f"{name} has dtype {value.dtype} but {ref_name} has dtype {ref.dtype}; "
-            "they must match"
+            f"{name} has dtype {value.dtype} but {ref_name} has dtype {ref.dtype}; they must match"
         )
     if value.device != ref.device:
         raise RnnkitValueError(

@@ -71,7 +71,12 @@ def check_kernel_args(
                 f"w_hr must have shape (proj_size, {H}) (hidden_size columns), got {shape_str(w_hr)}"
             )
         P = w_hr.shape[0]
-    check_shape("w_hh", w_hh, (gates * H, P), f"(= ({gates}*hidden_size, {'proj_size' if w_hr is not None else 'hidden_size'}))")
+    check_shape(
+        "w_hh",
+        w_hh,
+        (gates * H, P),
+        f"(= ({gates}*hidden_size, {'proj_size' if w_hr is not None else 'hidden_size'}))",
+    )
     check_like("w_hh", w_hh, "w_ih", w_ih)
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
@@ -166,6 +171,14 @@ def next_rows(batch_sizes: list[int] | None, seq: torch.Tensor) -> list[torch.Te
     if batch_sizes is None:
         return list(views)
     return [v[:n] for v, n in zip(views, batch_sizes)]
+
+
+def prev_rows(batch_sizes: list[int] | None, seq: torch.Tensor) -> list[torch.Tensor | None]:
+    """seq[t - 1] restricted to the rows active at step t (None at t = 0): where a backward loop
+    adds step t's contribution to dL/dh_{t-1} in place."""
+    views = seq.unbind(0)
+    rows = batch_sizes or [seq.shape[1]] * seq.shape[0]
+    return [None] + [v[:n] if n < v.shape[0] else v for v, n in zip(views[:-1], rows[1:])]
 
 
 def lengths_of(batch_sizes: list[int], B: int, device) -> torch.Tensor:
@@ -264,4 +277,3 @@ def recurrent_weight_grad(d_pre: torch.Tensor, first: torch.Tensor, y: torch.Ten
     if d_pre.shape[0] > 1:
         grad += weight_grad(d_pre[1:], y[:-1])
     return grad
-

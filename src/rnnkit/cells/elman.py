@@ -92,8 +92,15 @@ def _elman(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, impl):
     if h0 is None and isinstance(x, torch.Tensor) and x.dim() == 3:
         h0 = x.new_zeros(x.shape[1], w_hh.shape[1] if isinstance(w_hh, torch.Tensor) else 0)
     bs = check_kernel_args(
-        x=x, states={"h0": h0}, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, gates=1,
-        batch_sizes=batch_sizes, impl=impl,
+        x=x,
+        states={"h0": h0},
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        gates=1,
+        batch_sizes=batch_sizes,
+        impl=impl,
     )
     if impl == "loop":
         y, (h_n,) = run_loop(
@@ -130,5 +137,7 @@ class RNNCell(CellBase):
 
     def forward(self, input, hx=None):
         x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = elman_step(x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+        (h,) = elman_step(
+            x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
+        )
         return h.squeeze(0) if unbatched else h

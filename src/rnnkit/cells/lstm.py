@@ -166,8 +166,16 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=
         if c0 is None:
             c0 = x.new_zeros(x.shape[1], w_hh.shape[0] // 4)
     bs = check_kernel_args(
-        x=x, states={"h0": h0, "c0": c0}, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, gates=4,
-        batch_sizes=batch_sizes, impl=impl, w_hr=w_hr,
+        x=x,
+        states={"h0": h0, "c0": c0},
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        gates=4,
+        batch_sizes=batch_sizes,
+        impl=impl,
+        w_hr=w_hr,
     )
     if impl == "loop":
         y, (h_n, c_n) = run_loop(

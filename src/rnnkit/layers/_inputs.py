@@ -62,14 +62,17 @@ def prepare_input(input, *, lengths, batch_first: bool, input_size: int, weight:
         padded, lens = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes), batch_first=False)
         bs = input.batch_sizes.tolist()
         return Batch(
-            x=padded, batch_sizes=None if bs[-1] == bs[0] else bs, lengths=lens.to(padded.device),
-            sorted_indices=input.sorted_indices, unsorted_indices=input.unsorted_indices,
-            packed=True, unbatched=False, batch_first=False,
+            x=padded,
+            batch_sizes=None if bs[-1] == bs[0] else bs,
+            lengths=lens.to(padded.device),
+            sorted_indices=input.sorted_indices,
+            unsorted_indices=input.unsorted_indices,
+            packed=True,
+            unbatched=False,
+            batch_first=False,
         )
     if not isinstance(input, torch.Tensor):
-        raise RnnkitTypeError(
-            f"input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}"
-        )
+        raise RnnkitTypeError(f"input must be a torch.Tensor or a PackedSequence, got {type(input).__name__}")
     if input.dim() not in (2, 3):
         raise RnnkitValueError(
             f"input must be 2-D (seq_len, input_size) unbatched or 3-D batched, got {input.dim()}-D "
@@ -93,8 +96,12 @@ def prepare_input(input, *, lengths, batch_first: bool, input_size: int, weight:
     bs = (sorted_lens[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # (T,) active per step
     order = order.to(x.device)
     return Batch(
-        x=x.index_select(1, order), batch_sizes=bs, lengths=sorted_lens.to(x.device),
-        sorted_indices=order, unsorted_indices=torch.argsort(order), **common,
+        x=x.index_select(1, order),
+        batch_sizes=bs,
+        lengths=sorted_lens.to(x.device),
+        sorted_indices=order,
+        unsorted_indices=torch.argsort(order),
+        **common,
     )
 
 
@@ -113,16 +120,21 @@ def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
         if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
             raise RnnkitValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
         if lengths.dim() != 1:
-            raise RnnkitValueError(f"lengths must be 1-D, got {lengths.dim()}-D with shape {shape_str(lengths)}")
+            raise RnnkitValueError(
+                f"lengths must be 1-D, got {lengths.dim()}-D with shape {shape_str(lengths)}"
+            )
         lens = lengths.detach().to("cpu", torch.int64)
     elif isinstance(lengths, (list, tuple)):
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
             raise RnnkitTypeError(
-                f"lengths must be a list of ints or an integer tensor, got {[type(n).__name__ for n in lengths]}"
+                "lengths must be a list of ints or an integer tensor, got a list holding "
+                f"{sorted({type(n).__name__ for n in lengths})}"
             )
         lens = torch.tensor(list(lengths), dtype=torch.int64)
     else:
-        raise RnnkitTypeError(f"lengths must be a 1-D integer tensor or a list of ints, got {type(lengths).__name__}")
+        raise RnnkitTypeError(
+            f"lengths must be a 1-D integer tensor or a list of ints, got {type(lengths).__name__}"
+        )
     if lens.numel() != B:
         raise RnnkitValueError(f"lengths must have one entry per batch element ({B}), got {lens.numel()}")
     if B and (int(lens.min()) < 1 or int(lens.max()) > T):

@@ -31,8 +31,19 @@ class RecurrentBase(nn.Module):
     num_states: int = 1  # 2 for the LSTM: (h, c)
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, proj_size=0, device=None, dtype=None, *, impl="fused",
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        device=None,
+        dtype=None,
+        *,
+        impl="fused",
     ):
         super().__init__()
         check_positive_int("input_size", input_size)
@@ -70,7 +81,10 @@ class RecurrentBase(nn.Module):
             for d in range(D):
                 suffix = "_reverse" if d else ""
                 layer_in = input_size if k == 0 else out_size * D
-                shapes = {f"weight_ih_l{k}{suffix}": (G * H, layer_in), f"weight_hh_l{k}{suffix}": (G * H, out_size)}
+                shapes = {
+                    f"weight_ih_l{k}{suffix}": (G * H, layer_in),
+                    f"weight_hh_l{k}{suffix}": (G * H, out_size),
+                }
                 if bias:
                     shapes.update({f"bias_ih_l{k}{suffix}": (G * H,), f"bias_hh_l{k}{suffix}": (G * H,)})
                 if proj_size:
@@ -99,8 +113,15 @@ class RecurrentBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("proj_size", 0), ("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False), ("impl", "fused")):
+        for name, default in (
+            ("proj_size", 0),
+            ("num_layers", 1),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("impl", "fused"),
+        ):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s
@@ -110,8 +131,10 @@ class RecurrentBase(nn.Module):
         names = self._all_weights[idx]
         p = [getattr(self, n) for n in names]
         return {
-            "w_ih": p[0], "w_hh": p[1],
-            "b_ih": p[2] if self.bias else None, "b_hh": p[3] if self.bias else None,
+            "w_ih": p[0],
+            "w_hh": p[1],
+            "b_ih": p[2] if self.bias else None,
+            "b_hh": p[3] if self.bias else None,
             "w_hr": p[-1] if self.proj_size else None,
         }
 
@@ -157,7 +180,10 @@ class RecurrentBase(nn.Module):
         hx the initial state (zeros if None); lengths (B,) the valid length of each padded
         sequence. Returns (output, h_n), or (output, (h_n, c_n)) for the LSTM, shaped as torch."""
         batch = prepare_input(
-            input, lengths=lengths, batch_first=self.batch_first, input_size=self.input_size,
+            input,
+            lengths=lengths,
+            batch_first=self.batch_first,
+            input_size=self.input_size,
             weight=self.weight_ih_l0,
         )
         states = self._initial_states(hx, batch)
@@ -169,7 +195,9 @@ class RecurrentBase(nn.Module):
             for d in range(D):
                 idx = k * D + d
                 x_in = x if d == 0 else _flip(x, reverse_index)
-                y, final = self._kernel(x_in, tuple(s[idx] for s in states), self._weights(idx), batch.batch_sizes)
+                y, final = self._kernel(
+                    x_in, tuple(s[idx] for s in states), self._weights(idx), batch.batch_sizes
+                )
                 outputs.append(y if d == 0 else _flip(y, reverse_index))
                 for acc, s in zip(finals, final):
                     acc.append(s)

@@ -19,14 +19,33 @@ class RNN(RecurrentBase):
     gates = 1
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-        batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *, impl="fused",
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+        *,
+        impl="fused",
     ):
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.nonlinearity = nonlinearity
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, impl=impl,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            impl=impl,
         )
 
     def extra_repr(self) -> str:
@@ -35,7 +54,9 @@ class RNN(RecurrentBase):
 
     def _kernel(self, x, state, w, batch_sizes):
         kernel = rnn_tanh if self.nonlinearity == "tanh" else rnn_relu
-        y, h = kernel(x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], batch_sizes=batch_sizes, impl=self.impl)
+        y, h = kernel(
+            x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], batch_sizes=batch_sizes, impl=self.impl
+        )
         return y, (h,)
 
 
@@ -47,18 +68,46 @@ class LSTM(RecurrentBase):
     num_states = 2
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, proj_size=0, device=None, dtype=None, *, impl="fused",
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        device=None,
+        dtype=None,
+        *,
+        impl="fused",
     ):
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            proj_size, device=device, dtype=dtype, impl=impl,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device=device,
+            dtype=dtype,
+            impl=impl,
         )
 
     def _kernel(self, x, state, w, batch_sizes):
         y, h, c = lstm(
-            x, state[0], state[1], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], w_hr=w["w_hr"],
-            batch_sizes=batch_sizes, impl=self.impl,
+            x,
+            state[0],
+            state[1],
+            w["w_ih"],
+            w["w_hh"],
+            w["b_ih"],
+            w["b_hh"],
+            w_hr=w["w_hr"],
+            batch_sizes=batch_sizes,
+            impl=self.impl,
         )
         return y, (h, c)
 
@@ -70,15 +119,34 @@ class GRU(RecurrentBase):
     gates = 3
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, device=None, dtype=None, *, impl="fused", reset_after=True,
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+        *,
+        impl="fused",
+        reset_after=True,
     ):
         if not isinstance(reset_after, bool):
             raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
         self.reset_after = reset_after
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, impl=impl,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            impl=impl,
         )
 
     def extra_repr(self) -> str:
@@ -86,8 +154,15 @@ class GRU(RecurrentBase):
 
     def _kernel(self, x, state, w, batch_sizes):
         y, h = gru(
-            x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], reset_after=self.reset_after,
-            batch_sizes=batch_sizes, impl=self.impl,
+            x,
+            state[0],
+            w["w_ih"],
+            w["w_hh"],
+            w["b_ih"],
+            w["b_hh"],
+            reset_after=self.reset_after,
+            batch_sizes=batch_sizes,
+            impl=self.impl,
         )
         return y, (h,)
 
@@ -99,14 +174,34 @@ class MGU(RecurrentBase):
     gates = 2
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, device=None, dtype=None, *, impl="fused",
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+        *,
+        impl="fused",
     ):
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            device=device, dtype=dtype, impl=impl,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            impl=impl,
         )
 
     def _kernel(self, x, state, w, batch_sizes):
-        y, h = mgu(x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], batch_sizes=batch_sizes, impl=self.impl)
+        y, h = mgu(
+            x, state[0], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], batch_sizes=batch_sizes, impl=self.impl
+        )
         return y, (h,)

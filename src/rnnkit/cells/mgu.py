@@ -1,0 +1,168 @@
+"""Minimal gated unit (Zhou, Wu, Zhang and Zhou 2016, "Minimal gated unit for recurrent neural
+networks"): a GRU with a single gate f that both resets and updates, gate order f, n:
+
+    f_t = sigmoid(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+    n_t = tanh(W_in x_t + b_in + W_hn (f_t * h_{t-1}) + b_hn)
+    h_t = (1 - f_t) * h_{t-1} + f_t * n_t            (f plays the role of GRU's 1 - z)
+
+Shapes: x_t (B, I), h_t (B, H); W_ih (2H, I), W_hh (2H, H), b_ih and b_hh (2H,), blocks f, n.
+
+BPTT (the fused backward), walking t from T to 1, with dh_t the full gradient at h_t:
+    dn~ = dh_t f_t (1 - n_t^2)                                  (n's pre-activation)
+    d(fh) = dn~ W_hn
+    df~ = [dh_t (n_t - h_{t-1}) + d(fh) h_{t-1}] f_t (1 - f_t)    (f's pre-activation)
+    dh_{t-1} += dh_t (1 - f_t) + d(fh) f_t + df~ W_hf
+and after the loop, as single GEMMs over all steps: dW_ih = sum_t [df~, dn~]^T x_t,
+dW_hf = sum_t df~^T h_{t-1}, dW_hn = sum_t dn~^T (f_t * h_{t-1}), the biases as sums of
+[df~, dn~], dx_t = [df~, dn~] W_ih.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.cells._common import (
+    active_rows,
+    add_biases,
+    add_final_grad,
+    check_kernel_args,
+    forbid_double_backward,
+    input_grad,
+    input_projection,
+    last_valid,
+    linear,
+    prev_rows,
+    run_loop,
+    stack_prev,
+)
+from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._module import CellBase
+
+
+def mgu_step(x_t, state, w_ih, w_hh, b_ih, b_hh):
+    """One step of the equations above: (x_t (B, I), (h,)) -> (h',)."""
+    (h,) = state
+    H = h.shape[1]
+    xf, xn = linear(x_t, w_ih, b_ih).chunk(2, dim=1)
+    b_hf, b_hn = (None, None) if b_hh is None else b_hh.chunk(2)
+    f = torch.sigmoid(xf + linear(h, w_hh[:H], b_hf))
+    n = torch.tanh(xn + linear(f * h, w_hh[H:], b_hn))
+    return ((1 - f) * h + f * n,)
+
+
+class MGUFused(torch.autograd.Function):
+    """Whole-sequence MGU with the hand-derived BPTT backward of the module docstring. Two
+    products per step: W_hf h_{t-1}, then W_hn (f_t * h_{t-1})."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes):
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        xw = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, 2H); all biases add here
+        gate = Product(w_hh[:H], B)  # h -> W_hf h
+        candidate = Product(w_hh[H:], B)  # f*h -> W_hn (f*h)
+        new = torch.zeros_like if batch_sizes else torch.empty_like
+        f = new(xw[..., :H])  # (T, B, H)
+        fh = new(f)  # (T, B, H): f * h_{t-1}
+        n = new(f)
+        y = new(f)
+        steps = active_rows(batch_sizes, xw[..., :H], xw[..., H:], f, fh, n, y)
+        h = h0
+        for xf_t, xn_t, f_t, fh_t, n_t, y_t in zip(*steps):
+            if batch_sizes:  # the sequences still running are the first rows
+                h = h[: y_t.shape[0]]
+            gate(h, add=xf_t, out=f_t).sigmoid_()
+            torch.mul(f_t, h, out=fh_t)
+            candidate(fh_t, add=xn_t, out=n_t).tanh_()
+            torch.lerp(h, n_t, f_t, out=y_t)  # (1 - f) h + f n
+            h = y_t
+        ctx.save_for_backward(x, h0, w_ih, w_hh, f, fh, n, y)
+        ctx.batch_sizes = batch_sizes
+        return y, last_valid(y, batch_sizes)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn):
+        forbid_double_backward("mgu")
+        x, h0, w_ih, w_hh, f, fh, n, y = ctx.saved_tensors
+        bs = ctx.batch_sizes
+        T, B, H = y.shape
+        h_prev = stack_prev(h0, y)
+        # Factors that depend only on the forward pass, for all steps at once outside the loop.
+        df_dh = f * (1 - f)  # (T, B, H)
+        A = torch.empty(T, B, 2, H, dtype=y.dtype, device=y.device)  # multiplies dh_t: f~, n~
+        torch.mul(n - h_prev, df_dh, out=A[:, :, 0])
+        torch.mul(f, 1 - n * n, out=A[:, :, 1])
+        A_fh = h_prev * df_dh  # multiplies d(fh) for df~
+        one_minus_f = 1 - f
+        g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
+        dG = (torch.zeros if bs else torch.empty)(T, B, 2 * H, dtype=y.dtype, device=y.device)
+        dhs, As, A_fhs, fs, omfs, dGs, dfs, dns = active_rows(
+            bs, g, A, A_fh, f, one_minus_f, dG.view(T, B, 2, H), dG[..., :H], dG[..., H:]
+        )
+        g_prev = prev_rows(bs, g)
+        back_n = Product(w_hh[H:].t(), B)  # dn~ -> d(fh) = dn~ W_hn
+        back_f = Product(w_hh[:H].t(), B)  # df~ -> df~ W_hf
+        dfh0 = None
+        for t in range(T - 1, -1, -1):
+            dh = dhs[t]
+            torch.mul(As[t], dh.unsqueeze(1), out=dGs[t])  # df~ (direct part), dn~
+            dfh = back_n(dns[t])
+            dfs[t].addcmul_(dfh, A_fhs[t])  # df~ += d(fh) h_{t-1} f (1 - f)
+            if t:  # dh_{t-1} += dh_t (1 - f_t) + d(fh) f_t + df~ W_hf
+                g_prev[t].addcmul_(dh, omfs[t]).addcmul_(dfh, fs[t])
+                back_f(dfs[t], add=g_prev[t], out=g_prev[t])
+            else:
+                dfh0 = dfh
+        need = ctx.needs_input_grad
+        dx = input_grad(dG, w_ih) if need[0] else None
+        dh0 = back_f(dfs[0]).addcmul_(dhs[0], omfs[0]).addcmul_(dfh0, fs[0]) if need[1] else None
+        dw_ih = dw_hh = None
+        if need[2] or need[3]:
+            TB = T * B
+            dw_ih, dw_hprev, dw_fh = weight_grads(
+                dG.reshape(TB, 2 * H), [[x.reshape(TB, -1)], [h0, y[:-1].reshape(-1, H)], [fh.reshape(TB, H)]]
+            )
+            dw_hh = torch.cat([dw_hprev[:H], dw_fh[H:]]) if need[3] else None
+            dw_ih = dw_ih if need[2] else None
+        db = dG.sum((0, 1)) if need[4] or need[5] else None
+        return dx, dh0, dw_ih, dw_hh, db, db, None
+
+
+def mgu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fused"):
+    """MGU over a whole sequence: x (T, B, I), h0 (B, H) or None (zeros) -> (y (T, B, H),
+    h_n (B, H)). `batch_sizes` as in PackedSequence; `impl="fused"` runs the hand-derived BPTT,
+    `"loop"` the step equations under autograd."""
+    if h0 is None and isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(w_hh, torch.Tensor):
+        h0 = x.new_zeros(x.shape[1], w_hh.shape[-1])
+    bs = check_kernel_args(
+        x=x,
+        states={"h0": h0},
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        gates=2,
+        batch_sizes=batch_sizes,
+        impl=impl,
+    )
+    if impl == "loop":
+        y, (h_n,) = run_loop(lambda x_t, s: mgu_step(x_t, s, w_ih, w_hh, b_ih, b_hh), x, (h0,), bs)
+        return y, h_n
+    return MGUFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs)
+
+
+class MGUCell(CellBase):
+    """One MGU step, with torch.nn.GRUCell's arguments (parameters stacked f, n: (2H, I), (2H, H)).
+
+    forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h' of hx's shape.
+    """
+
+    gates = 2
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+
+    def forward(self, input, hx=None):
+        x, (h,), unbatched = self._batched(input, {"hx": hx})
+        (h,) = mgu_step(x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h.squeeze(0) if unbatched else h
