@@ -12,7 +12,7 @@ from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 
 def shape_str(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def check_tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
@@ -32,7 +32,7 @@ def check_tensor(name: str, value, *, ndim: int | tuple[int, ...] | None = None)
 def check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...], meaning: str = ""):
     """`value` must have exactly the shape `expected`; `meaning` spells the dimensions out."""
     if tuple(value.shape) != tuple(expected):
-        want = "(" + ", ".join(str(s) for s in expected) + ")"
+        want = str(tuple(expected))
         why = f" {meaning}" if meaning else ""
         raise RnnkitValueError(f"{name} must have shape {want}{why}, got {shape_str(value)}")
 

@@ -188,6 +188,10 @@ class RecurrentBase(nn.Module):
         )
         states = self._initial_states(hx, batch)
         D = self.num_directions
+        if batch.x.shape[1] == 0:  # an empty batch: torch's shapes, nothing to compute
+            y = batch.x.new_zeros(batch.x.shape[0], 0, D * (self.proj_size or self.hidden_size))
+            h_n = [batch.state_out(s) for s in states]
+            return batch.output(y), (h_n[0] if self.num_states == 1 else tuple(h_n))
         reverse_index = _reverse_index(batch) if self.bidirectional else None
         x, finals = batch.x, [[] for _ in states]
         for k in range(self.num_layers):
