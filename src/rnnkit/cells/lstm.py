@@ -124,7 +124,8 @@ class LSTMFused(torch.autograd.Function):
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
         dG = torch.zeros_like(gates) if bs else torch.empty_like(gates)  # (T, B, 4H)
         dG4 = dG.view(T, B, 4, H)
-        dh_all = None if w_hr is None else torch.empty_like(y)  # (T, B, P), for dW_hr
+        # (T, B, P), for dW_hr; zeros past each length, where the loop writes nothing
+        dh_all = None if w_hr is None else (torch.zeros_like if bs else torch.empty_like)(y)
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}; rows of sequences not yet reached hold dL/dc_n
         gs, Ks, K_os, Es, fs, dG4s, dGos, carries = active_rows(
             bs, g_h, K, K_o, E, f, dG4, dG4[:, :, 2], carry.expand(T, B, H)
