@@ -154,11 +154,13 @@ def main() -> None:
                 t = time_interleaved({k: v[idx] for k, v in run.items()}, repeats, budget)
                 flops = 2 * T * B * GATES[cell] * H * (H + H) * (3 if mode == "train" else 1)
                 share = flops / t["ours"] / 1e9 / peak * 100
-                tt = t.get("torch", float("nan"))
+                tt = t.get("torch")
+                torch_ms, vs_torch = (
+                    ("n/a", "n/a") if tt is None else (f"{tt * 1e3:.1f}", f"{tt / t['ours']:.2f}x")
+                )
                 row = (
-                    f"| {cell} | {T} | {B} | {H} | {mode} | {t['ours'] * 1e3:.1f} | {tt * 1e3:.1f} | "
-                    f"{t['naive'] * 1e3:.1f} | {tt / t['ours']:.2f}x | {t['naive'] / t['ours']:.2f}x | "
-                    f"{share:.0f}% |"
+                    f"| {cell} | {T} | {B} | {H} | {mode} | {t['ours'] * 1e3:.1f} | {torch_ms} | "
+                    f"{t['naive'] * 1e3:.1f} | {vs_torch} | {t['naive'] / t['ours']:.2f}x | {share:.0f}% |"
                 )
                 print(row, flush=True)
                 lines.append(row)
