@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) examples/adding_problem.py
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_kernels.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples

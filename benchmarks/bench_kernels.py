@@ -166,9 +166,29 @@ def main() -> None:
                 lines.append(row)
     if args.out:
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = "python benchmarks/bench_kernels.py " + " ".join(sys.argv[1:])
-        with open(args.out, "w") as fh:
-            fh.write(f"Measured {when} with `{cmd.strip()}` ({header}).\n\n" + "\n".join(lines) + "\n")
+        cmd = ("python benchmarks/bench_kernels.py " + " ".join(sys.argv[1:])).strip()
+        table = f"Measured {when} with `{cmd}` ({header}).\n\n" + "\n".join(lines) + "\n"
+        write_table(args.out, table)
+
+
+BEGIN, END = "<!-- bench table: begin -->", "<!-- bench table: end -->"
+
+
+def write_table(path: str, table: str) -> None:
+    """Replace the table between the markers of an existing page (keeping its prose), or write a
+    new page holding only the table."""
+    try:
+        with open(path) as fh:
+            page = fh.read()
+    except FileNotFoundError:
+        page = ""
+    if BEGIN in page and END in page:
+        head, rest = page.split(BEGIN, 1)
+        page = head + BEGIN + "\n" + table + END + rest.split(END, 1)[1]
+    else:
+        page = BEGIN + "\n" + table + END + "\n"
+    with open(path, "w") as fh:
+        fh.write(page)
 
 
 if __name__ == "__main__":

@@ -57,18 +57,30 @@ def compare(kind, cfg, dtype, rtol, atol, seed):
             c0 = torch.randn(*c_shape, generator=g, dtype=dtype).requires_grad_()
             leaves.append(c0)
             hx = (h0, c0)
-    inp = x
+    lengths = None
     if cfg["packed"] and not cfg["unbatched"]:
         lengths = torch.randint(1, T + 1, (B,), generator=g)
-        inp = pack_padded_sequence(x, lengths, batch_first=cfg["batch_first"], enforce_sorted=False)
+
+    def run(module, with_lengths):
+        """Outputs (padded y, states), computed from a PackedSequence or from lengths=."""
+        if lengths is None:
+            return flat(module(x, hx))
+        if with_lengths:  # ours only: the padded batch and lengths= (a list or a tensor)
+            y, state = module(x, hx, lengths=lengths.tolist() if cfg["lengths_as_list"] else lengths)
+        else:
+            packed = pack_padded_sequence(x, lengths, batch_first=cfg["batch_first"], enforce_sorted=False)
+            y, state = module(packed, hx)
+            y = pad_packed_sequence(y, batch_first=cfg["batch_first"], total_length=T)[0]
+        return [y, *(state if isinstance(state, tuple) else (state,))]
+
     res = []
-    for module in (theirs, ours):
-        outs = flat(module(inp, hx))
+    for module, with_lengths in ((theirs, False), (ours, cfg["lengths"])):
+        outs = run(module, with_lengths)
         weights = [
             torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=dtype) for o in outs
         ]
         loss = sum((o * w).sum() for o, w in zip(outs, weights))
-        grads = torch.autograd.grad(loss, leaves + list(module.parameters()), retain_graph=True)
+        grads = torch.autograd.grad(loss, leaves + list(module.parameters()))
         res.append(outs + list(grads))
     for a, b in zip(res[1], res[0]):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
@@ -88,6 +100,8 @@ configs = st.fixed_dictionaries(
         "unbatched": st.booleans(),
         "h0": st.booleans(),
         "packed": st.booleans(),
+        "lengths": st.booleans(),  # with "packed": ours gets the padded batch and lengths=
+        "lengths_as_list": st.booleans(),
     }
 )
 

@@ -74,3 +74,17 @@ def test_lengths_with_batch_first_and_h0():
         y_b, h_b = m(x[b : b + 1, :n], h0[:, b : b + 1])
         torch.testing.assert_close(y[b, :n], y_b[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(h[:, b], h_b[:, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["lstm_proj", "gru", "mgu"])
+def test_all_sequences_shorter_than_padding(name):
+    torch.manual_seed(0)
+    m = LAYERS[name]()
+    x = torch.randn(T, 2, I, dtype=D)
+    out = m(x, lengths=[3, 2])
+    assert out[0].shape[0] == T and torch.equal(out[0][3:], torch.zeros_like(out[0][3:]))
+    for b, n in enumerate([3, 2]):
+        alone = m(x[:n, b : b + 1])
+        torch.testing.assert_close(out[0][:n, b], alone[0][:, 0], rtol=1e-12, atol=1e-12)
+        for s, s_alone in zip(states(out), states(alone)):
+            torch.testing.assert_close(s[:, b], s_alone[:, 0], rtol=1e-12, atol=1e-12)

@@ -27,6 +27,7 @@ class Batch:
     packed: bool
     unbatched: bool
     batch_first: bool
+    total_length: int = 0  # the caller's padded length, when longer than the longest sequence
 
     def sort(self, state: torch.Tensor) -> torch.Tensor:
         """Caller's batch order -> internal order, on dim 1 of a (L*D, B, H) state."""
@@ -42,6 +43,8 @@ class Batch:
             bs = torch.tensor(self.batch_sizes or [y.shape[1]] * y.shape[0], dtype=torch.int64)
             return PackedSequence(data, bs, self.sorted_indices, self.unsorted_indices)
         y = y if self.sorted_indices is None else y.index_select(1, self.unsorted_indices)
+        if self.total_length > y.shape[0]:  # padding past the longest sequence: zeros
+            y = torch.cat([y, y.new_zeros(self.total_length - y.shape[0], *y.shape[1:])])
         if self.unbatched:
             return y.squeeze(1)
         return y.transpose(0, 1) if self.batch_first else y
@@ -93,14 +96,16 @@ def prepare_input(input, *, lengths, batch_first: bool, input_size: int, weight:
     if bool((lens == T).all()):
         return Batch(x, None, None, None, None, **common)
     sorted_lens, order = torch.sort(lens, descending=True, stable=True)
-    bs = (sorted_lens[None, :] > torch.arange(T)[:, None]).sum(1).tolist()  # (T,) active per step
+    steps = int(sorted_lens[0])  # the kernels stop at the longest sequence
+    bs = (sorted_lens[None, :] > torch.arange(steps)[:, None]).sum(1).tolist()  # active per step
     order = order.to(x.device)
     return Batch(
-        x=x.index_select(1, order),
-        batch_sizes=bs,
+        x=x[:steps].index_select(1, order),
+        batch_sizes=None if bs[-1] == B else bs,
         lengths=sorted_lens.to(x.device),
         sorted_indices=order,
         unsorted_indices=torch.argsort(order),
+        total_length=T,
         **common,
     )
 

@@ -1,0 +1,48 @@
+"""What bounds a fused kernel written as eager torch ops at small sizes: the cost of each op of a
+step, measured alone. The per-op figures quoted in docs/benchmarks.md come from this script.
+
+    python benchmarks/op_floor.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def per_call_us(fn, n: int = 2000) -> float:
+    for _ in range(50):
+        fn()
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        runs.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(runs)
+
+
+def row(B: int, H: int, G: int) -> str:
+    h, a = torch.randn(B, H), torch.randn(B, H)
+    w_t, add, out = torch.randn(H, G * H), torch.randn(B, G * H), torch.empty(B, G * H)
+    gemm = per_call_us(lambda: torch.addmm(add, h, w_t, out=out))
+    flops = 2 * B * H * G * H / gemm / 1e3
+    return (
+        f"B={B:3d} H={H:3d} G={G}: addmm (B,H)x(H,{G}H) {gemm:6.1f} us ({flops:5.1f} GFLOP/s), "
+        f"tanh_ (B,H) {per_call_us(lambda: a.tanh_()):5.1f} us, "
+        f"sigmoid_ (B,H) {per_call_us(lambda: a.sigmoid_()):5.1f} us, "
+        f"mul (B,H) {per_call_us(lambda: torch.mul(a, a, out=a)):4.1f} us"
+    )
+
+
+def main() -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    for B, H in ((1, 128), (16, 64), (32, 128), (64, 256)):
+        for G in (1, 3, 4):
+            print(row(B, H, G))
+
+
+if __name__ == "__main__":
+    main()
