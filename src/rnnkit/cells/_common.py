@@ -113,6 +113,34 @@ def check_batch_sizes(batch_sizes, T: int, B: int) -> list[int] | None:
     return None if bs[-1] == B else bs
 
 
+def run_kernel(x, states: dict, w_ih, w_hh, b_ih, b_hh, *, gates, batch_sizes, impl, step, fused, w_hr=None):
+    """The functional boundary every cell family shares: zeros for states given as None, the
+    checks, then the step equations under autograd (`impl="loop"`) or the fused kernel
+    (`fused(*states, batch_sizes)`). Returns (y, *final states)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(w_hh, torch.Tensor) and w_hh.dim() == 2:
+        sizes = {"c0": w_hh.shape[0] // gates}  # the cell state is (B, H); the others (B, P)
+        states = {
+            k: x.new_zeros(x.shape[1], sizes.get(k, w_hh.shape[1])) if v is None else v
+            for k, v in states.items()
+        }
+    bs = check_kernel_args(
+        x=x,
+        states=states,
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        gates=gates,
+        batch_sizes=batch_sizes,
+        impl=impl,
+        w_hr=w_hr,
+    )
+    if impl == "loop":
+        y, final = run_loop(step, x, tuple(states.values()), bs)
+        return (y, *final)
+    return fused(*states.values(), bs)
+
+
 # --- the reference: step equations under autograd --------------------------------------------
 
 

@@ -20,7 +20,6 @@ from rnnkit.cells._common import (
     active_rows,
     add_biases,
     add_final_grad,
-    check_kernel_args,
     forbid_double_backward,
     gate_weight_grads,
     input_grad,
@@ -28,7 +27,7 @@ from rnnkit.cells._common import (
     last_valid,
     linear,
     next_rows,
-    run_loop,
+    run_kernel,
 )
 from rnnkit.cells._gemm import Product
 from rnnkit.cells._module import CellBase
@@ -89,25 +88,19 @@ class ElmanFused(torch.autograd.Function):
 
 
 def _elman(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, impl):
-    if h0 is None and isinstance(x, torch.Tensor) and x.dim() == 3:
-        h0 = x.new_zeros(x.shape[1], w_hh.shape[1] if isinstance(w_hh, torch.Tensor) else 0)
-    bs = check_kernel_args(
-        x=x,
-        states={"h0": h0},
-        w_ih=w_ih,
-        w_hh=w_hh,
-        b_ih=b_ih,
-        b_hh=b_hh,
+    return run_kernel(
+        x,
+        {"h0": h0},
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
         gates=1,
         batch_sizes=batch_sizes,
         impl=impl,
+        step=lambda x_t, s: elman_step(x_t, s, w_ih, w_hh, b_ih, b_hh, nonlinearity),
+        fused=lambda h0, bs: ElmanFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, bs),
     )
-    if impl == "loop":
-        y, (h_n,) = run_loop(
-            lambda x_t, s: elman_step(x_t, s, w_ih, w_hh, b_ih, b_hh, nonlinearity), x, (h0,), bs
-        )
-        return y, h_n
-    return ElmanFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, bs)
 
 
 def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fused"):

@@ -33,14 +33,13 @@ from rnnkit.cells._common import (
     active_rows,
     add_biases,
     add_final_grad,
-    check_kernel_args,
     forbid_double_backward,
     input_grad,
     input_projection,
     last_valid,
     linear,
     prev_rows,
-    run_loop,
+    run_kernel,
     stack_prev,
 )
 from rnnkit.cells._gemm import Product, weight_grads
@@ -254,26 +253,20 @@ def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, batch_size
     PackedSequence; `impl="fused"` runs the hand-derived BPTT, `"loop"` the step equations."""
     if not isinstance(reset_after, bool):
         raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
-    if h0 is None and isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(w_hh, torch.Tensor):
-        h0 = x.new_zeros(x.shape[1], w_hh.shape[-1])
-    bs = check_kernel_args(
-        x=x,
-        states={"h0": h0},
-        w_ih=w_ih,
-        w_hh=w_hh,
-        b_ih=b_ih,
-        b_hh=b_hh,
+    kernel = GRUResetAfter if reset_after else GRUResetBefore
+    return run_kernel(
+        x,
+        {"h0": h0},
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
         gates=3,
         batch_sizes=batch_sizes,
         impl=impl,
+        step=lambda x_t, s: gru_step(x_t, s, w_ih, w_hh, b_ih, b_hh, reset_after),
+        fused=lambda h0, bs: kernel.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs),
     )
-    if impl == "loop":
-        y, (h_n,) = run_loop(
-            lambda x_t, s: gru_step(x_t, s, w_ih, w_hh, b_ih, b_hh, reset_after), x, (h0,), bs
-        )
-        return y, h_n
-    kernel = GRUResetAfter if reset_after else GRUResetBefore
-    return kernel.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs)
 
 
 class GRUCell(CellBase):

@@ -35,7 +35,6 @@ from rnnkit.cells._common import (
     active_rows,
     add_biases,
     add_final_grad,
-    check_kernel_args,
     forbid_double_backward,
     gate_weight_grads,
     input_grad,
@@ -43,7 +42,7 @@ from rnnkit.cells._common import (
     last_valid,
     linear,
     next_rows,
-    run_loop,
+    run_kernel,
     stack_prev,
     weight_grad,
 )
@@ -161,29 +160,20 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=
     (y (T, B, P), h_n (B, P), c_n (B, H)); P = H, or w_hr's rows with a projection.
     `batch_sizes` as in PackedSequence (sequences sorted by decreasing length); `impl="fused"`
     runs the hand-derived BPTT, `"loop"` the step equations under autograd."""
-    if isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(w_hh, torch.Tensor) and w_hh.dim() == 2:
-        if h0 is None:
-            h0 = x.new_zeros(x.shape[1], w_hh.shape[1])
-        if c0 is None:
-            c0 = x.new_zeros(x.shape[1], w_hh.shape[0] // 4)
-    bs = check_kernel_args(
-        x=x,
-        states={"h0": h0, "c0": c0},
-        w_ih=w_ih,
-        w_hh=w_hh,
-        b_ih=b_ih,
-        b_hh=b_hh,
+    return run_kernel(
+        x,
+        {"h0": h0, "c0": c0},
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
         gates=4,
         batch_sizes=batch_sizes,
         impl=impl,
         w_hr=w_hr,
+        step=lambda x_t, s: lstm_step(x_t, s, w_ih, w_hh, b_ih, b_hh, w_hr),
+        fused=lambda h0, c0, bs: LSTMFused.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, bs),
     )
-    if impl == "loop":
-        y, (h_n, c_n) = run_loop(
-            lambda x_t, s: lstm_step(x_t, s, w_ih, w_hh, b_ih, b_hh, w_hr), x, (h0, c0), bs
-        )
-        return y, h_n, c_n
-    return LSTMFused.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, bs)
 
 
 class LSTMCell(CellBase):

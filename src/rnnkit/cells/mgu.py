@@ -25,14 +25,13 @@ from rnnkit.cells._common import (
     active_rows,
     add_biases,
     add_final_grad,
-    check_kernel_args,
     forbid_double_backward,
     input_grad,
     input_projection,
     last_valid,
     linear,
     prev_rows,
-    run_loop,
+    run_kernel,
     stack_prev,
 )
 from rnnkit.cells._gemm import Product, weight_grads
@@ -132,23 +131,19 @@ def mgu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fuse
     """MGU over a whole sequence: x (T, B, I), h0 (B, H) or None (zeros) -> (y (T, B, H),
     h_n (B, H)). `batch_sizes` as in PackedSequence; `impl="fused"` runs the hand-derived BPTT,
     `"loop"` the step equations under autograd."""
-    if h0 is None and isinstance(x, torch.Tensor) and x.dim() == 3 and isinstance(w_hh, torch.Tensor):
-        h0 = x.new_zeros(x.shape[1], w_hh.shape[-1])
-    bs = check_kernel_args(
-        x=x,
-        states={"h0": h0},
-        w_ih=w_ih,
-        w_hh=w_hh,
-        b_ih=b_ih,
-        b_hh=b_hh,
+    return run_kernel(
+        x,
+        {"h0": h0},
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
         gates=2,
         batch_sizes=batch_sizes,
         impl=impl,
+        step=lambda x_t, s: mgu_step(x_t, s, w_ih, w_hh, b_ih, b_hh),
+        fused=lambda h0, bs: MGUFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs),
     )
-    if impl == "loop":
-        y, (h_n,) = run_loop(lambda x_t, s: mgu_step(x_t, s, w_ih, w_hh, b_ih, b_hh), x, (h0,), bs)
-        return y, h_n
-    return MGUFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs)
 
 
 class MGUCell(CellBase):
