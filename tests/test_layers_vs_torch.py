@@ -107,14 +107,14 @@ configs = st.fixed_dictionaries(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(cfg=configs, seed=st.integers(0, 2**16))
 def test_matches_torch_float64(kind, cfg, seed):
     compare(kind, cfg, torch.float64, rtol=1e-9, atol=1e-10, seed=seed)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(cfg=configs, seed=st.integers(0, 2**16))
 def test_matches_torch_float32(kind, cfg, seed):
     compare(kind, cfg, torch.float32, rtol=1e-4, atol=2e-5, seed=seed)
