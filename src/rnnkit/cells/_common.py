@@ -224,6 +224,15 @@ def last_valid(y: torch.Tensor, batch_sizes: list[int] | None) -> torch.Tensor:
     return y[last, torch.arange(B, device=y.device)]
 
 
+def zero_padding_(y: torch.Tensor, batch_sizes: list[int] | None) -> torch.Tensor:
+    """Zero, in place, the rows of each step that lie past a sequence's end: (T, B, *)."""
+    if batch_sizes is not None:
+        B = y.shape[1]
+        steps = torch.tensor(batch_sizes, device=y.device)[:, None]  # (T, 1)
+        y.mul_((torch.arange(B, device=y.device)[None, :] < steps).unsqueeze(-1).to(y.dtype))
+    return y
+
+
 def add_final_grad(grad_y, grad_last, batch_sizes: list[int] | None) -> torch.Tensor:
     """grad_y (T, B, P) plus the gradient of the final state put at each sequence's last step.
 

@@ -28,6 +28,7 @@ from rnnkit.cells._common import (
     linear,
     next_rows,
     run_kernel,
+    zero_padding_,
 )
 from rnnkit.cells._gemm import Product
 from rnnkit.cells._module import CellBase
@@ -51,14 +52,16 @@ class ElmanFused(torch.autograd.Function):
         T, B, _ = x.shape
         act_ = _ACT_[nonlinearity]
         recurrent = Product(w_hh, B)  # h -> h W_hh^T, on the faster GEMM backend for this size
-        xw = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, H)
-        y = torch.zeros_like(xw) if batch_sizes else torch.empty_like(xw)  # (T, B, H)
+        # The input projection is computed into the output buffer, and each step adds its
+        # recurrent product in place: a product into its own input needs no copy.
+        y = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, H)
         h = h0
-        for xw_t, y_t in zip(*active_rows(batch_sizes, xw, y)):
+        for (y_t,) in zip(*active_rows(batch_sizes, y)):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
-            recurrent(h, add=xw_t, out=y_t)
+            recurrent(h, add=y_t, out=y_t)
             h = act_(y_t)
+        zero_padding_(y, batch_sizes)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y)
         ctx.nonlinearity, ctx.batch_sizes = nonlinearity, batch_sizes
         return y, last_valid(y, batch_sizes)
@@ -78,7 +81,7 @@ class ElmanFused(torch.autograd.Function):
         back = Product(w_hh.t(), B)  # dz -> dz W_hh
         for t in range(T - 1, -1, -1):
             # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of sequences that ended before t+1 are zero)
-            dh = gs[t] if t == T - 1 else back(dzs_next[t], add=gs[t])
+            dh = gs[t] if t == T - 1 else back(dzs_next[t], add=gs[t], out=gs[t])
             torch.mul(dh, ds[t], out=dzs[t])
         dx = input_grad(dz, w_ih) if ctx.needs_input_grad[0] else None
         dw_ih, dw_hh = gate_weight_grads(ctx, dz, x, h0, y, 2, 3)

@@ -90,10 +90,12 @@ class GRUResetAfter(torch.autograd.Function):
         bi, bh = _blocks(b_ih, H, x), _blocks(b_hh, H, x)
         bias_x = torch.cat([bi[2], bi[0] + bh[0], bi[1] + bh[1]])  # b_hr, b_hz simply add
         xw = input_projection(x, w_ih.index_select(0, to_nrz), bias_x)  # (T, B, 3H): n, r, z
-        zero = x.new_zeros(H)
-        recurrent = Product(w_hh, B, torch.cat([zero, zero, bh[2]]))  # h -> W_hh h + [0, 0, b_hn]
+        recurrent = Product(w_hh, B)  # h -> W_hh h
         new = torch.zeros_like if batch_sizes else torch.empty_like
-        a = new(xw)  # (T, B, 3H): W_hh h_{t-1} + [0, 0, b_hn], blocks r, z, n
+        # a_t = W_hh h_{t-1} + [0, 0, b_hn], blocks r, z, n: the bias is laid down for all steps
+        # at once and each step adds its product in place (no copy into the output).
+        a = torch.zeros_like(xw)  # (T, B, 3H)
+        a[..., 2 * H :] = bh[2]
         rz = new(xw[..., : 2 * H])  # (T, B, 2H)
         n = new(xw[..., :H])  # (T, B, H)
         y = new(n)  # (T, B, H)
@@ -114,7 +116,7 @@ class GRUResetAfter(torch.autograd.Function):
         for xn_t, xrz_t, a_t, arz_t, an_t, rz_t, r_t, z_t, n_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
-            recurrent(h, out=a_t)
+            recurrent(h, add=a_t, out=a_t)
             torch.add(xrz_t, arz_t, out=rz_t).sigmoid_()
             torch.addcmul(xn_t, r_t, an_t, out=n_t).tanh_()
             torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h

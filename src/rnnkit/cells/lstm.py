@@ -124,20 +124,16 @@ class LSTMFused(torch.autograd.Function):
         dG = torch.zeros_like(gates) if bs else torch.empty_like(gates)  # (T, B, 4H)
         dG4 = dG.view(T, B, 4, H)
         # (T, B, P), for dW_hr; zeros past each length, where the loop writes nothing
-        dh_all = None if w_hr is None else (torch.zeros_like if bs else torch.empty_like)(y)
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}; rows of sequences not yet reached hold dL/dc_n
         gs, Ks, K_os, Es, fs, dG4s, dGos, carries = active_rows(
             bs, g_h, K, K_o, E, f, dG4, dG4[:, :, 2], carry.expand(T, B, H)
         )
-        dhs = active_rows(bs, dh_all)[0] if dh_all is not None else [None] * T
         dG_next = next_rows(bs, dG)
         back = Product(w_hh_p.t(), B)  # dG -> dG W_hh
         unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
         for t in range(T - 1, -1, -1):
-            if t == T - 1:
-                dh = gs[t] if dhs[t] is None else dhs[t].copy_(gs[t])
-            else:  # dh_t = g_t + dG_{t+1} W_hh
-                dh = back(dG_next[t], add=gs[t], out=dhs[t])
+            # dh_t = g_t + dG_{t+1} W_hh, accumulated in place in g (which then holds dh_t)
+            dh = gs[t] if t == T - 1 else back(dG_next[t], add=gs[t], out=gs[t])
             dm = dh if unproject is None else unproject(dh)
             dc = torch.addcmul(carries[t], dm, Es[t])  # (n, H)
             torch.mul(Ks[t], dc.unsqueeze(1), out=dG4s[t])  # i, f, g blocks (o overwritten next)
@@ -151,7 +147,7 @@ class LSTMFused(torch.autograd.Function):
         dw_ih = None if dw_ih is None else dw_ih.index_select(0, order)
         dw_hh = None if dw_hh is None else dw_hh.index_select(0, order)
         db = dG.sum((0, 1)).index_select(0, order) if any(ctx.needs_input_grad[5:7]) else None
-        dw_hr = weight_grad(dh_all, m) if w_hr is not None and ctx.needs_input_grad[7] else None
+        dw_hr = weight_grad(g_h, m) if w_hr is not None and ctx.needs_input_grad[7] else None
         return dx, dh0, dc0, dw_ih, dw_hh, db, db, dw_hr, None
 
 

@@ -57,22 +57,24 @@ class MGUFused(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        xw = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, 2H); all biases add here
+        bias = add_biases(b_ih, b_hh)  # all biases add to the input projection here
+        b_f, b_n = (None, None) if bias is None else bias.split(H)
+        # The projections are computed into the buffers of f and n, and each step adds its
+        # recurrent product in place: a product into its own input needs no copy.
+        f = input_projection(x, w_ih[:H], b_f)  # (T, B, H)
+        n = input_projection(x, w_ih[H:], b_n)  # (T, B, H)
         gate = Product(w_hh[:H], B)  # h -> W_hf h
         candidate = Product(w_hh[H:], B)  # f*h -> W_hn (f*h)
         new = torch.zeros_like if batch_sizes else torch.empty_like
-        f = new(xw[..., :H])  # (T, B, H)
         fh = new(f)  # (T, B, H): f * h_{t-1}
-        n = new(f)
         y = new(f)
-        steps = active_rows(batch_sizes, xw[..., :H], xw[..., H:], f, fh, n, y)
         h = h0
-        for xf_t, xn_t, f_t, fh_t, n_t, y_t in zip(*steps):
+        for f_t, fh_t, n_t, y_t in zip(*active_rows(batch_sizes, f, fh, n, y)):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
-            gate(h, add=xf_t, out=f_t).sigmoid_()
+            gate(h, add=f_t, out=f_t).sigmoid_()
             torch.mul(f_t, h, out=fh_t)
-            candidate(fh_t, add=xn_t, out=n_t).tanh_()
+            candidate(fh_t, add=n_t, out=n_t).tanh_()
             torch.lerp(h, n_t, f_t, out=y_t)  # (1 - f) h + f n
             h = y_t
         ctx.save_for_backward(x, h0, w_ih, w_hh, f, fh, n, y)
