@@ -86,41 +86,28 @@ class GRUResetAfter(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[1]
-        to_nrz, _ = _nrz(H, x.device)
         bi, bh = _blocks(b_ih, H, x), _blocks(b_hh, H, x)
-        bias_x = torch.cat([bi[2], bi[0] + bh[0], bi[1] + bh[1]])  # b_hr, b_hz simply add
-        xw = input_projection(x, w_ih.index_select(0, to_nrz), bias_x)  # (T, B, 3H): n, r, z
-        recurrent = Product(w_hh, B)  # h -> W_hh h
-        new = torch.zeros_like if batch_sizes else torch.empty_like
-        # a_t = W_hh h_{t-1} + [0, 0, b_hn], blocks r, z, n: the bias is laid down for all steps
-        # at once and each step adds its product in place (no copy into the output).
-        a = torch.zeros_like(xw)  # (T, B, 3H)
+        # One buffer a (T, B, 3H) receives every step's W_hh h_{t-1} in place: its r, z blocks
+        # start as the input projection (so they end as the gates' pre-activations) and its n
+        # block as b_hn (so it ends as W_hn h_{t-1} + b_hn, which r multiplies).
+        a = input_projection(x, w_ih, torch.cat([bi[0] + bh[0], bi[1] + bh[1], bi[2]]))  # (T, B, 3H)
+        n = a[..., 2 * H :].clone()  # (T, B, H): W_in x + b_in, then n in place
         a[..., 2 * H :] = bh[2]
-        rz = new(xw[..., : 2 * H])  # (T, B, 2H)
-        n = new(xw[..., :H])  # (T, B, H)
-        y = new(n)  # (T, B, H)
+        recurrent = Product(w_hh, B)  # h -> W_hh h
+        y = (torch.zeros_like if batch_sizes else torch.empty_like)(n)  # (T, B, H)
         steps = active_rows(
-            batch_sizes,
-            xw[..., :H],
-            xw[..., H:],
-            a,
-            a[..., : 2 * H],
-            a[..., 2 * H :],
-            rz,
-            rz[..., :H],
-            rz[..., H:],
-            n,
-            y,
+            batch_sizes, a, a[..., : 2 * H], a[..., :H], a[..., H : 2 * H], a[..., 2 * H :], n, y
         )
         h = h0
-        for xn_t, xrz_t, a_t, arz_t, an_t, rz_t, r_t, z_t, n_t, y_t in zip(*steps):
+        for a_t, rz_t, r_t, z_t, an_t, n_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
             recurrent(h, add=a_t, out=a_t)
-            torch.add(xrz_t, arz_t, out=rz_t).sigmoid_()
-            torch.addcmul(xn_t, r_t, an_t, out=n_t).tanh_()
+            rz_t.sigmoid_()
+            n_t.addcmul_(r_t, an_t).tanh_()
             torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
             h = y_t
+        rz = a[..., : 2 * H]
         ctx.save_for_backward(x, h0, w_ih, w_hh, a[..., 2 * H :], rz, n, y)
         ctx.batch_sizes = batch_sizes
         return y, last_valid(y, batch_sizes)
