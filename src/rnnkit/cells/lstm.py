@@ -113,20 +113,31 @@ class LSTMFused(torch.autograd.Function):
         order = _ifog(H, x.device)
         w_hh_p = w_hh.index_select(0, order)
         i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) activations
-        # Factors that depend only on the forward pass, for all steps at once outside the loop.
-        K = torch.zeros(T, B, 4, H, dtype=c.dtype, device=c.device)  # multiplies dc, per gate
-        torch.mul(i, 1 - i, out=K[:, :, 0]).mul_(g)  # i(1-i) g
-        torch.mul(f, 1 - f, out=K[:, :, 1]).mul_(stack_prev(c0, c))  # f(1-f) c_{t-1}
-        torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)  # (1-g^2) i
-        K_o = tanh_c * o * (1 - o)  # (T, B, H), multiplies dm
-        E = o * (1 - tanh_c * tanh_c)  # (T, B, H): dc_t += dm_t * E_t
+        # Factors that depend only on the forward pass, for all steps at once outside the loop:
+        # K (T, B, 4, H) = [i(1-i) g, f(1-f) c_{t-1}, o(1-o) tanh(c_t), (1-g^2) i]; the first three
+        # multiply dc (i, f, g blocks) or dm (o block), and E = o (1 - tanh^2 c) carries dm to dc.
+        K = torch.empty(T, B, 4, H, dtype=c.dtype, device=c.device)
+        sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
+        torch.mul(sig, 1 - sig, out=K[:, :, :3]).mul_(torch.stack([g, stack_prev(c0, c), tanh_c], dim=2))
+        torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)
+        E = o * (1 - tanh_c * tanh_c)  # (T, B, H)
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
         dG = torch.zeros_like(gates) if bs else torch.empty_like(gates)  # (T, B, 4H)
         dG4 = dG.view(T, B, 4, H)
-        # (T, B, P), for dW_hr; zeros past each length, where the loop writes nothing
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}; rows of sequences not yet reached hold dL/dc_n
-        gs, Ks, K_os, Es, fs, dG4s, dGos, carries = active_rows(
-            bs, g_h, K, K_o, E, f, dG4, dG4[:, :, 2], carry.expand(T, B, H)
+        dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)
+        gs, Ks, K_os, Es, fs, dG4s, dGos, carries, dcs3, dcs = active_rows(
+            bs,
+            g_h,
+            K,
+            K[:, :, 2],
+            E,
+            f,
+            dG4,
+            dG4[:, :, 2],
+            carry.expand(T, B, H),
+            dc.expand(T, B, 1, H),
+            dc[:, 0].expand(T, B, H),
         )
         dG_next = next_rows(bs, dG)
         back = Product(w_hh_p.t(), B)  # dG -> dG W_hh
@@ -135,10 +146,10 @@ class LSTMFused(torch.autograd.Function):
             # dh_t = g_t + dG_{t+1} W_hh, accumulated in place in g (which then holds dh_t)
             dh = gs[t] if t == T - 1 else back(dG_next[t], add=gs[t], out=gs[t])
             dm = dh if unproject is None else unproject(dh)
-            dc = torch.addcmul(carries[t], dm, Es[t])  # (n, H)
-            torch.mul(Ks[t], dc.unsqueeze(1), out=dG4s[t])  # i, f, g blocks (o overwritten next)
+            torch.addcmul(carries[t], dm, Es[t], out=dcs[t])  # dc_t (n, H)
+            torch.mul(Ks[t], dcs3[t], out=dG4s[t])  # i, f, g blocks (o overwritten next)
             torch.mul(dm, K_os[t], out=dGos[t])
-            torch.mul(dc, fs[t], out=carries[t])
+            torch.mul(dcs[t], fs[t], out=carries[t])
         dx = input_grad(dG, w_ih_p) if ctx.needs_input_grad[0] else None
         dw_ih, dw_hh = gate_weight_grads(ctx, dG, x, h0, y, 3, 4)
         dh0 = back(dG[0]) if ctx.needs_input_grad[1] else None
