@@ -34,7 +34,16 @@ def test_public_names():
 
 
 # Lower levels never import higher ones (STYLE.md rule 1).
-LEVELS = {"errors": 0, "_checks": 0, "cells": 1, "functional": 2, "layers": 2, "cli": 9}
+LEVELS = {
+    "errors": 0,
+    "_checks": 0,
+    "cells": 1,
+    "functional": 2,
+    "layers": 2,
+    "models": 3,
+    "decoding": 3,
+    "cli": 9,
+}
 
 
 def _level(module: str) -> int | None:

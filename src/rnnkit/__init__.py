@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from rnnkit import cells, functional  # noqa: E402
+from rnnkit import cells, decoding, functional, models  # noqa: E402
 from rnnkit.errors import (  # noqa: E402
     RnnkitError,
     RnnkitFileError,
@@ -24,5 +24,7 @@ __all__ = [
     "RnnkitValueError",
     "__version__",
     "cells",
+    "decoding",
     "functional",
+    "models",
 ]

@@ -1,0 +1,87 @@
+"""N-vs-N: a language model predicting the next token at every step.
+
+    e_t = E[x_t]                      embedding, (B, T) -> (B, T, D)
+    h_t, s_t = RNN(e_t, s_{t-1})      any recurrent layer of the library, stacked
+    p(x_{t+1} | x_<=t) = softmax(W h_t + b)
+
+The state s is explicit: forward takes and returns it, so truncated BPTT and streaming pass it
+along and nothing is hidden in the module. With `tie_weights` the output matrix W is the
+embedding matrix E (Press and Wolf 2017), which needs embedding_dim == hidden_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from rnnkit._checks import check_positive_int, check_tensor, shape_str
+from rnnkit.errors import RnnkitValueError
+from rnnkit.models._recurrent import recurrent_layer
+
+
+@dataclass(frozen=True)
+class LanguageModelConfig:
+    vocab_size: int
+    embedding_dim: int = 64
+    hidden_size: int = 256
+    num_layers: int = 1
+    cell: str = "lstm"
+    dropout: float = 0.0  # on the embeddings, between layers and on the outputs
+    tie_weights: bool = False
+    impl: str = "fused"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers"):
+            check_positive_int(name, getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise RnnkitValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            raise RnnkitValueError(
+                "tie_weights needs embedding_dim == hidden_size (the output matrix is the "
+                f"embedding matrix), got embedding_dim={self.embedding_dim}, hidden_size={self.hidden_size}"
+            )
+
+
+class LanguageModel(nn.Module):
+    """forward(tokens (B, T) int, state=None, *, lengths=None) -> (logits (B, T, V), state)."""
+
+    def __init__(self, config: LanguageModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.rnn = recurrent_layer(
+            config.cell,
+            config.embedding_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+            impl=config.impl,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor, state=None, *, lengths=None):
+        check_tensor("tokens", tokens, ndim=2)
+        if tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise RnnkitValueError(f"tokens must be an integer tensor (B, T), got dtype {tokens.dtype}")
+        V = self.config.vocab_size
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= V):
+            raise RnnkitValueError(
+                f"tokens must be ids in 0..{V - 1} (vocab_size {V}), got values in "
+                f"{int(tokens.min())}..{int(tokens.max())} (shape {shape_str(tokens)})"
+            )
+        e = self.drop(self.embedding(tokens))  # (B, T, D)
+        h, state = self.rnn(e, state, lengths=lengths)  # (B, T, H)
+        return self.head(self.drop(h)), state  # (B, T, V)
+
+    def step(self, token: torch.Tensor, state=None):
+        """One step for decoding: token (B,) -> (logits (B, V), state)."""
+        logits, state = self(token[:, None], state)
+        return logits[:, 0], state
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())
