@@ -1,0 +1,53 @@
+"""The input end shared by the models that read either token ids or feature vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnkit._checks import check_tensor, shape_str
+from rnnkit.errors import RnnkitValueError
+
+
+class InputEncoder(nn.Module):
+    """Token ids (B, T) through an embedding when `vocab_size` is set, else feature vectors
+    (B, T, input_size) as they are; checked at the boundary either way."""
+
+    def __init__(self, *, vocab_size: int | None, input_size: int | None, embedding_dim: int):
+        super().__init__()
+        if (vocab_size is None) == (input_size is None):
+            raise RnnkitValueError(
+                "give exactly one of vocab_size (token ids) and input_size (feature vectors), got "
+                f"vocab_size={vocab_size}, input_size={input_size}"
+            )
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_dim) if vocab_size else None
+        self.output_size = embedding_dim if vocab_size else input_size
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            check_tensor("inputs", inputs, ndim=3)
+            if inputs.shape[-1] != self.output_size:
+                raise RnnkitValueError(
+                    f"inputs must have {self.output_size} features (input_size), "
+                    f"got shape {shape_str(inputs)}"
+                )
+            return inputs
+        check_tensor("inputs", inputs, ndim=2)
+        if inputs.is_floating_point() or inputs.dtype == torch.bool:
+            raise RnnkitValueError(f"inputs must be integer token ids (B, T), got dtype {inputs.dtype}")
+        V = self.vocab_size
+        if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= V):
+            raise RnnkitValueError(
+                f"inputs must be ids in 0..{V - 1} (vocab_size {V}), got values in "
+                f"{int(inputs.min())}..{int(inputs.max())}"
+            )
+        return self.embedding(inputs)  # (B, T, D)
+
+
+def valid_mask(lengths, B: int, T: int, device) -> torch.Tensor:
+    """(B, T) True at the valid steps of each sequence (all of them when lengths is None)."""
+    if lengths is None:
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    lens = torch.as_tensor(lengths, device=device)
+    return torch.arange(T, device=device)[None, :] < lens[:, None]
