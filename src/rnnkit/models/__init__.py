@@ -1,6 +1,7 @@
 """Model topologies built on the library's recurrent layers."""
 
 from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
+from rnnkit.models.generator import VectorToSequence, VectorToSequenceConfig
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.models.tagger import SequenceTagger, SequenceTaggerConfig
 
@@ -11,4 +12,6 @@ __all__ = [
     "SequenceClassifierConfig",
     "SequenceTagger",
     "SequenceTaggerConfig",
+    "VectorToSequence",
+    "VectorToSequenceConfig",
 ]
