@@ -3,15 +3,20 @@
 from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models.generator import VectorToSequence, VectorToSequenceConfig
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig, exposure_gap, teacher_forcing_probability
 from rnnkit.models.tagger import SequenceTagger, SequenceTaggerConfig
 
 __all__ = [
     "LanguageModel",
     "LanguageModelConfig",
+    "Seq2Seq",
+    "Seq2SeqConfig",
     "SequenceClassifier",
     "SequenceClassifierConfig",
     "SequenceTagger",
     "SequenceTaggerConfig",
     "VectorToSequence",
     "VectorToSequenceConfig",
+    "exposure_gap",
+    "teacher_forcing_probability",
 ]
