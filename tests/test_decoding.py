@@ -124,3 +124,20 @@ def test_bad_arguments():
         sample(toy_step, torch.zeros(1, 1, dtype=torch.long), 3, top_p=1.5)
     with pytest.raises(rnnkit.RnnkitValueError, match="beam_size"):
         beam_search(toy_step, torch.zeros(1, 1, dtype=torch.long), 3, beam_size=0)
+
+
+def test_beam_size_one_equals_greedy():
+    prefix = torch.tensor([[0, 1], [3, 2], [4, 4]])
+    tokens, _ = beam_search(toy_step, prefix, 7, beam_size=1, length_penalty=0)
+    assert torch.equal(tokens, greedy(toy_step, prefix, 7))
+
+
+def test_top_k_never_leaves_the_top_k():
+    prefix = torch.randint(0, V, (400, 1), generator=torch.Generator().manual_seed(0))
+    out = sample(toy_step, prefix, 6, top_k=2, temperature=3.0, generator=torch.Generator().manual_seed(1))
+    state, token = None, prefix[:, 0]
+    for t in range(out.shape[1]):
+        logits, state = toy_step(token, state)
+        second = logits.topk(2, dim=-1).values[:, 1]  # tokens tied with the 2nd are in the top k
+        assert (logits.gather(1, out[:, t : t + 1])[:, 0] >= second).all()
+        token = out[:, t]

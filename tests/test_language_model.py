@@ -63,3 +63,18 @@ def test_bad_tokens():
         model(torch.tensor([1, 2]))
     with pytest.raises(rnnkit.RnnkitValueError, match="cell"):
         LanguageModel(LanguageModelConfig(5, cell="transformer"))
+
+
+def test_padding_changes_nothing():
+    torch.manual_seed(0)
+    model = LanguageModel(LanguageModelConfig(9, embedding_dim=8, hidden_size=12, num_layers=2, cell="gru"))
+    tokens = torch.randint(0, 9, (3, 7))
+    lengths = [7, 3, 5]
+    logits, _ = model(tokens, lengths=lengths)
+    targets = torch.randint(0, 9, (3, 7))
+    for b, n in enumerate(lengths):
+        alone, _ = model(tokens[b : b + 1, :n])
+        torch.testing.assert_close(logits[b, :n], alone[0], rtol=1e-5, atol=1e-6)
+        loss_pad = torch.nn.functional.cross_entropy(logits[b, :n], targets[b, :n])
+        loss_alone = torch.nn.functional.cross_entropy(alone[0], targets[b, :n])
+        torch.testing.assert_close(loss_pad, loss_alone)

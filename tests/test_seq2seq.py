@@ -139,3 +139,20 @@ def test_teacher_forcing_schedules_and_ratio():
     torch.testing.assert_close(free.argmax(-1)[:, :-1], own)  # free running feeds its own argmax
     with pytest.raises(rnnkit.RnnkitValueError, match="teacher_forcing"):
         model(src, tgt_in, teacher_forcing=1.5)
+
+
+def test_bad_arguments():
+    with pytest.raises(rnnkit.RnnkitValueError, match="attention"):
+        Seq2SeqConfig(10, 12, attention="multihead")
+    with pytest.raises(rnnkit.RnnkitValueError, match="cell"):
+        Seq2Seq(Seq2SeqConfig(10, 12, cell="transformer"))
+    model = Seq2Seq(Seq2SeqConfig(10, 12, attention="general", hidden_size=8, embedding_dim=4))
+    src, lengths, tgt_in, _ = reversal_batch(torch.Generator().manual_seed(3), 3)
+    with pytest.raises(rnnkit.RnnkitValueError, match="0..11"):  # a target id past the target vocabulary
+        model(src, tgt_in + 12)
+    with pytest.raises(rnnkit.RnnkitValueError, match="0..9"):  # source ids from the wrong vocabulary
+        model(src + 10, tgt_in)
+    with pytest.raises(rnnkit.RnnkitValueError, match="lengths"):
+        model(src, tgt_in, src_lengths=[7, 1, 2])
+    with pytest.raises(rnnkit.RnnkitValueError, match="beam_size"):
+        beam_search(model.step, tgt_in[:, :1], 3, beam_size=0, state=model.initial_state(src, lengths))
