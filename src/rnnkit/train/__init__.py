@@ -1,5 +1,14 @@
-"""Training: checkpoints (the trainer itself arrives with the Trainer/CLI issue)."""
+"""Training: the loop, its configuration and checkpoints."""
 
 from rnnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rnnkit.train.trainer import NonFiniteError, TrainConfig, Trainer
 
-__all__ = ["load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "NonFiniteError",
+    "TrainConfig",
+    "Trainer",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]

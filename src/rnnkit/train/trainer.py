@@ -1,0 +1,209 @@
+"""The training loop. It knows nothing about tasks: it is given a model, a function from a step
+number to that step's batch (so the data position of a resumed run is just its step), a step
+function returning the loss (and any recurrent state to carry to the next batch, detached here:
+truncated BPTT), an optional evaluation, and a frozen TrainConfig.
+
+Every `eval_every` steps it evaluates, keeps the best weights (by `metric`), writes the latest
+checkpoint and appends JSON lines to RUN_DIR/metrics.jsonl. A non-finite loss or gradient never
+reaches the weights: the step is skipped and counted, and `max_nonfinite` in a row stop the run.
+Resuming loads the latest checkpoint, drops the metric lines logged after it, and continues so
+that losses and metrics equal those of a run never interrupted (same process type, CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rnnkit._checks import check_choice, check_positive_int
+from rnnkit.errors import RnnkitError, RnnkitValueError
+from rnnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd, rmsprop
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # after warm-up: constant, or cosine decay to 0 at `steps`
+    warmup_steps: int = 0  # linear warm-up from 0
+    clip_norm: float | None = 1.0  # global gradient norm
+    clip_value: float | None = None  # per element, applied before the norm
+    eval_every: int = 100
+    patience: int | None = None  # early stopping: evaluations without improvement
+    max_nonfinite: int = 10  # consecutive skipped steps before the run stops
+
+    def __post_init__(self):
+        check_positive_int("steps", self.steps)
+        check_positive_int("eval_every", self.eval_every)
+        check_positive_int("max_nonfinite", self.max_nonfinite)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if not self.lr > 0:
+            raise RnnkitValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("clip_norm", "clip_value"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise RnnkitValueError(f"{name} must be > 0 or None, got {value}")
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    kw = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=config.momentum, **kw)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, momentum=config.momentum, **kw)
+    return (torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW)(params, **kw)
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The multiplier of the base learning rate at `step`: linear warm-up, then the schedule."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "cosine":
+        span = max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+    return 1.0
+
+
+def _detach(state):
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else state.detach()
+    return type(state)(_detach(s) for s in state)
+
+
+class NonFiniteError(RnnkitError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        *,
+        batches: Callable[[int], object],
+        step_fn: Callable[[nn.Module, object, object], tuple[torch.Tensor, object]],
+        run_dir,
+        evaluate: Callable[[nn.Module], dict] | None = None,
+        metric: str = "loss",
+        meta: dict | None = None,
+    ):
+        self.model, self.config = model, config
+        self.batches, self.step_fn, self.evaluate = batches, step_fn, evaluate
+        self.run_dir, self.metric, self.meta = Path(run_dir), metric, meta or {}
+        self.optimizer = make_optimizer(config, model.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
+        self.step, self.state, self.best = 0, None, math.inf
+        self.since_best = 0
+        self.counts = {"clipped": 0, "nonfinite": 0}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _tree(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+            "rng": rng_state(),
+            "step": self.step,
+            "state": self.state,
+            "best": self.best,
+            "since_best": self.since_best,
+            "counts": dict(self.counts),
+            "config": asdict(self.config),
+            "meta": self.meta,
+        }
+
+    def resume(self) -> None:
+        """Continue from RUN_DIR's latest checkpoint; metric lines logged after it are dropped."""
+        tree = load_checkpoint(self.run_dir, "latest")
+        self.model.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+        self.scheduler.load_state_dict({**tree["scheduler"], "lr_lambdas": [None]})
+        set_rng_state(tree["rng"])
+        self.step, self.state, self.best = tree["step"], tree["state"], tree["best"]
+        self.since_best, self.counts = tree["since_best"], dict(tree["counts"])
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _train_step(self) -> dict | None:
+        """One update; None when it was skipped for a non-finite loss or gradient."""
+        self.model.train()
+        loss, state = self.step_fn(self.model, self.batches(self.step), self.state)
+        self.state = _detach(state)  # truncated BPTT: the state goes on, its graph does not
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(p.grad).all()) for p in params)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.counts["nonfinite"] += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= self.config.max_nonfinite:
+                raise NonFiniteError(
+                    f"{self._skipped_in_a_row} steps in a row had a non-finite loss or gradient "
+                    f"(last at step {self.step}); lower the learning rate or tighten clip_norm"
+                )
+            return None
+        self._skipped_in_a_row = 0
+        if self.config.clip_value is not None:
+            nn.utils.clip_grad_value_(params, self.config.clip_value)
+        norm = nn.utils.clip_grad_norm_(params, self.config.clip_norm or math.inf)
+        if self.config.clip_norm is not None and norm > self.config.clip_norm:
+            self.counts["clipped"] += 1
+        self.optimizer.step()
+        return {"loss": loss.item(), "grad_norm": float(norm), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _evaluate_and_checkpoint(self) -> bool:
+        """Evaluate, keep the best weights, write the latest checkpoint; True to stop early."""
+        stop = False
+        if self.evaluate is not None:
+            self.model.eval()
+            with torch.no_grad():
+                metrics = self.evaluate(self.model)
+            self._log({"step": self.step, "split": "val", **metrics})
+            value = metrics[self.metric]
+            if value < self.best:
+                self.best, self.since_best = value, 0
+                save_checkpoint(self.run_dir, "best", {"model": self.model.state_dict(), "step": self.step})
+            else:
+                self.since_best += 1
+                stop = self.config.patience is not None and self.since_best >= self.config.patience
+        save_checkpoint(self.run_dir, "latest", self._tree())
+        return stop
+
+    def fit(self) -> dict:
+        """Train to config.steps (from where a resumed run left off); returns the counts."""
+        self._skipped_in_a_row = 0
+        while self.step < self.config.steps:
+            record = self._train_step()
+            self.step += 1
+            if record is not None:  # the schedule counts updates; a skipped step is none
+                self.scheduler.step()
+                self._log({"step": self.step, "split": "train", **record})
+            if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
+                if self._evaluate_and_checkpoint():
+                    break
+        return dict(self.counts)

@@ -1,0 +1,139 @@
+"""The trainer: resuming reproduces an uninterrupted run line for line, clipping gives the norm
+asked for, non-finite steps never reach the weights, early stopping stops."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.train import NonFiniteError, TrainConfig, Trainer
+
+
+def lm_setup(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.ModuleDict(
+        {
+            "emb": torch.nn.Embedding(7, 8),
+            "rnn": rnnkit.GRU(8, 16, batch_first=True),
+            "head": torch.nn.Linear(16, 7),
+            "drop": torch.nn.Dropout(0.2),
+        }
+    )
+
+    def batches(step):  # the data of step i depends on i alone, so a resumed run sees the same data
+        return torch.randint(0, 7, (4, 9), generator=torch.Generator().manual_seed(1000 + step))
+
+    def step_fn(m, tokens, state):  # stateful language modelling: the state goes on between batches
+        h, state = m["rnn"](m["drop"](m["emb"](tokens[:, :-1])), state)
+        loss = torch.nn.functional.cross_entropy(m["head"](h).reshape(-1, 7), tokens[:, 1:].reshape(-1))
+        return loss, state
+
+    def evaluate(m):
+        tokens = batches(-1)
+        h, _ = m["rnn"](m["emb"](tokens[:, :-1]))
+        return {
+            "loss": torch.nn.functional.cross_entropy(
+                m["head"](h).reshape(-1, 7), tokens[:, 1:].reshape(-1)
+            ).item()
+        }
+
+    return model, batches, step_fn, evaluate
+
+
+CONFIG = TrainConfig(steps=12, lr=1e-2, eval_every=4, warmup_steps=3, schedule="cosine", clip_norm=0.5)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    model, batches, step_fn, evaluate = lm_setup()
+    Trainer(model, CONFIG, batches=batches, step_fn=step_fn, evaluate=evaluate, run_dir=tmp_path / "a").fit()
+
+    model, batches, step_fn, evaluate = lm_setup()
+
+    def dies_at_step_10(step):
+        if step == 10:
+            raise KeyboardInterrupt("killed")
+        return batches(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(
+            model, CONFIG, batches=dies_at_step_10, step_fn=step_fn, evaluate=evaluate, run_dir=tmp_path / "b"
+        ).fit()
+    logged = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(logged[-1])["step"] == 10  # step 9 -> 10 was logged after the checkpoint at 8
+
+    model, batches, step_fn, evaluate = lm_setup(seed=5)  # a new process: other weights, other RNG
+    trainer = Trainer(
+        model, CONFIG, batches=batches, step_fn=step_fn, evaluate=evaluate, run_dir=tmp_path / "b"
+    )
+    trainer.resume()
+    assert trainer.step == 8
+    trainer.fit()
+    a = (tmp_path / "a" / "metrics.jsonl").read_text()
+    b = (tmp_path / "b" / "metrics.jsonl").read_text()
+    assert a == b and len(a.splitlines()) == 12 + 3
+
+
+def test_clipping_gives_the_norm_asked_for(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    config = TrainConfig(steps=1, optimizer="sgd", momentum=0.0, lr=1.0, clip_norm=0.5, eval_every=1)
+
+    def step_fn(m, batch, state):
+        return 100 * m(batch).pow(2).sum(), None
+
+    trainer = Trainer(model, config, batches=lambda i: torch.randn(4, 5), step_fn=step_fn, run_dir=tmp_path)
+    counts = trainer.fit()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert counts["clipped"] == 1
+    assert delta.norm().item() == pytest.approx(0.5, rel=1e-5)  # SGD, lr 1: the step is the gradient
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["grad_norm"] > 0.5  # the norm before clipping is what is logged
+
+
+def test_nonfinite_steps_never_reach_the_weights(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    config = TrainConfig(steps=4, optimizer="sgd", lr=0.1, eval_every=2, max_nonfinite=2)
+    weights = {}
+
+    def step_fn(m, batch, state):
+        weights[len(weights)] = m.weight.detach().clone()
+        loss = m(batch).sum()
+        return (loss * math.nan if len(weights) == 2 else loss), None
+
+    counts = Trainer(
+        model, config, batches=lambda i: torch.ones(2, 3), step_fn=step_fn, run_dir=tmp_path
+    ).fit()
+    assert counts["nonfinite"] == 1
+    assert torch.equal(weights[1], weights[2])  # the NaN step changed nothing
+    assert not torch.equal(weights[2], weights[3])
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    with pytest.raises(NonFiniteError, match="2 steps in a row"):
+        Trainer(
+            model,
+            config,
+            batches=lambda i: torch.ones(2, 3),
+            step_fn=lambda m, b, s: (m(b).sum() * math.inf, None),
+            run_dir=tmp_path / "x",
+        ).fit()
+
+
+def test_early_stopping_stops(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    scores = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    trainer = Trainer(
+        model,
+        TrainConfig(steps=100, eval_every=5, patience=2),
+        batches=lambda i: torch.ones(1, 2),
+        step_fn=lambda m, b, s: (m(b).sum(), None),
+        evaluate=lambda m: {"loss": next(scores)},
+        run_dir=tmp_path,
+    )
+    trainer.fit()
+    assert trainer.step == 20  # best at the 2nd evaluation (step 10); two worse ones: 15, 20
+    assert rnnkit.train.load_checkpoint(tmp_path, "best")["step"] == 10
