@@ -136,4 +136,47 @@ def test_early_stopping_stops(tmp_path):
     )
     trainer.fit()
     assert trainer.step == 20  # best at the 2nd evaluation (step 10); two worse ones: 15, 20
-    assert rnnkit.train.load_checkpoint(tmp_path, "best")["step"] == 10
+    assert trainer.best_step == 10
+    assert rnnkit.train.load_checkpoint(tmp_path, "latest")["best_step"] == 10
+
+
+def test_load_gives_the_selected_model(tmp_path):
+    from rnnkit.models import LanguageModel, LanguageModelConfig, describe
+
+    torch.manual_seed(0)
+    model = LanguageModel(
+        LanguageModelConfig(7, embedding_dim=8, hidden_size=8, tie_weights=True, cell="mgu")
+    )
+    _, batches, _, _ = lm_setup()
+
+    def step_fn(m, tokens, state):
+        logits, state = m(tokens[:, :-1], state)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 7), tokens[:, 1:].reshape(-1)), state
+
+    scores = iter([3.0, 1.0, 2.0])  # the 2nd evaluation (step 4) is the best
+    snapshots = {}
+
+    def evaluate(m):
+        snapshots[len(snapshots)] = {k: v.clone() for k, v in m.state_dict().items()}
+        return {"loss": next(scores)}
+
+    Trainer(
+        model,
+        TrainConfig(steps=6, eval_every=2, lr=1e-2),
+        batches=batches,
+        step_fn=step_fn,
+        evaluate=evaluate,
+        run_dir=tmp_path,
+        meta={"model": describe(model)},
+    ).fit()
+    loaded = rnnkit.load(tmp_path)
+    assert isinstance(loaded, LanguageModel) and not loaded.training
+    assert loaded.head.weight is loaded.embedding.weight
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, snapshots[1][k])
+    assert not torch.equal(loaded.head.bias, model.head.bias)  # not the last weights
+    with pytest.raises(rnnkit.RnnkitFileError, match="does not exist"):
+        rnnkit.load(tmp_path / "nope")
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(rnnkit.RnnkitFileError, match="model.safetensors is missing"):
+        rnnkit.load(tmp_path)

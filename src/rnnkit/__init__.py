@@ -11,6 +11,7 @@ from rnnkit.errors import (  # noqa: E402
     RnnkitValueError,
 )
 from rnnkit.layers import GRU, LSTM, MGU, RNN  # noqa: E402
+from rnnkit.runs import load  # noqa: E402
 
 __all__ = [
     "GRU",
@@ -26,5 +27,6 @@ __all__ = [
     "cells",
     "decoding",
     "functional",
+    "load",
     "models",
 ]

@@ -3,10 +3,12 @@
 from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models.generator import VectorToSequence, VectorToSequenceConfig
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+from rnnkit.models.registry import MODELS, build, describe
 from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig, exposure_gap, teacher_forcing_probability
 from rnnkit.models.tagger import SequenceTagger, SequenceTaggerConfig
 
 __all__ = [
+    "MODELS",
     "LanguageModel",
     "LanguageModelConfig",
     "Seq2Seq",
@@ -17,6 +19,8 @@ __all__ = [
     "SequenceTaggerConfig",
     "VectorToSequence",
     "VectorToSequenceConfig",
+    "build",
+    "describe",
     "exposure_gap",
     "teacher_forcing_probability",
 ]

@@ -37,7 +37,7 @@ _TUPLE = "__tuple__"
 def _flatten(tree, tensors: dict, path: str):
     """tree -> JSON-able tree; tensors move into `tensors` under their path."""
     if isinstance(tree, torch.Tensor):
-        tensors[path] = tree.detach().cpu().contiguous()
+        tensors[path] = tree.detach().cpu().clone()  # a copy: tied weights must not share storage
         return {_TENSOR: path}
     if isinstance(tree, dict):
         if not all(isinstance(k, (str, int)) for k in tree):
@@ -87,6 +87,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_weights(path, state_dict: dict) -> None:
+    """A state_dict as one safetensors file, written atomically (tied weights stored twice)."""
+    _write_atomic(Path(path), save_tensors({k: v.detach().cpu().clone() for k, v in state_dict.items()}))
+
+
+def write_json(path, obj) -> None:
+    """JSON written atomically."""
+    _write_atomic(Path(path), json.dumps(obj, indent=1).encode())
 
 
 def save_checkpoint(directory, name: str, tree) -> Path:

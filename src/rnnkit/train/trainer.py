@@ -23,7 +23,14 @@ from torch import nn
 
 from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.errors import RnnkitError, RnnkitValueError
-from rnnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rnnkit.train.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+    write_json,
+)
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -105,10 +112,12 @@ class Trainer:
         self.run_dir, self.metric, self.meta = Path(run_dir), metric, meta or {}
         self.optimizer = make_optimizer(config, model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
-        self.step, self.state, self.best = 0, None, math.inf
+        self.step, self.state, self.best, self.best_step = 0, None, math.inf, None
         self.since_best = 0
         self.counts = {"clipped": 0, "nonfinite": 0}
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # what rebuilds the run: the caller's description (e.g. the model's) and this config
+        write_json(self.run_dir / "config.json", {**self.meta, "train": asdict(config)})
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -121,6 +130,7 @@ class Trainer:
             "step": self.step,
             "state": self.state,
             "best": self.best,
+            "best_step": self.best_step,
             "since_best": self.since_best,
             "counts": dict(self.counts),
             "config": asdict(self.config),
@@ -135,6 +145,7 @@ class Trainer:
         self.scheduler.load_state_dict({**tree["scheduler"], "lr_lambdas": [None]})
         set_rng_state(tree["rng"])
         self.step, self.state, self.best = tree["step"], tree["state"], tree["best"]
+        self.best_step = tree["best_step"]
         self.since_best, self.counts = tree["since_best"], dict(tree["counts"])
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
@@ -185,12 +196,14 @@ class Trainer:
                 metrics = self.evaluate(self.model)
             self._log({"step": self.step, "split": "val", **metrics})
             value = metrics[self.metric]
-            if value < self.best:
-                self.best, self.since_best = value, 0
-                save_checkpoint(self.run_dir, "best", {"model": self.model.state_dict(), "step": self.step})
+            if value < self.best:  # model.safetensors holds the weights selected by validation
+                self.best, self.since_best, self.best_step = value, 0, self.step
+                save_weights(self.run_dir / "model.safetensors", self.model.state_dict())
             else:
                 self.since_best += 1
                 stop = self.config.patience is not None and self.since_best >= self.config.patience
+        else:  # nothing to select by: the latest weights are the run's model
+            save_weights(self.run_dir / "model.safetensors", self.model.state_dict())
         save_checkpoint(self.run_dir, "latest", self._tree())
         return stop
 

@@ -1,0 +1,44 @@
+"""Run directories: what `rnnkit.load` reads.
+
+RUN_DIR/config.json      {"model": {"class": ..., "config": {...}}, "train": {...}, ...}
+RUN_DIR/model.safetensors the weights selected by validation (the best), as a state_dict
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from rnnkit.errors import RnnkitFileError, RnnkitValueError
+from rnnkit.models.registry import build
+
+
+def load(run_dir) -> nn.Module:
+    """The trained model of a run directory, in eval mode, ready for inference."""
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
+    if not run_dir.is_dir():
+        raise RnnkitFileError(f"run directory {run_dir} does not exist")
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise RnnkitFileError(f"{run_dir} is not a run directory: {path.name} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RnnkitValueError(f"{config_path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or "model" not in config:
+        raise RnnkitValueError(f"{config_path} does not describe a model (no 'model' entry)")
+    model = build(config["model"])
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise RnnkitValueError(f"{weights_path} is not a valid safetensors file: {e}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RnnkitValueError(f"{weights_path} does not fit the model of {config_path}: {e}") from None
+    return model.eval()
