@@ -1,11 +1,59 @@
-"""The `rnnkit` command. Subcommands arrive with the trainer; for now: --version."""
+"""The `rnnkit` command: train, evaluate, sample, predict. Task and training flags are generated
+from their config dataclasses, so the help cannot drift from the code.
+
+Exit status: 0 on success, 2 for a usage or input error (one line on standard error), 1 else.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import json
+import random
 import sys
+from pathlib import Path
+
+import numpy as np
+import torch
 
 import rnnkit
+from rnnkit.errors import RnnkitError, RnnkitFileError
+from rnnkit.models import build, describe
+from rnnkit.tasks.registry import TASKS
+from rnnkit.train import TrainConfig, Trainer
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    """--field-name for every field of a config dataclass, typed and defaulted from it."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        if kind == "bool":
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {f.default})"
+            )
+        else:
+            group.add_argument(
+                flag,
+                type=_TYPES.get(kind, str),
+                default=None,
+                metavar=kind.upper(),
+                help=f"(default: {f.default})",
+            )
+
+
+def config_from(cls, args, base: dict | None = None):
+    """The config with the flags given on the command line over `base` (or the defaults)."""
+    values = dict(base or {})
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return cls(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,11 +61,143 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rnnkit", description="Recurrent neural networks as the textbooks describe them."
     )
     parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a task (default: charlm) into a run directory")
+    train.add_argument("task", nargs="?", default="charlm", choices=sorted(TASKS))
+    train.add_argument("--data", help="a data file instead of the built-in data")
+    train.add_argument("--out", help="the run directory (default: runs/<task>-<UTC timestamp>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue this run to its total --steps")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    add_config_flags(train, TrainConfig, "training")
+    for name, (_, config_cls) in TASKS.items():
+        add_config_flags(train, config_cls, f"task {name}")
+
+    evaluate = sub.add_parser("evaluate", help="the test metrics of a run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", help="evaluate on this file as test data")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object on standard output")
+
+    sample = sub.add_parser("sample", help="generate from a run's model")
+    sample.add_argument("run_dir")
+    sample.add_argument("--prime", default="")
+    sample.add_argument("--length", type=int, default=300)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-k", type=int)
+    sample.add_argument("--top-p", type=float)
+    sample.add_argument("--seed", type=int, default=0)
+
+    predict = sub.add_parser("predict", help="a run's model on each INPUT")
+    predict.add_argument("run_dir")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stdout)
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the legacy global generator user code draws from)
+    torch.manual_seed(seed)
+
+
+def _run_config(run_dir) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RnnkitFileError(f"{run_dir} is not a run directory (no config.json)")
+    return json.loads(path.read_text())
+
+
+def _task_of(config: dict):
+    task_cls, config_cls = TASKS[config["task"]]
+    return task_cls(config_cls(**config["task_config"]), data=config.get("data"), vocab=config["vocab"])
+
+
+def cmd_train(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        saved = _run_config(args.resume)
+        task, out = _task_of(saved), Path(args.resume)
+        model = build(saved["model"])
+        train_config = config_from(TrainConfig, args, saved["train"])
+        meta = {k: v for k, v in saved.items() if k != "train"}
+    else:
+        _seed(args.seed)
+        task_cls, config_cls = TASKS[args.task]
+        task = task_cls(config_from(config_cls, args), data=args.data)
+        model = task.build_model()
+        train_config = config_from(TrainConfig, args)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or f"runs/{args.task}-{stamp}")
+        meta = {"model": describe(model), **task.describe(), "data": args.data, "seed": args.seed}
+
+    def progress(record):
+        if record["split"] != "train" or record["step"] % 50 == 0:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+            print(json.dumps(shown), flush=True)
+
+    trainer = Trainer(
+        model,
+        train_config,
+        batches=task.batches,
+        step_fn=task.step_fn,
+        evaluate=task.evaluate,
+        metric=task.metric,
+        run_dir=out,
+        meta=meta,
+        progress=progress,
+    )
+    if args.resume:
+        trainer.resume()
+    trainer.fit()
+    test = task.test_metrics(rnnkit.load(out))
+    trainer.log({"step": trainer.step, "split": "test", **test})
+    print(f"run directory: {out}")
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    task = _task_of(_run_config(args.run_dir))
+    metrics = task.test_metrics(rnnkit.load(args.run_dir), data=args.data)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>12}  {v:.4f}" if isinstance(v, float) else f"{k:>12}  {v}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    task = _task_of(_run_config(args.run_dir))
+    print(
+        task.sample(
+            rnnkit.load(args.run_dir),
+            prime=args.prime,
+            length=args.length,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    task = _task_of(_run_config(args.run_dir))
+    model = rnnkit.load(args.run_dir)
+    for text in args.inputs:  # charlm: continue each input as a prime
+        print(task.sample(model, prime=text, length=100, temperature=1.0, top_k=None, top_p=None, seed=0))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits with status 2
+    try:
+        return COMMANDS[args.command](args)
+    except RnnkitError as e:
+        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -106,10 +106,12 @@ class Trainer:
         evaluate: Callable[[nn.Module], dict] | None = None,
         metric: str = "loss",
         meta: dict | None = None,
+        progress: Callable[[dict], None] | None = None,
     ):
         self.model, self.config = model, config
         self.batches, self.step_fn, self.evaluate = batches, step_fn, evaluate
         self.run_dir, self.metric, self.meta = Path(run_dir), metric, meta or {}
+        self.progress = progress  # called with every record logged (e.g. to print a line)
         self.optimizer = make_optimizer(config, model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
         self.step, self.state, self.best, self.best_step = 0, None, math.inf, None
@@ -152,9 +154,12 @@ class Trainer:
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             path.write_text("".join(line + "\n" for line in kept))
 
-    def _log(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
+        """Append a record to RUN_DIR/metrics.jsonl (and show it to `progress`)."""
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.progress is not None:
+            self.progress(record)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class Trainer:
             self.model.eval()
             with torch.no_grad():
                 metrics = self.evaluate(self.model)
-            self._log({"step": self.step, "split": "val", **metrics})
+            self.log({"step": self.step, "split": "val", **metrics})
             value = metrics[self.metric]
             if value < self.best:  # model.safetensors holds the weights selected by validation
                 self.best, self.since_best, self.best_step = value, 0, self.step
@@ -215,7 +220,7 @@ class Trainer:
             self.step += 1
             if record is not None:  # the schedule counts updates; a skipped step is none
                 self.scheduler.step()
-                self._log({"step": self.step, "split": "train", **record})
+                self.log({"step": self.step, "split": "train", **record})
             if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
                 if self._evaluate_and_checkpoint():
                     break

@@ -1,0 +1,1 @@
+"""Built-in corpora and data sets, and readers of user files."""

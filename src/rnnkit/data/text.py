@@ -1,0 +1,93 @@
+"""Text for character language models: the built-in corpus, user files, and the character
+vocabulary with an unknown symbol.
+
+Built-in: the Python documentation topics that ship with the standard library
+(`pydoc_data.topics`, ~465,000 characters), joined in sorted key order. Validation and test are
+whole topics chosen with a fixed seed, not the tail: the last topics overlap earlier text
+heavily, which flatters every model. A user file is split by position: the last 10% is test, the
+10% before it validation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rnnkit.errors import RnnkitFileError, RnnkitValueError
+
+UNK = "\ufffd"  # stands for every character not seen in training
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    train: str
+    val: str
+    test: str
+    source: str
+
+
+def builtin_corpus(seed: int = 0, held_out: int = 6) -> TextSplits:
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    rng = random.Random(seed)
+    chosen = rng.sample(keys, 2 * held_out)
+    val_keys, test_keys = set(chosen[:held_out]), set(chosen[held_out:])
+    part = {k: topics[k] for k in keys}
+    return TextSplits(
+        train="".join(v for k, v in part.items() if k not in val_keys | test_keys),
+        val="".join(part[k] for k in keys if k in val_keys),
+        test="".join(part[k] for k in keys if k in test_keys),
+        source="pydoc_data.topics",
+    )
+
+
+def read_text(path) -> str:
+    """A UTF-8 text file's content; clear errors for a missing, unreadable, binary or empty file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RnnkitFileError(f"--data: no such file: {path}") from None
+    except IsADirectoryError:
+        raise RnnkitFileError(f"--data: {path} is a directory, expected a text file") from None
+    except OSError as e:
+        raise RnnkitFileError(f"--data: cannot read {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RnnkitValueError(
+            f"--data: {path} is not UTF-8 text (byte {e.start} cannot be decoded)"
+        ) from None
+    if not text.strip():
+        raise RnnkitValueError(f"--data: {path} is empty")
+    return text
+
+
+def file_corpus(path) -> TextSplits:
+    text = read_text(path)
+    if len(text) < 100:
+        raise RnnkitValueError(f"--data: {path} holds {len(text)} characters; at least 100 are needed")
+    n = len(text)
+    a, b = int(n * 0.8), int(n * 0.9)
+    return TextSplits(train=text[:a], val=text[a:b], test=text[b:], source=str(path))
+
+
+class CharVocab:
+    """Characters of the training text, sorted, plus UNK (id 0) for anything else."""
+
+    def __init__(self, chars):
+        self.chars = [UNK] + sorted(set(chars) - {UNK})
+        self.index = {ch: i for i, ch in enumerate(self.chars)}
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> torch.Tensor:
+        return torch.tensor([self.index.get(ch, 0) for ch in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)

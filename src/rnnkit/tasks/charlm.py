@@ -1,0 +1,137 @@
+"""charlm: a character-level language model (the default task).
+
+Data: the built-in Python documentation text (`rnnkit.data.text`) or any UTF-8 file (--data).
+Training streams the text as `batch_size` parallel rows and carries the recurrent state from one
+`seq_len` chunk to the next (truncated BPTT), resetting it when the streams wrap around.
+Metric: bits per character (bpc = cross-entropy / ln 2), with compressors on the same test text as
+baselines: gzip -9 and xz -9 on the test text alone, and xz's extra bits for the test text after
+the training text (xz_cond_bpc).
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
+from rnnkit.decoding import sample
+from rnnkit.models import LanguageModel, LanguageModelConfig
+
+
+@dataclass(frozen=True)
+class CharLMConfig:
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 1
+    embedding_dim: int = 64
+    dropout: float = 0.1
+    seq_len: int = 100
+    batch_size: int = 32
+    eval_chars: int = 30000  # validation characters per evaluation during training
+
+
+class CharLMTask:
+    name = "charlm"
+    metric = "bpc"
+
+    def __init__(self, config: CharLMConfig, *, data: str | None = None, vocab: list[str] | None = None):
+        self.config = config
+        self.splits: TextSplits = builtin_corpus() if data is None else file_corpus(data)
+        self.vocab = CharVocab(self.splits.train if vocab is None else vocab[1:])
+        self.train_ids = self.vocab.encode(self.splits.train)
+
+    def describe(self) -> dict:
+        return {"task": self.name, "task_config": asdict(self.config), "vocab": self.vocab.chars}
+
+    def build_model(self) -> LanguageModel:
+        c = self.config
+        return LanguageModel(
+            LanguageModelConfig(
+                len(self.vocab),
+                embedding_dim=c.embedding_dim,
+                hidden_size=c.hidden_size,
+                num_layers=c.num_layers,
+                cell=c.cell,
+                dropout=c.dropout,
+            )
+        )
+
+    # --- training -----------------------------------------------------------------------------
+
+    def batches(self, step: int):
+        """Step i's chunk of the parallel streams, and whether it starts them over."""
+        B, L = self.config.batch_size, self.config.seq_len
+        per_stream = (len(self.train_ids) - 1) // B
+        chunks = max(1, (per_stream - 1) // L)
+        streams = self.train_ids[: B * per_stream + 1]
+        i = step % chunks
+        starts = torch.arange(B) * per_stream + i * L
+        tokens = torch.stack([streams[s : s + L + 1] for s in starts.tolist()])  # (B, L + 1)
+        return tokens, i == 0
+
+    @staticmethod
+    def step_fn(model, batch, state):
+        tokens, restart = batch
+        logits, state = model(tokens[:, :-1], None if restart else state)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
+        )
+        return loss, state
+
+    def evaluate(self, model) -> dict:
+        return {"bpc": bits_per_char(model, self.vocab.encode(self.splits.val[: self.config.eval_chars]))}
+
+    # --- the commands ---------------------------------------------------------------------------
+
+    def test_metrics(self, model, data: str | None = None) -> dict:
+        test = self.splits.test if data is None else read_text(data)
+        ids = self.vocab.encode(test)
+        n = len(test)
+        train_xz = len(lzma.compress(self.splits.train.encode(), preset=9))
+        return {
+            "bpc": bits_per_char(model, ids),
+            "gzip_bpc": 8 * len(gzip.compress(test.encode(), 9)) / n,
+            "xz_bpc": 8 * len(lzma.compress(test.encode(), preset=9)) / n,
+            "xz_cond_bpc": 8
+            * (len(lzma.compress((self.splits.train + test).encode(), preset=9)) - train_xz)
+            / n,
+            "test_chars": n,
+        }
+
+    def sample(self, model, *, prime: str, length: int, temperature: float, top_k, top_p, seed: int) -> str:
+        prefix = self.vocab.encode(prime or "\n")[None]
+        out = sample(
+            model.step,
+            prefix,
+            length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return (prime or "") + self.vocab.decode(out[0])
+
+
+@torch.no_grad()
+def bits_per_char(model, ids: torch.Tensor, streams: int = 16, chunk: int = 256) -> float:
+    """Average -log2 p(next char) over `ids`, read as `streams` parallel rows with the state
+    carried across chunks (each row starts from a zero state)."""
+    model.eval()
+    if len(ids) < 2:
+        return float("nan")
+    streams = max(1, min(streams, (len(ids) - 1) // 8))
+    per = (len(ids) - 1) // streams
+    rows = torch.stack([ids[s * per : s * per + per + 1] for s in range(streams)])  # (S, per + 1)
+    total, count, state = 0.0, 0, None
+    for start in range(0, per, chunk):
+        x = rows[:, start : min(start + chunk, per) + 1]
+        logits, state = model(x[:, :-1], state)
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+        ).item()
+        count += x[:, 1:].numel()
+    return total / count / math.log(2)

@@ -1,0 +1,109 @@
+"""The `rnnkit` command, mostly in-process through cli.main (importing torch in a subprocess
+costs seconds), once through a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnnkit.cli import main
+
+SMALL = [
+    "--hidden-size",
+    "24",
+    "--embedding-dim",
+    "8",
+    "--seq-len",
+    "20",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "5",
+]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("".join(topics[k] for k in sorted(topics)[:2]), encoding="utf-8")
+    return path
+
+
+def lines(run, splits=("train", "val")):
+    return [
+        ln for ln in (run / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["split"] in splits
+    ]
+
+
+def test_train_evaluate_sample_predict(tmp_path, text_file, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(["train", "charlm", "--data", str(text_file), "--steps", "10", "--out", str(run), *SMALL]) == 0
+    )
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "latest.json"):
+        assert (run / name).is_file()
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "val", "test"} and all("step" in r for r in records)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)  # one JSON object and nothing else
+    assert {"bpc", "gzip_bpc", "xz_bpc", "xz_cond_bpc"} <= set(metrics)
+    assert 0 < metrics["bpc"] < 8 and 0 < metrics["xz_cond_bpc"] < metrics["xz_bpc"]
+    assert main(["sample", str(run), "--prime", "The ", "--length", "30", "--seed", "3"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("The ") and len(first.rstrip("\n")) >= 34 - 1
+    main(["sample", str(run), "--prime", "The ", "--length", "30", "--seed", "3"])
+    assert capsys.readouterr().out == first  # seeded
+    assert main(["predict", str(run), "import ", "\u2603 unseen"]) == 0  # unseen characters map to unknown
+    out = capsys.readouterr().out
+    assert "import " in out and "\u2603 unseen" in out
+
+
+def test_resume_continues_the_run(tmp_path, text_file):
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(["train", "--data", str(text_file), "--steps", "20", "--out", str(a), *SMALL])
+    main(["train", "--data", str(text_file), "--steps", "10", "--out", str(b), *SMALL])
+    assert main(["train", "--resume", str(b), "--steps", "20"]) == 0
+    assert lines(a) == lines(b)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [(None, "no such file"), (b"", "is empty"), (b"\xff\xfe\x00bad", "not UTF-8")],
+)
+def test_bad_data_exits_2_with_one_line(tmp_path, capsys, content, fragment):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["train", "--data", str(path), "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    for argv in (["train", "nosuchtask"], ["train", "--no-such-flag"], ["frobnicate"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["sample"], ["predict"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage: rnnkit" in capsys.readouterr().out
+
+
+def test_subprocess_error_is_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "sample", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
