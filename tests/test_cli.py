@@ -62,6 +62,13 @@ def test_train_evaluate_sample_predict(tmp_path, text_file, capsys):
     assert "import " in out and "\u2603 unseen" in out
 
 
+def test_refuses_to_train_over_a_run(tmp_path, text_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(text_file), "--steps", "2", "--out", str(run), *SMALL]) == 0
+    assert main(["train", "--data", str(text_file), "--steps", "2", "--out", str(run), *SMALL]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
 def test_resume_continues_the_run(tmp_path, text_file):
     a, b = tmp_path / "a", tmp_path / "b"
     main(["train", "--data", str(text_file), "--steps", "20", "--out", str(a), *SMALL])

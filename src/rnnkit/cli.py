@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import rnnkit
-from rnnkit.errors import RnnkitError, RnnkitFileError
+from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
 from rnnkit.models import build, describe
 from rnnkit.tasks.registry import TASKS
 from rnnkit.train import TrainConfig, Trainer
@@ -129,6 +129,8 @@ def cmd_train(args) -> int:
         train_config = config_from(TrainConfig, args)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"runs/{args.task}-{stamp}")
+        if (out / "config.json").exists():
+            raise RnnkitValueError(f"--out {out} is already a run directory; continue it with --resume {out}")
         meta = {"model": describe(model), **task.describe(), "data": args.data, "seed": args.seed}
 
     def progress(record):
