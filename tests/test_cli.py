@@ -99,7 +99,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["sample"], ["predict"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["sample"], ["predict"], ["plot"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -114,3 +114,35 @@ def test_subprocess_error_is_one_line(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_plot_and_tensorboard(tmp_path, text_file, capsys):
+    run = tmp_path / "run"
+    main(["train", "--data", str(text_file), "--steps", "10", "--out", str(run), *SMALL])
+    assert main(["plot", str(run)]) == 0
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_resume_after_the_process_is_killed(tmp_path, text_file):
+    import signal
+    import time
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["--data", str(text_file), "--steps", "200", *SMALL]
+    main(["train", *args, "--out", str(a)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnnkit", "train", *args, "--out", str(b)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for a checkpoint, then kill
+        if (b / "metrics.jsonl").exists() and len(lines(b, ("val",))) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL  # killed mid-run, not finished
+    assert len(lines(b, ("val",))) < len(lines(a, ("val",)))
+    assert main(["train", "--resume", str(b)]) == 0
+    assert lines(a) == lines(b)

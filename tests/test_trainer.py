@@ -180,3 +180,39 @@ def test_load_gives_the_selected_model(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(rnnkit.RnnkitFileError, match="model.safetensors is missing"):
         rnnkit.load(tmp_path)
+
+
+def test_schedules():
+    from rnnkit.train.trainer import lr_factor
+
+    warm = TrainConfig(steps=100, warmup_steps=4, schedule="cosine")
+    assert [lr_factor(warm, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(warm, 4) == pytest.approx(1.0) and lr_factor(warm, 52) == pytest.approx(0.5)
+    assert lr_factor(warm, 100) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(steps=100, schedule="step", step_size=10, gamma=0.5)
+    assert [lr_factor(step, s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_plateau_schedule_and_tensorboard(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    scores = iter([1.0, 2.0, 2.0, 2.0, 2.0])
+    config = TrainConfig(steps=25, eval_every=5, lr=0.1, schedule="plateau", plateau_patience=2, gamma=0.1)
+    lrs = []
+
+    def step_fn(m, b, s):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return m(b).sum(), None
+
+    trainer = Trainer(
+        model,
+        config,
+        batches=lambda i: torch.ones(1, 2),
+        step_fn=step_fn,
+        evaluate=lambda m: {"loss": next(scores)},
+        run_dir=tmp_path,
+    )
+    trainer.fit()
+    # evaluations at 5 (best), 10, 15 (2 without improvement: x0.1), 20, 25 (4: x0.1 again)
+    assert lrs[:15] == [0.1] * 15 and lrs[15:20] == pytest.approx([0.01] * 5)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

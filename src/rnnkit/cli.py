@@ -1,4 +1,4 @@
-"""The `rnnkit` command: train, evaluate, sample, predict. Task and training flags are generated
+"""The `rnnkit` command: train, evaluate, sample, predict, plot. Task and training flags are generated
 from their config dataclasses, so the help cannot drift from the code.
 
 Exit status: 0 on success, 2 for a usage or input error (one line on standard error), 1 else.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import rnnkit
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-p", type=float)
     sample.add_argument("--seed", type=int, default=0)
 
+    plot = sub.add_parser("plot", help="RUN_DIR/loss.png: the loss curves of a run")
+    plot.add_argument("run_dir")
+
     predict = sub.add_parser("predict", help="a run's model on each INPUT")
     predict.add_argument("run_dir")
     predict.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -158,6 +162,62 @@ def cmd_train(args) -> int:
     return 0
 
 
+class _Progress:
+    """A tqdm bar (loss, rate, ETA) on a terminal; plain periodic lines when not a terminal."""
+
+    def __init__(self, start: int, total: int):
+        self.bar = (
+            tqdm(total=total, initial=start, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
+        )
+
+    def __call__(self, record: dict) -> None:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+        if self.bar is not None:
+            if record["split"] == "train":
+                self.bar.update(record["step"] - self.bar.n)
+                self.bar.set_postfix(loss=shown.get("loss"))
+            else:
+                self.bar.write(json.dumps(shown))
+        elif record["split"] != "train" or record["step"] % 50 == 0:
+            print(json.dumps(shown), flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_plot(args) -> int:
+    """RUN_DIR/loss.png: the training loss and the validation metric over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    run = Path(args.run_dir)
+    _run_config(run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    train = [r for r in records if r["split"] == "train" and "loss" in r]
+    ax.plot(
+        [r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train loss (nats)"
+    )
+    for key in sorted({k for r in records if r["split"] == "val" for k in r} - {"step", "split"}):
+        val = [r for r in records if r["split"] == "val" and key in r]
+        ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=f"validation {key}")
+    ax.set_xlabel("step")
+    ax.set_title(str(run))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = run / "loss.png"
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    print(out)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     task = _task_of(_run_config(args.run_dir))
     metrics = task.test_metrics(rnnkit.load(args.run_dir), data=args.data)
@@ -193,7 +253,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "predict": cmd_predict}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "sample": cmd_sample,
+    "predict": cmd_predict,
+    "plot": cmd_plot,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from rnnkit.train.checkpoint import (
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step", "plateau")
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,13 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # sgd, rmsprop
     weight_decay: float = 0.0
-    schedule: str = "constant"  # after warm-up: constant, or cosine decay to 0 at `steps`
+    # after warm-up: constant; cosine decay to 0 at `steps`; step (x gamma every step_size
+    # steps); plateau (x gamma after plateau_patience evaluations without improvement)
+    schedule: str = "constant"
     warmup_steps: int = 0  # linear warm-up from 0
+    gamma: float = 0.5
+    step_size: int = 1000
+    plateau_patience: int = 2
     clip_norm: float | None = 1.0  # global gradient norm
     clip_value: float | None = None  # per element, applied before the norm
     eval_every: int = 100
@@ -75,12 +80,15 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:
-    """The multiplier of the base learning rate at `step`: linear warm-up, then the schedule."""
+    """The multiplier of the base learning rate at `step`: linear warm-up, then the schedule
+    (plateau decay is applied by the trainer, which sees the validation metric)."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     if config.schedule == "cosine":
         span = max(1, config.steps - config.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / span)))
+    if config.schedule == "step":
+        return config.gamma ** ((step - config.warmup_steps) // config.step_size)
     return 1.0
 
 
@@ -88,6 +96,15 @@ def _detach(state):
     if state is None or isinstance(state, torch.Tensor):
         return None if state is None else state.detach()
     return type(state)(_detach(s) for s in state)
+
+
+def _logged_by(line: str, step: int) -> bool:
+    """Whether a metrics line was written at or before `step` (a line cut short by a killed
+    process is not)."""
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 class NonFiniteError(RnnkitError):
@@ -112,8 +129,12 @@ class Trainer:
         self.batches, self.step_fn, self.evaluate = batches, step_fn, evaluate
         self.run_dir, self.metric, self.meta = Path(run_dir), metric, meta or {}
         self.progress = progress  # called with every record logged (e.g. to print a line)
+        self._tb = None
         self.optimizer = make_optimizer(config, model.parameters())
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(config, s))
+        self.plateau = 1.0  # the reduce-on-plateau multiplier
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(config, s) * self.plateau
+        )
         self.step, self.state, self.best, self.best_step = 0, None, math.inf, None
         self.since_best = 0
         self.counts = {"clipped": 0, "nonfinite": 0}
@@ -134,6 +155,7 @@ class Trainer:
             "best": self.best,
             "best_step": self.best_step,
             "since_best": self.since_best,
+            "plateau": self.plateau,
             "counts": dict(self.counts),
             "config": asdict(self.config),
             "meta": self.meta,
@@ -149,15 +171,25 @@ class Trainer:
         self.step, self.state, self.best = tree["step"], tree["state"], tree["best"]
         self.best_step = tree["best_step"]
         self.since_best, self.counts = tree["since_best"], dict(tree["counts"])
+        self.plateau = tree["plateau"]
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            kept = [line for line in path.read_text().splitlines() if _logged_by(line, self.step)]
             path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, record: dict) -> None:
-        """Append a record to RUN_DIR/metrics.jsonl (and show it to `progress`)."""
+        """Append a record to RUN_DIR/metrics.jsonl and to TensorBoard's RUN_DIR/tb (and show it
+        to `progress`)."""
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        for key, value in record.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)):
+                self._tb.add_scalar(f"{record['split']}/{key}", value, record["step"])
+        self._tb.flush()
         if self.progress is not None:
             self.progress(record)
 
@@ -207,6 +239,10 @@ class Trainer:
             else:
                 self.since_best += 1
                 stop = self.config.patience is not None and self.since_best >= self.config.patience
+                if self.config.schedule == "plateau" and self.since_best % self.config.plateau_patience == 0:
+                    self.plateau *= self.config.gamma
+                    for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                        group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         else:  # nothing to select by: the latest weights are the run's model
             save_weights(self.run_dir / "model.safetensors", self.model.state_dict())
         save_checkpoint(self.run_dir, "latest", self._tree())
