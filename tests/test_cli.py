@@ -146,3 +146,15 @@ def test_resume_after_the_process_is_killed(tmp_path, text_file):
     assert len(lines(b, ("val",))) < len(lines(a, ("val",)))
     assert main(["train", "--resume", str(b)]) == 0
     assert lines(a) == lines(b)
+
+
+def test_device_and_precision_flags(tmp_path, text_file, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(text_file), "--steps", "4", *SMALL]
+    assert main([*args, "--out", str(run), "--device", "cpu", "--precision", "bf16"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "bf16"
+    if not torch.cuda.is_available():
+        assert main([*args, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

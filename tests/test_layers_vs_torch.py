@@ -253,3 +253,24 @@ def test_packed_output_matches_lengths_output():
     torch.testing.assert_close(y_pad, y_len, rtol=0, atol=0)
     torch.testing.assert_close(h_p, h_l, rtol=0, atol=0)
     torch.testing.assert_close(c_p, c_l, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN, rnnkit.MGU])
+def test_under_bfloat16_autocast(cls):
+    """Inside autocast the recurrence runs in float32 on the bfloat16 activations it is given."""
+    torch.manual_seed(0)
+    proj, rnn, head = (
+        torch.nn.Linear(5, 6),
+        cls(6, 8, num_layers=2, bidirectional=True),
+        torch.nn.Linear(16, 3),
+    )
+    x = torch.randn(7, 4, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = proj(x)
+        assert a.dtype == torch.bfloat16
+        y, _ = rnn(a, lengths=[7, 3, 5, 1])
+        out = head(y)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, rnn(a.float(), lengths=[7, 3, 5, 1])[0], rtol=0, atol=0)
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rnn.parameters())

@@ -216,3 +216,25 @@ def test_plateau_schedule_and_tensorboard(tmp_path):
     # evaluations at 5 (best), 10, 15 (2 without improvement: x0.1), 20, 25 (4: x0.1 again)
     assert lrs[:15] == [0.1] * 15 and lrs[15:20] == pytest.approx([0.01] * 5)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_bf16_precision_trains(tmp_path):
+    model, _, step_fn, _ = lm_setup()
+
+    def batches(step):  # a learnable stream: each token is the previous one plus one, mod 7
+        start = torch.randint(0, 7, (4, 1), generator=torch.Generator().manual_seed(step))
+        return (start + torch.arange(9)) % 7
+
+    losses = []
+    trainer = Trainer(
+        model,
+        TrainConfig(steps=30, lr=1e-2, eval_every=30, precision="bf16"),
+        batches=batches,
+        step_fn=step_fn,
+        run_dir=tmp_path,
+        progress=lambda r: losses.append(r.get("loss")),
+    )
+    counts = trainer.fit()
+    losses = [v for v in losses if v is not None]
+    assert counts["nonfinite"] == 0 and len(losses) == 30
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])

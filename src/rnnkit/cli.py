@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run to its total --steps")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train (auto: cuda when available; default: auto)",
+    )
     add_config_flags(train, TrainConfig, "training")
     for name, (_, config_cls) in TASKS.items():
         add_config_flags(train, config_cls, f"task {name}")

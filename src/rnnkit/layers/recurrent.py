@@ -178,7 +178,15 @@ class RecurrentBase(nn.Module):
     def forward(self, input, hx=None, *, lengths=None):
         """input (T, B, I) ((B, T, I) with batch_first), unbatched (T, I), or a PackedSequence;
         hx the initial state (zeros if None); lengths (B,) the valid length of each padded
-        sequence. Returns (output, h_n), or (output, (h_n, c_n)) for the LSTM, shaped as torch."""
+        sequence. Returns (output, h_n), or (output, (h_n, c_n)) for the LSTM, shaped as torch.
+
+        Under autocast (e.g. bfloat16), the recurrence runs in the parameters' precision: a long
+        product of low-precision steps drifts, so inputs are cast up and autocast is paused here;
+        the outputs come back in that precision for the ops that follow."""
+        device = self.weight_ih_l0.device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self.forward(*_cast_floats((input, hx), self.weight_ih_l0.dtype), lengths=lengths)
         batch = prepare_input(
             input,
             lengths=lengths,
@@ -210,6 +218,17 @@ class RecurrentBase(nn.Module):
                 x = nn.functional.dropout(x, self.dropout, training=True)
         h_n = [batch.state_out(torch.stack(acc)) for acc in finals]  # (L*D, B, *)
         return batch.output(x), (h_n[0] if self.num_states == 1 else tuple(h_n))
+
+
+def _cast_floats(obj, dtype):
+    """Floating tensors in (nested tuples of) tensors and PackedSequences cast to dtype."""
+    if isinstance(obj, torch.nn.utils.rnn.PackedSequence):
+        return obj._replace(data=obj.data.to(dtype)) if obj.data.is_floating_point() else obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast_floats(o, dtype) for o in obj)
+    return obj
 
 
 def _reverse_index(batch: Batch) -> torch.Tensor | None:

@@ -103,7 +103,7 @@ class CharLMTask:
         }
 
     def sample(self, model, *, prime: str, length: int, temperature: float, top_k, top_p, seed: int) -> str:
-        prefix = self.vocab.encode(prime or "\n")[None]
+        prefix = self.vocab.encode(prime or "\n")[None].to(next(model.parameters()).device)
         out = sample(
             model.step,
             prefix,
@@ -126,6 +126,7 @@ def bits_per_char(model, ids: torch.Tensor, streams: int = 16, chunk: int = 256)
     streams = max(1, min(streams, (len(ids) - 1) // 8))
     per = (len(ids) - 1) // streams
     rows = torch.stack([ids[s * per : s * per + per + 1] for s in range(streams)])  # (S, per + 1)
+    rows = rows.to(next(model.parameters()).device)
     total, count, state = 0.0, 0, None
     for start in range(0, per, chunk):
         x = rows[:, start : min(start + chunk, per) + 1]

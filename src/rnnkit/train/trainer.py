@@ -34,6 +34,7 @@ from rnnkit.train.checkpoint import (
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class TrainConfig:
     eval_every: int = 100
     patience: int | None = None  # early stopping: evaluations without improvement
     max_nonfinite: int = 10  # consecutive skipped steps before the run stops
+    precision: str = "fp32"  # bf16: the step runs under bfloat16 autocast (recurrences in fp32)
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
@@ -62,6 +64,7 @@ class TrainConfig:
         check_positive_int("max_nonfinite", self.max_nonfinite)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
         if not self.lr > 0:
             raise RnnkitValueError(f"lr must be > 0, got {self.lr}")
         for name in ("clip_norm", "clip_value"):
@@ -90,6 +93,15 @@ def lr_factor(config: TrainConfig, step: int) -> float:
     if config.schedule == "step":
         return config.gamma ** ((step - config.warmup_steps) // config.step_size)
     return 1.0
+
+
+def _to(obj, device):
+    """Tensors in (nested tuples of) a batch moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    return obj
 
 
 def _detach(state):
@@ -198,7 +210,10 @@ class Trainer:
     def _train_step(self) -> dict | None:
         """One update; None when it was skipped for a non-finite loss or gradient."""
         self.model.train()
-        loss, state = self.step_fn(self.model, self.batches(self.step), self.state)
+        device = next(self.model.parameters()).device  # the batch goes where the model is
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            loss, state = self.step_fn(self.model, _to(self.batches(self.step), device), self.state)
+        loss = loss.float()
         self.state = _detach(state)  # truncated BPTT: the state goes on, its graph does not
         self.optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
