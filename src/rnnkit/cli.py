@@ -148,6 +148,12 @@ def cmd_train(args) -> int:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
             print(json.dumps(shown), flush=True)
 
+    device = (
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RnnkitValueError("--device cuda: no CUDA device is available")
+    model = model.to(device)
     trainer = Trainer(
         model,
         train_config,
