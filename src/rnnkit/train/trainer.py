@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.errors import RnnkitError, RnnkitValueError
@@ -104,6 +106,19 @@ def _to(obj, device):
     return obj
 
 
+def _shard(obj, rank: int, world: int):
+    """This rank's share of a global batch: every tensor's rows split evenly across ranks."""
+    if isinstance(obj, torch.Tensor) and obj.dim() > 0:
+        if obj.shape[0] % world:
+            raise RnnkitValueError(
+                f"a batch of {obj.shape[0]} rows cannot be split evenly over {world} processes"
+            )
+        return obj.chunk(world)[rank]
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_shard(o, rank, world) for o in obj)
+    return obj
+
+
 def _detach(state):
     if state is None or isinstance(state, torch.Tensor):
         return None if state is None else state.detach()
@@ -142,6 +157,11 @@ class Trainer:
         self.run_dir, self.metric, self.meta = Path(run_dir), metric, meta or {}
         self.progress = progress  # called with every record logged (e.g. to print a line)
         self._tb = None
+        # Under torchrun (a process group initialised), train with DistributedDataParallel: each
+        # rank takes its share of every global batch; rank 0 alone evaluates, logs and saves.
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.net = DistributedDataParallel(model) if self.world > 1 else model
         self.optimizer = make_optimizer(config, model.parameters())
         self.plateau = 1.0  # the reduce-on-plateau multiplier
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -151,8 +171,8 @@ class Trainer:
         self.since_best = 0
         self.counts = {"clipped": 0, "nonfinite": 0}
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # what rebuilds the run: the caller's description (e.g. the model's) and this config
-        write_json(self.run_dir / "config.json", {**self.meta, "train": asdict(config)})
+        if self.rank == 0:  # what rebuilds the run: the caller's description and this config
+            write_json(self.run_dir / "config.json", {**self.meta, "train": asdict(config)})
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -191,7 +211,9 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         """Append a record to RUN_DIR/metrics.jsonl and to TensorBoard's RUN_DIR/tb (and show it
-        to `progress`)."""
+        to `progress`); rank 0 only."""
+        if self.rank != 0:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self._tb is None:
@@ -211,15 +233,21 @@ class Trainer:
         """One update; None when it was skipped for a non-finite loss or gradient."""
         self.model.train()
         device = next(self.model.parameters()).device  # the batch goes where the model is
+        batch = _to(self.batches(self.step), device)
+        if self.world > 1:
+            batch = _shard(batch, self.rank, self.world)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
-            loss, state = self.step_fn(self.model, _to(self.batches(self.step), device), self.state)
+            loss, state = self.step_fn(self.net, batch, self.state)
         loss = loss.float()
         self.state = _detach(state)  # truncated BPTT: the state goes on, its graph does not
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
+        loss_ok = torch.isfinite(loss).float()
+        if self.world > 1:  # every rank skips, or none does: backward is a collective
+            dist.all_reduce(loss_ok, op=dist.ReduceOp.MIN)
+        if loss_ok:
+            loss.backward()  # under DDP the gradients arrive averaged, the same on every rank
         params = [p for p in self.model.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(p.grad).all()) for p in params)
+        finite = bool(loss_ok) and all(bool(torch.isfinite(p.grad).all()) for p in params)
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             self.counts["nonfinite"] += 1
@@ -237,10 +265,30 @@ class Trainer:
         if self.config.clip_norm is not None and norm > self.config.clip_norm:
             self.counts["clipped"] += 1
         self.optimizer.step()
+        if self.world > 1:  # log the global batch's loss
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.world
         return {"loss": loss.item(), "grad_norm": float(norm), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _evaluate_and_checkpoint(self) -> bool:
-        """Evaluate, keep the best weights, write the latest checkpoint; True to stop early."""
+        """Evaluate, keep the best weights, write the latest checkpoint; True to stop early.
+        Under DDP rank 0 does this and tells the others whether to stop and the plateau factor."""
+        stop = False
+        if self.rank == 0:
+            stop = self._evaluate_and_save()
+        if self.world > 1:
+            shared = torch.tensor([float(stop), self.plateau], dtype=torch.float64)
+            dist.broadcast(shared, src=0)
+            stop, self.plateau = bool(shared[0]), float(shared[1])
+            self._apply_plateau()
+        return stop
+
+    def _apply_plateau(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+
+    def _evaluate_and_save(self) -> bool:
         stop = False
         if self.evaluate is not None:
             self.model.eval()
@@ -256,8 +304,7 @@ class Trainer:
                 stop = self.config.patience is not None and self.since_best >= self.config.patience
                 if self.config.schedule == "plateau" and self.since_best % self.config.plateau_patience == 0:
                     self.plateau *= self.config.gamma
-                    for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                        group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+                    self._apply_plateau()
         else:  # nothing to select by: the latest weights are the run's model
             save_weights(self.run_dir / "model.safetensors", self.model.state_dict())
         save_checkpoint(self.run_dir, "latest", self._tree())
