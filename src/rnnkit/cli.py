@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -154,6 +155,12 @@ def cmd_train(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise RnnkitValueError("--device cuda: no CUDA device is available")
     model = model.to(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            model = model.to(f"cuda:{torch.cuda.current_device()}")
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
     trainer = Trainer(
         model,
         train_config,
@@ -168,9 +175,12 @@ def cmd_train(args) -> int:
     if args.resume:
         trainer.resume()
     trainer.fit()
-    test = task.test_metrics(rnnkit.load(out))
-    trainer.log({"step": trainer.step, "split": "test", **test})
-    print(f"run directory: {out}")
+    if trainer.rank == 0:  # under torchrun, rank 0 alone reports
+        test = task.test_metrics(rnnkit.load(out))
+        trainer.log({"step": trainer.step, "split": "test", **test})
+        print(f"run directory: {out}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 
