@@ -158,3 +158,29 @@ def test_device_and_precision_flags(tmp_path, text_file, capsys):
     if not torch.cuda.is_available():
         assert main([*args, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_truncated_bptt_flags(tmp_path, text_file):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(text_file),
+                "--steps",
+                "6",
+                "--out",
+                str(run),
+                *SMALL,
+                "--seq-len",
+                "8",
+                "--bptt-steps",
+                "24",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((run / "config.json").read_text())["task_config"]
+    assert config["seq_len"] == 8 and config["bptt_steps"] == 24
+    assert len(lines(run, ("train",))) == 6

@@ -2,7 +2,8 @@
 
 Data: the built-in Python documentation text (`rnnkit.data.text`) or any UTF-8 file (--data).
 Training streams the text as `batch_size` parallel rows and carries the recurrent state from one
-`seq_len` chunk to the next (truncated BPTT), resetting it when the streams wrap around.
+window to the next (truncated BPTT: an update every `seq_len` characters, its gradient reaching
+`bptt_steps` back), resetting it when the streams wrap around.
 Metric: bits per character (bpc = cross-entropy / ln 2), with compressors on the same test text as
 baselines: gzip -9 and xz -9 on the test text alone, and xz's extra bits for the test text after
 the training text (xz_cond_bpc).
@@ -20,6 +21,7 @@ import torch
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
 from rnnkit.decoding import sample
 from rnnkit.models import LanguageModel, LanguageModelConfig
+from rnnkit.train.tbptt import tbptt_step
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ class CharLMConfig:
     num_layers: int = 1
     embedding_dim: int = 64
     dropout: float = 0.1
-    seq_len: int = 100
+    seq_len: int = 100  # k1: characters between updates
+    bptt_steps: int = 0  # k2 >= k1: how far back each update's gradient reaches (0: k1)
     batch_size: int = 32
     eval_chars: int = 30000  # validation characters per evaluation during training
 
@@ -63,24 +66,21 @@ class CharLMTask:
     # --- training -----------------------------------------------------------------------------
 
     def batches(self, step: int):
-        """Step i's chunk of the parallel streams, and whether it starts them over."""
-        B, L = self.config.batch_size, self.config.seq_len
+        """Step i's window of the parallel streams (k2 + 1 characters starting at i * k1), and
+        whether it starts them over."""
+        B, k1 = self.config.batch_size, self.config.seq_len
+        k2 = max(k1, self.config.bptt_steps)
         per_stream = (len(self.train_ids) - 1) // B
-        chunks = max(1, (per_stream - 1) // L)
-        streams = self.train_ids[: B * per_stream + 1]
-        i = step % chunks
-        starts = torch.arange(B) * per_stream + i * L
-        tokens = torch.stack([streams[s : s + L + 1] for s in starts.tolist()])  # (B, L + 1)
-        return tokens, i == 0
+        windows = max(1, (per_stream - 1 - (k2 - k1)) // k1)  # every window inside its stream
+        i = step % windows
+        starts = torch.arange(B) * per_stream + i * k1
+        tokens = torch.stack([self.train_ids[s : s + k2 + 1] for s in starts.tolist()])  # (B, k2 + 1)
+        return tokens, i == 0, k1
 
     @staticmethod
     def step_fn(model, batch, state):
-        tokens, restart = batch
-        logits, state = model(tokens[:, :-1], None if restart else state)
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
-        )
-        return loss, state
+        tokens, restart, k1 = batch
+        return tbptt_step(model, tokens[:, :-1], tokens[:, 1:], None if restart else state, k1)
 
     def evaluate(self, model) -> dict:
         return {"bpc": bits_per_char(model, self.vocab.encode(self.splits.val[: self.config.eval_chars]))}
