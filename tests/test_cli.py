@@ -184,3 +184,17 @@ def test_truncated_bptt_flags(tmp_path, text_file):
     config = json.loads((run / "config.json").read_text())["task_config"]
     assert config["seq_len"] == 8 and config["bptt_steps"] == 24
     assert len(lines(run, ("train",))) == 6
+
+
+def test_evaluate_on_a_file_and_flag_help(tmp_path, text_file, capsys):
+    run = tmp_path / "run"
+    main(["train", "--data", str(text_file), "--steps", "3", "--out", str(run), *SMALL])
+    other = tmp_path / "other.txt"
+    other.write_text("Some other text, with a snowman \u2603 never seen in training.\n" * 3, encoding="utf-8")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["test_chars"] == len(other.read_text(encoding="utf-8"))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "units per recurrent layer" in capsys.readouterr().out  # help comes from the config fields

@@ -29,22 +29,17 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """--field-name for every field of a config dataclass, typed and defaulted from it."""
+    """--field-name for every field of a config dataclass, typed, defaulted and explained by it."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type).replace(" | None", "")
+        text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
         if kind == "bool":
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {f.default})"
-            )
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             group.add_argument(
-                flag,
-                type=_TYPES.get(kind, str),
-                default=None,
-                metavar=kind.upper(),
-                help=f"(default: {f.default})",
+                flag, type=_TYPES.get(kind, str), default=None, metavar=kind.upper(), help=text
             )
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from rnnkit._config import option
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
 from rnnkit.decoding import sample
 from rnnkit.models import LanguageModel, LanguageModelConfig
@@ -26,15 +27,15 @@ from rnnkit.train.tbptt import tbptt_step
 
 @dataclass(frozen=True)
 class CharLMConfig:
-    cell: str = "lstm"
-    hidden_size: int = 256
-    num_layers: int = 1
-    embedding_dim: int = 64
-    dropout: float = 0.1
-    seq_len: int = 100  # k1: characters between updates
-    bptt_steps: int = 0  # k2 >= k1: how far back each update's gradient reaches (0: k1)
-    batch_size: int = 32
-    eval_chars: int = 30000  # validation characters per evaluation during training
+    cell: str = option("lstm", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
+    hidden_size: int = option(256, "units per recurrent layer")
+    num_layers: int = option(1, "stacked recurrent layers")
+    embedding_dim: int = option(64, "character embedding size")
+    dropout: float = option(0.1, "dropout on embeddings, between layers and on outputs")
+    seq_len: int = option(100, "k1: characters between updates (truncated BPTT)")
+    bptt_steps: int = option(0, "k2 >= k1: how far back each update's gradient reaches (0: k1)")
+    batch_size: int = option(32, "parallel streams of text")
+    eval_chars: int = option(30000, "validation characters per evaluation during training")
 
 
 class CharLMTask:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rnnkit._checks import check_choice, check_positive_int
+from rnnkit._config import option
 from rnnkit.errors import RnnkitError, RnnkitValueError
 from rnnkit.train.checkpoint import (
     load_checkpoint,
@@ -41,24 +42,26 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd, rmsprop
-    weight_decay: float = 0.0
-    # after warm-up: constant; cosine decay to 0 at `steps`; step (x gamma every step_size
-    # steps); plateau (x gamma after plateau_patience evaluations without improvement)
-    schedule: str = "constant"
-    warmup_steps: int = 0  # linear warm-up from 0
-    gamma: float = 0.5
-    step_size: int = 1000
-    plateau_patience: int = 2
-    clip_norm: float | None = 1.0  # global gradient norm
-    clip_value: float | None = None  # per element, applied before the norm
-    eval_every: int = 100
-    patience: int | None = None  # early stopping: evaluations without improvement
-    max_nonfinite: int = 10  # consecutive skipped steps before the run stops
-    precision: str = "fp32"  # bf16: the step runs under bfloat16 autocast (recurrences in fp32)
+    steps: int = option(1000, "total training steps (a resumed run continues to this)")
+    optimizer: str = option("adam", "sgd, adam, adamw or rmsprop")
+    lr: float = option(1e-3, "base learning rate")
+    momentum: float = option(0.9, "momentum of sgd and rmsprop")
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw)")
+    schedule: str = option(
+        "constant",
+        "after warm-up: constant; cosine (to 0 at --steps); step (x gamma every --step-size "
+        "steps); plateau (x gamma after --plateau-patience evaluations without improvement)",
+    )
+    warmup_steps: int = option(0, "linear learning-rate warm-up from 0 over this many steps")
+    gamma: float = option(0.5, "decay factor of the step and plateau schedules")
+    step_size: int = option(1000, "steps between decays of the step schedule")
+    plateau_patience: int = option(2, "evaluations without improvement before a plateau decay")
+    clip_norm: float | None = option(1.0, "clip the global gradient norm to this")
+    clip_value: float | None = option(None, "clip each gradient element to +-this (before the norm)")
+    eval_every: int = option(100, "evaluate, select the best weights and checkpoint every N steps")
+    patience: int | None = option(None, "early stopping: evaluations without improvement")
+    max_nonfinite: int = option(10, "consecutive non-finite steps (skipped) before the run stops")
+    precision: str = option("fp32", "fp32, or bf16: steps under bfloat16 autocast (recurrences in fp32)")
 
     def __post_init__(self):
         check_positive_int("steps", self.steps)
