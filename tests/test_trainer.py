@@ -89,6 +89,18 @@ def test_clipping_gives_the_norm_asked_for(tmp_path):
     delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert counts["clipped"] == 1
     assert delta.norm().item() == pytest.approx(0.5, rel=1e-5)  # SGD, lr 1: the step is the gradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    by_value = TrainConfig(
+        steps=1, optimizer="sgd", momentum=0.0, lr=1.0, clip_norm=None, clip_value=0.01, eval_every=1
+    )
+    counts = Trainer(
+        model, by_value, batches=lambda i: torch.randn(4, 5), step_fn=step_fn, run_dir=tmp_path / "v"
+    ).fit()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert counts["clipped_value"] == 1 and delta.abs().max().item() == pytest.approx(0.01)
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert record["grad_norm"] > 0.5  # the norm before clipping is what is logged
 

@@ -172,7 +172,7 @@ class Trainer:
         )
         self.step, self.state, self.best, self.best_step = 0, None, math.inf, None
         self.since_best = 0
-        self.counts = {"clipped": 0, "nonfinite": 0}
+        self.counts = {"clipped": 0, "clipped_value": 0, "nonfinite": 0}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:  # what rebuilds the run: the caller's description and this config
             write_json(self.run_dir / "config.json", {**self.meta, "train": asdict(config)})
@@ -263,6 +263,8 @@ class Trainer:
             return None
         self._skipped_in_a_row = 0
         if self.config.clip_value is not None:
+            if any(bool((p.grad.abs() > self.config.clip_value).any()) for p in params):
+                self.counts["clipped_value"] += 1
             nn.utils.clip_grad_value_(params, self.config.clip_value)
         norm = nn.utils.clip_grad_norm_(params, self.config.clip_norm or math.inf)
         if self.config.clip_norm is not None and norm > self.config.clip_norm:
