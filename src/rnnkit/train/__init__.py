@@ -1,6 +1,7 @@
 """Training: the loop, its configuration and checkpoints."""
 
 from rnnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rnnkit.train.tbptt import tbptt_step
 from rnnkit.train.trainer import NonFiniteError, TrainConfig, Trainer
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "tbptt_step",
 ]
