@@ -1,4 +1,5 @@
-"""The input end shared by the models that read either token ids or feature vectors."""
+"""The input end shared by the models that read either token ids or feature vectors, and the
+recurrent layers behind it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from rnnkit._checks import check_tensor, shape_str
 from rnnkit.errors import RnnkitValueError
+from rnnkit.models._recurrent import recurrent_layer
 
 
 class InputEncoder(nn.Module):
@@ -51,3 +53,21 @@ def valid_mask(lengths, B: int, T: int, device) -> torch.Tensor:
         return torch.ones(B, T, dtype=torch.bool, device=device)
     lens = torch.as_tensor(lengths, device=device)
     return torch.arange(T, device=device)[None, :] < lens[:, None]
+
+
+def encoder_and_layer(config) -> tuple[InputEncoder, nn.Module]:
+    """The input end and the recurrent layers of a model whose config has vocab_size or
+    input_size, embedding_dim, cell, hidden_size, num_layers, dropout, bidirectional and impl."""
+    encoder = InputEncoder(
+        vocab_size=config.vocab_size, input_size=config.input_size, embedding_dim=config.embedding_dim
+    )
+    layer = recurrent_layer(
+        config.cell,
+        encoder.output_size,
+        config.hidden_size,
+        num_layers=config.num_layers,
+        dropout=config.dropout,
+        bidirectional=config.bidirectional,
+        impl=config.impl,
+    )
+    return encoder, layer

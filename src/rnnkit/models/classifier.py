@@ -19,8 +19,7 @@ from torch import nn
 
 from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.errors import RnnkitValueError
-from rnnkit.models._inputs import InputEncoder, valid_mask
-from rnnkit.models._recurrent import recurrent_layer
+from rnnkit.models._inputs import encoder_and_layer, valid_mask
 
 POOLINGS = ("last", "mean", "max", "attention")
 
@@ -55,18 +54,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, config: SequenceClassifierConfig):
         super().__init__()
         self.config = config
-        self.encoder = InputEncoder(
-            vocab_size=config.vocab_size, input_size=config.input_size, embedding_dim=config.embedding_dim
-        )
-        self.rnn = recurrent_layer(
-            config.cell,
-            self.encoder.output_size,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=config.dropout,
-            bidirectional=config.bidirectional,
-            impl=config.impl,
-        )
+        self.encoder, self.rnn = encoder_and_layer(config)
         width = (2 if config.bidirectional else 1) * config.hidden_size
         if config.pooling == "attention":
             self.score = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))

@@ -14,8 +14,7 @@ from torch import nn
 
 from rnnkit._checks import check_positive_int
 from rnnkit.errors import RnnkitValueError
-from rnnkit.models._inputs import InputEncoder
-from rnnkit.models._recurrent import recurrent_layer
+from rnnkit.models._inputs import encoder_and_layer
 
 
 @dataclass(frozen=True)
@@ -44,18 +43,7 @@ class SequenceTagger(nn.Module):
     def __init__(self, config: SequenceTaggerConfig):
         super().__init__()
         self.config = config
-        self.encoder = InputEncoder(
-            vocab_size=config.vocab_size, input_size=config.input_size, embedding_dim=config.embedding_dim
-        )
-        self.rnn = recurrent_layer(
-            config.cell,
-            self.encoder.output_size,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=config.dropout,
-            bidirectional=config.bidirectional,
-            impl=config.impl,
-        )
+        self.encoder, self.rnn = encoder_and_layer(config)
         self.drop = nn.Dropout(config.dropout)
         directions = 2 if config.bidirectional else 1
         self.head = nn.Linear(directions * config.hidden_size, config.num_tags)
