@@ -41,7 +41,11 @@ def test_attention_reverses_digit_strings():
         )
     )
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for _ in range(400):
+    # A step decay of the rate after 360 steps: without it the last digits stay noisy, and the
+    # result depends on float rounding (thread count, kernel summation order); with it, 100% on
+    # seeds 0-2.
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 if step < 360 else 0.2)
+    for _ in range(600):
         src, lengths, tgt_in, tgt_out = reversal_batch(gen, 64)
         logits = model(src, tgt_in, src_lengths=lengths)
         loss = torch.nn.functional.cross_entropy(
@@ -51,6 +55,7 @@ def test_attention_reverses_digit_strings():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        decay.step()
     model.eval()
     src, lengths, tgt_in, tgt_out = reversal_batch(torch.Generator().manual_seed(5), 300)
     out = greedy(model.step, torch.full((300, 1), BOS), 8, state=model.initial_state(src, lengths), eos=EOS)
