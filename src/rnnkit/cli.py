@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 import rnnkit
-from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
+from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitUnsupportedError, RnnkitValueError
 from rnnkit.models import build, describe
 from rnnkit.tasks.registry import TASKS
 from rnnkit.train import TrainConfig, Trainer
@@ -28,10 +28,15 @@ from rnnkit.train import TrainConfig, Trainer
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """--field-name for every field of a config dataclass, typed, defaulted and explained by it."""
+def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, seen: set | None = None) -> None:
+    """--field-name for every field of a config dataclass, typed, defaulted and explained by it
+    (a field already added by an earlier config in `seen` is shared, not added twice)."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
+        if seen is not None:
+            if f.name in seen:
+                continue
+            seen.add(f.name)
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type).replace(" | None", "")
         text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
@@ -73,14 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to train (auto: cuda when available; default: auto)",
     )
-    add_config_flags(train, TrainConfig, "training")
-    for name, (_, config_cls) in TASKS.items():
-        add_config_flags(train, config_cls, f"task {name}")
+    seen = set()
+    add_config_flags(train, TrainConfig, "training", seen)
+    for name, (_, config_cls) in TASKS.items():  # a flag shared by tasks is listed under the first
+        add_config_flags(train, config_cls, f"task {name}", seen)
 
     evaluate = sub.add_parser("evaluate", help="the test metrics of a run")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", help="evaluate on this file as test data")
     evaluate.add_argument("--json", action="store_true", help="one JSON object on standard output")
+    evaluate.add_argument("--lengths", help="memory: comma-separated sequence lengths to evaluate at")
 
     sample = sub.add_parser("sample", help="generate from a run's model")
     sample.add_argument("run_dir")
@@ -91,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-p", type=float)
     sample.add_argument("--seed", type=int, default=0)
 
-    plot = sub.add_parser("plot", help="RUN_DIR/loss.png: the loss curves of a run")
+    plot = sub.add_parser("plot", help="the loss curves of a run and the figures of its task (PNG)")
     plot.add_argument("run_dir")
 
     predict = sub.add_parser("predict", help="a run's model on each INPUT")
     predict.add_argument("run_dir")
     predict.add_argument("inputs", nargs="+", metavar="INPUT")
+    predict.add_argument("--locale", help="dates: the locale the inputs are written in")
     return parser
 
 
@@ -113,9 +121,23 @@ def _run_config(run_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def _task_of(config: dict):
+def _task_of(config: dict, run_dir=None):
+    if config.get("task") not in TASKS:
+        raise RnnkitValueError(f"config.json names task {config.get('task')!r}, not one of {sorted(TASKS)}")
     task_cls, config_cls = TASKS[config["task"]]
-    return task_cls(config_cls(**config["task_config"]), data=config.get("data"), vocab=config["vocab"])
+    task = task_cls(config_cls(**config["task_config"]), data=config.get("data"), saved=config)
+    task.run_dir = None if run_dir is None else Path(run_dir)  # where a task may cache results
+    return task
+
+
+def _check_task_flags(args, task: str) -> None:
+    """A task flag given on the command line must belong to the task being trained."""
+    own = {f.name for f in dataclasses.fields(TASKS[task][1])} | {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, (_, config_cls) in TASKS.items():
+        for f in dataclasses.fields(config_cls):
+            if f.name not in own and getattr(args, f.name, None) is not None:
+                flag = "--" + f.name.replace("_", "-")
+                raise RnnkitValueError(f"{flag} is an option of task {name}, not of {task}")
 
 
 def cmd_train(args) -> int:
@@ -123,21 +145,24 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     if args.resume:
         saved = _run_config(args.resume)
-        task, out = _task_of(saved), Path(args.resume)
+        _check_task_flags(args, saved["task"])
+        task, out = _task_of(saved, args.resume), Path(args.resume)
         model = build(saved["model"])
         train_config = config_from(TrainConfig, args, saved["train"])
         meta = {k: v for k, v in saved.items() if k != "train"}
     else:
+        _check_task_flags(args, args.task)
         _seed(args.seed)
         task_cls, config_cls = TASKS[args.task]
         task = task_cls(config_from(config_cls, args), data=args.data)
         model = task.build_model()
-        train_config = config_from(TrainConfig, args)
+        train_config = config_from(TrainConfig, args, task.train_defaults)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"runs/{args.task}-{stamp}")
         if (out / "config.json").exists():
             raise RnnkitValueError(f"--out {out} is already a run directory; continue it with --resume {out}")
         meta = {"model": describe(model), **task.describe(), "data": args.data, "seed": args.seed}
+        task.run_dir = out
 
     def progress(record):
         if record["split"] != "train" or record["step"] % 50 == 0:
@@ -232,22 +257,48 @@ def cmd_plot(args) -> int:
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(out)
+    for path in _task_of(_run_config(run), run).plot(rnnkit.load(run), run):
+        print(path)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    task = _task_of(_run_config(args.run_dir))
-    metrics = task.test_metrics(rnnkit.load(args.run_dir), data=args.data)
+    task = _task_of(_run_config(args.run_dir), args.run_dir)
+    options = {}
+    if args.lengths is not None:
+        options["lengths"] = _lengths(args.lengths)
+    _check_options("evaluate", task, options, task.evaluate_options)
+    metrics = task.test_metrics(rnnkit.load(args.run_dir), data=args.data, **options)
     if args.json:
         print(json.dumps(metrics))
     else:
         for k, v in metrics.items():
-            print(f"{k:>12}  {v:.4f}" if isinstance(v, float) else f"{k:>12}  {v}")
+            if isinstance(v, (dict, list)):
+                v = json.dumps(v)
+            print(f"{k:>18}  {v:.4f}" if isinstance(v, float) else f"{k:>18}  {v}")
     return 0
 
 
+def _check_options(command: str, task, given: dict, known: tuple) -> None:
+    for name in given:
+        if name not in known:
+            raise RnnkitValueError(f"{command} --{name} does not apply to task {task.name}")
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(v) for v in text.split(",")]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise RnnkitValueError(f"--lengths must be positive integers separated by commas, got {text!r}")
+    return lengths
+
+
 def cmd_sample(args) -> int:
-    task = _task_of(_run_config(args.run_dir))
+    task = _task_of(_run_config(args.run_dir), args.run_dir)
+    if not hasattr(task, "sample"):
+        raise RnnkitUnsupportedError(f"task {task.name} has no sample; try rnnkit predict {args.run_dir}")
     print(
         task.sample(
             rnnkit.load(args.run_dir),
@@ -263,10 +314,11 @@ def cmd_sample(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    task = _task_of(_run_config(args.run_dir))
-    model = rnnkit.load(args.run_dir)
-    for text in args.inputs:  # charlm: continue each input as a prime
-        print(task.sample(model, prime=text, length=100, temperature=1.0, top_k=None, top_p=None, seed=0))
+    task = _task_of(_run_config(args.run_dir), args.run_dir)
+    options = {} if args.locale is None else {"locale": args.locale}
+    _check_options("predict", task, options, task.predict_options)
+    for line in task.predict(rnnkit.load(args.run_dir), args.inputs, **options):
+        print(line)
     return 0
 
 

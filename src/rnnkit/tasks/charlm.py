@@ -22,6 +22,7 @@ from rnnkit._config import option
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
 from rnnkit.decoding import sample
 from rnnkit.models import LanguageModel, LanguageModelConfig
+from rnnkit.tasks._common import Task
 from rnnkit.train.tbptt import tbptt_step
 
 
@@ -38,13 +39,14 @@ class CharLMConfig:
     eval_chars: int = option(30000, "validation characters per evaluation during training")
 
 
-class CharLMTask:
+class CharLMTask(Task):
     name = "charlm"
     metric = "bpc"
 
-    def __init__(self, config: CharLMConfig, *, data: str | None = None, vocab: list[str] | None = None):
+    def __init__(self, config: CharLMConfig, *, data: str | None = None, saved: dict | None = None):
         self.config = config
         self.splits: TextSplits = builtin_corpus() if data is None else file_corpus(data)
+        vocab = (saved or {}).get("vocab")
         self.vocab = CharVocab(self.splits.train if vocab is None else vocab[1:])
         self.train_ids = self.vocab.encode(self.splits.train)
 
@@ -88,7 +90,7 @@ class CharLMTask:
 
     # --- the commands ---------------------------------------------------------------------------
 
-    def test_metrics(self, model, data: str | None = None) -> dict:
+    def test_metrics(self, model, data: str | None = None, **options) -> dict:
         test = self.splits.test if data is None else read_text(data)
         ids = self.vocab.encode(test)
         n = len(test)
@@ -115,6 +117,13 @@ class CharLMTask:
             generator=torch.Generator().manual_seed(seed),
         )
         return (prime or "") + self.vocab.decode(out[0])
+
+    def predict(self, model, inputs: list[str], **options) -> list[str]:
+        """Each input continued by 100 sampled characters (seed 0)."""
+        return [
+            self.sample(model, prime=text, length=100, temperature=1.0, top_k=None, top_p=None, seed=0)
+            for text in inputs
+        ]
 
 
 @torch.no_grad()

@@ -1,5 +1,15 @@
 """Tasks by name: a plain dict of (task class, its config dataclass)."""
 
 from rnnkit.tasks.charlm import CharLMConfig, CharLMTask
+from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask
+from rnnkit.tasks.colors import ColorsConfig, ColorsTask
+from rnnkit.tasks.forecast import ForecastConfig, ForecastTask
+from rnnkit.tasks.memory import MemoryConfig, MemoryTask
 
-TASKS = {"charlm": (CharLMTask, CharLMConfig)}
+TASKS = {
+    "charlm": (CharLMTask, CharLMConfig),
+    "classify": (ClassifyTask, ClassifyConfig),
+    "forecast": (ForecastTask, ForecastConfig),
+    "colors": (ColorsTask, ColorsConfig),
+    "memory": (MemoryTask, MemoryConfig),
+}

@@ -1,0 +1,110 @@
+"""What the supervised tasks share: the Task interface the command drives, deterministic batches
+by step number (so a resumed run draws exactly the batches it would have), splits, and figures.
+
+A task owns its data, builds its model from its config, and says what `evaluate`, `predict` and
+`plot` show. The trainer sees only `batches`, `step_fn`, `evaluate` and `metric`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
+
+
+class Task:
+    """The interface of a task (charlm implements it too). `state` is what the task derived from
+    its training data (vocabulary, labels, scaling) and must reuse on other data: it is saved in
+    the run's config.json and handed back when the run is reopened."""
+
+    name = ""
+    metric = "loss"  # the validation metric that selects the weights (lower is better)
+    train_defaults: dict = {}  # this task's defaults for TrainConfig fields
+    evaluate_options: tuple = ()  # keyword options of test_metrics beyond data (e.g. lengths)
+    predict_options: tuple = ()  # keyword options of predict (e.g. locale)
+    run_dir: Path | None = None  # set by the command: where a task may cache what it computed
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def build_model(self):
+        raise NotImplementedError
+
+    def test_metrics(self, model, data=None, **options) -> dict:
+        raise NotImplementedError
+
+    def predict(self, model, inputs: list[str], **options) -> list[str]:
+        raise RnnkitUnsupportedError(f"task {self.name} has no predict")
+
+    def plot(self, model, run_dir: Path) -> list[Path]:
+        return []
+
+
+def epoch_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:
+    """The indices of step `step`'s batch: each epoch visits all n examples once, in an order
+    drawn from (seed, epoch) alone, so any step's batch is known without replaying earlier ones."""
+    per_epoch = max(1, -(-n // batch_size))
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[i * batch_size : (i + 1) * batch_size]
+
+
+def stratified_split(labels: list, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> tuple[list[int], ...]:
+    """Index lists for train / validation / test with each label's share in every part (a label
+    needs at least 2 examples; with fewer than 3 it is left out of validation)."""
+    by_label = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    parts = ([], [], [])
+    for label, idx in sorted(by_label.items(), key=lambda kv: str(kv[0])):
+        if len(idx) < 2:
+            raise RnnkitValueError(
+                f"--data: label {label!r} has a single example; every label needs at least 2 "
+                "(one to train on, one to test)"
+            )
+        rng.shuffle(idx)
+        n_test = max(1, round(len(idx) * fractions[2]))
+        n_val = max(1, round(len(idx) * fractions[1])) if len(idx) >= 3 else 0
+        parts[2].extend(idx[:n_test])
+        parts[1].extend(idx[n_test : n_test + n_val])
+        parts[0].extend(idx[n_test + n_val :])
+    return tuple(sorted(p) for p in parts)
+
+
+def pad_ids(seqs: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id sequences -> (B, T) padded ids and (B,) lengths."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    out = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        out[b, : len(s)] = s
+    return out, lengths
+
+
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences (insertions, deletions, substitutions)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (plots are PNG files, never windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,147 @@
+"""memory: the long-lag problems (`rnnkit.data.memory`), which separate cells that can carry
+information across T steps from those whose gradients vanish on the way.
+
+  --problem adding       many-to-one regression: `SequenceClassifier` (regression head) on
+                         (value, marker) steps; metric `mse` (the mean predictor scores ~0.167)
+  --problem copy-memory  many-to-many: `SequenceTagger` over symbol ids; metric `accuracy` on the
+                         10 recalled symbols (chance 1/8)
+
+Training batches are drawn fresh at every step from a generator seeded by the step number (so a
+resumed run sees the same data); validation and test are fixed sets from other seeds.
+`evaluate --lengths 100,200,400` also reports each metric at other lags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rnnkit._config import option
+from rnnkit.data.memory import COPY_DATA, COPY_SYMBOLS, adding_batch, copy_memory_baseline, copy_memory_batch
+from rnnkit.errors import RnnkitValueError
+from rnnkit.models import SequenceClassifier, SequenceClassifierConfig, SequenceTagger, SequenceTaggerConfig
+from rnnkit.tasks._common import Task, device_of, pyplot
+
+PROBLEMS = ("adding", "copy-memory")
+MODELS = ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_before", "mgu")
+VAL_SEED, TEST_SEED = 10_000_019, 20_000_003
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    problem: str = option("adding", "adding or copy-memory")
+    lag: int = option(200, "T: the steps information must be carried across")
+    model: str = option("lstm", f"the recurrent cell: {', '.join(MODELS)}")
+    hidden_size: int = option(128, "units per recurrent layer")
+    num_layers: int = option(1, "stacked recurrent layers")
+    batch_size: int = option(64, "sequences per step")
+    eval_size: int = option(1000, "validation sequences (test: twice as many)")
+
+    def __post_init__(self):
+        if self.problem not in PROBLEMS:
+            raise RnnkitValueError(f"problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
+        if self.model not in MODELS:
+            raise RnnkitValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.lag < 2:
+            raise RnnkitValueError(f"lag must be >= 2, got {self.lag}")
+
+
+class MemoryTask(Task):
+    name = "memory"
+    metric = "loss"
+    train_defaults = {"steps": 3000, "lr": 1e-3, "eval_every": 100}
+    evaluate_options = ("lengths",)
+
+    def __init__(self, config: MemoryConfig, *, data=None, saved: dict | None = None):
+        if data is not None:
+            raise RnnkitValueError("--data: the memory task generates its data (see --problem and --lag)")
+        self.config = config
+
+    def describe(self) -> dict:
+        return {"task": self.name, "task_config": asdict(self.config)}
+
+    def build_model(self):
+        c = self.config
+        common = dict(hidden_size=c.hidden_size, num_layers=c.num_layers, cell=c.model)
+        if c.problem == "adding":
+            return SequenceClassifier(SequenceClassifierConfig(None, input_size=2, **common))
+        return SequenceTagger(SequenceTaggerConfig(COPY_DATA + 1, vocab_size=COPY_SYMBOLS, embedding_dim=16, **common))
+
+    def draw(self, n: int, seed: int, lag: int | None = None):
+        gen = torch.Generator().manual_seed(seed)
+        make = adding_batch if self.config.problem == "adding" else copy_memory_batch
+        return make(n, lag or self.config.lag, gen)
+
+    def batches(self, step: int):
+        return self.draw(self.config.batch_size, step)
+
+    def step_fn(self, model, batch, state):
+        x, y = batch
+        return self.loss(model(x), y), None
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.config.problem == "adding":
+            return F.mse_loss(out, y)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    @torch.no_grad()
+    def scores(self, model, n: int, seed: int, lag: int | None = None) -> dict:
+        model.eval()
+        x, y = self.draw(n, seed, lag)
+        outs = [model(x[i : i + 500].to(device_of(model))).float().cpu() for i in range(0, n, 500)]
+        out = torch.cat(outs)
+        loss = self.loss(out, y).item()
+        if self.config.problem == "adding":
+            return {"loss": loss, "mse": loss, "baseline_mse": F.mse_loss(torch.ones_like(y), y).item()}
+        recalled = out[:, -10:].argmax(-1) == y[:, -10:]
+        return {
+            "loss": loss,
+            "accuracy": recalled.double().mean().item(),
+            "baseline_loss": copy_memory_baseline(lag or self.config.lag),
+        }
+
+    def evaluate(self, model) -> dict:
+        return self.scores(model, self.config.eval_size, VAL_SEED)
+
+    def test_metrics(self, model, data=None, lengths=None, **options) -> dict:
+        if data is not None:
+            raise RnnkitValueError("--data: the memory task generates its test data")
+        metrics = self.scores(model, 2 * self.config.eval_size, TEST_SEED)
+        if lengths:
+            key = "mse" if self.config.problem == "adding" else "accuracy"
+            metrics[f"{key}_by_length"] = {
+                str(L): self.scores(model, self.config.eval_size, TEST_SEED + L, L)[key] for L in lengths
+            }
+        return metrics
+
+    @torch.no_grad()
+    def plot(self, model, run_dir: Path) -> list[Path]:
+        """RUN_DIR/memory.png: adding, predictions against targets on test sequences; copy-memory,
+        the recall accuracy at each of the 10 positions."""
+        model.eval()
+        x, y = self.draw(500, TEST_SEED)
+        out = model(x.to(device_of(model))).float().cpu()
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        if self.config.problem == "adding":
+            ax.scatter(y, out, s=6, alpha=0.6, label=f"{self.config.model}")
+            ax.plot([0, 2], [0, 2], "k--", lw=0.8, label="perfect")
+            ax.set_xlabel("target (sum of the two marked values)")
+            ax.set_ylabel("prediction")
+        else:
+            acc = (out[:, -10:].argmax(-1) == y[:, -10:]).double().mean(0)
+            ax.bar(range(1, 11), acc, label=self.config.model)
+            ax.axhline(1 / COPY_DATA, color="k", ls="--", lw=0.8, label="chance")
+            ax.set_xlabel("position of the recalled symbol")
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1.05)
+        ax.set_title(f"{self.config.problem}, lag T={self.config.lag}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        out_path = Path(run_dir) / "memory.png"
+        fig.savefig(out_path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return [out_path]
