@@ -42,6 +42,12 @@ LEVELS = {
     "layers": 2,
     "models": 3,
     "decoding": 3,
+    "attention": 3,
+    "train": 4,
+    "data": 4,
+    "runs": 5,
+    "tasks": 6,
+    "diagnostics": 7,
     "cli": 9,
 }
 

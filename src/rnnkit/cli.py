@@ -101,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="the loss curves of a run and the figures of its task (PNG)")
     plot.add_argument("run_dir")
 
+    gradients = sub.add_parser(
+        "gradients",
+        help="gradient flow through time: ||dL/dh_t|| for every t and the spectrum of W_hh (PNG, JSON)",
+    )
+    gradients.add_argument("run_dir", nargs="?", help="also show this run's trained recurrence")
+    gradients.add_argument("--cell", default="rnn,lstm,gru", help="fresh cells to compare (default: rnn,lstm,gru)")
+    gradients.add_argument("--length", type=int, default=100, help="time steps T (default: 100)")
+    gradients.add_argument("--hidden-size", dest="grad_hidden", type=int, default=64, help="of the fresh cells")
+    gradients.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold shown")
+    gradients.add_argument("--seed", type=int, default=0)
+    gradients.add_argument("--out", help="where to write (default: RUN_DIR, else runs/gradients-<UTC timestamp>)")
+
     predict = sub.add_parser("predict", help="a run's model on each INPUT")
     predict.add_argument("run_dir")
     predict.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -322,12 +334,42 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_gradients(args) -> int:
+    """gradients.json and gradients.png: fresh cells side by side, and a run's trained one."""
+    from rnnkit.diagnostics import first_layer, gradient_flow, write_report
+
+    if args.length < 1:
+        raise RnnkitValueError(f"--length must be a positive int, got {args.length}")
+    layers = {}
+    if args.run_dir:
+        _run_config(args.run_dir)
+        kind, layer = first_layer(rnnkit.load(args.run_dir))
+        layers[f"trained {kind}"] = layer
+    cells = [c.strip() for c in args.cell.split(",") if c.strip()]
+    result = gradient_flow(
+        cells, length=args.length, hidden_size=args.grad_hidden, clip=args.clip, seed=args.seed, layers=layers
+    )
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or args.run_dir or f"runs/gradients-{stamp}")
+    paths = write_report(result, out)
+    print(f"{'cell':>14}  {'||dL/dh_1||':>12}  {'||dL/dh_T||':>12}  {'W_hh radius':>11}  {'early share':>11}")
+    for name, r in result["cells"].items():
+        print(
+            f"{name:>14}  {r['grad_norms'][0]:12.3e}  {r['grad_norms'][-1]:12.3e}  "
+            f"{r['spectrum']['spectral_radius']:11.3f}  {r['clipping']['early_fraction']:11.3e}"
+        )
+    for path in paths.values():
+        print(path)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "sample": cmd_sample,
     "predict": cmd_predict,
     "plot": cmd_plot,
+    "gradients": cmd_gradients,
 }
 
 

@@ -97,7 +97,8 @@ class Seq2Seq(nn.Module):
 
     def initial_state(self, src: torch.Tensor, src_lengths=None):
         """Encode src; the decoding state (every tensor with the batch in dimension 1):
-        (decoder state, o_{t-1} (1, B, H), keys (S, B, K), mask (S, B), summary (1, B, K))."""
+        (decoder state, o_{t-1} (1, B, H), keys (S, B, K), mask (S, B), summary (1, B, K),
+        the keys' side of the attention score (S, B, P), computed once per sequence)."""
         keys, enc_state = self.encoder(self.drop(self.src(src)), lengths=src_lengths)  # (B, S, K)
         B, S, _ = keys.shape
         L, H = self.config.num_layers, self.config.hidden_size
@@ -112,10 +113,11 @@ class Seq2Seq(nn.Module):
         summary = torch.cat(list(top[-D:]), dim=-1)[None]  # (1, B, K)
         dec_state = tuple(states) if self.num_states == 2 else states[0]
         mask = valid_mask(src_lengths, B, S, keys.device)
-        return dec_state, keys.new_zeros(1, B, H), keys.transpose(0, 1), mask.t(), summary
+        projected = self.attention.project(keys).transpose(0, 1) if self.attends else keys.new_zeros(S, B, 0)
+        return dec_state, keys.new_zeros(1, B, H), keys.transpose(0, 1), mask.t(), summary, projected
 
     def _step(self, token: torch.Tensor, state):
-        dec_state, feed, keys, mask, summary = state
+        dec_state, feed, keys, mask, summary, projected = state
         parts = [self.drop(self.tgt(token[:, None]))]  # (B, 1, E)
         if self.attends and self.config.input_feeding:
             parts.append(feed[0][:, None])
@@ -124,9 +126,11 @@ class Seq2Seq(nn.Module):
         h, dec_state = self.decoder(torch.cat(parts, dim=-1), dec_state)
         out, alpha = h[:, 0], None  # (B, H)
         if self.attends:
-            ctx, alpha = self.attention(out, keys.transpose(0, 1), mask.t())
+            ctx, alpha = self.attention(
+                out, keys.transpose(0, 1), mask.t(), projected=projected.transpose(0, 1)
+            )
             out = torch.tanh(self.combine(torch.cat([out, ctx], dim=-1)))
-        return self.head(self.drop(out)), (dec_state, out[None], keys, mask, summary), alpha
+        return self.head(self.drop(out)), (dec_state, out[None], keys, mask, summary, projected), alpha
 
     def step(self, token: torch.Tensor, state):
         """One decoding step: token (B,) -> (logits (B, V), state)."""

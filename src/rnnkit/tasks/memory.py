@@ -80,7 +80,12 @@ class MemoryTask(Task):
 
     def step_fn(self, model, batch, state):
         x, y = batch
-        return self.loss(model(x), y), None
+        return self.loss(self.predict_batch(model, x), y), None
+
+    def predict_batch(self, model, x: torch.Tensor) -> torch.Tensor:
+        """adding: (B,) sums; copy-memory: (B, T + 20, 9) logits (the tagger also returns its state)."""
+        out = model(x)
+        return out if self.config.problem == "adding" else out[0]
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.config.problem == "adding":
@@ -91,7 +96,7 @@ class MemoryTask(Task):
     def scores(self, model, n: int, seed: int, lag: int | None = None) -> dict:
         model.eval()
         x, y = self.draw(n, seed, lag)
-        outs = [model(x[i : i + 500].to(device_of(model))).float().cpu() for i in range(0, n, 500)]
+        outs = [self.predict_batch(model, x[i : i + 500].to(device_of(model))).float().cpu() for i in range(0, n, 500)]
         out = torch.cat(outs)
         loss = self.loss(out, y).item()
         if self.config.problem == "adding":
@@ -123,17 +128,17 @@ class MemoryTask(Task):
         the recall accuracy at each of the 10 positions."""
         model.eval()
         x, y = self.draw(500, TEST_SEED)
-        out = model(x.to(device_of(model))).float().cpu()
+        out = self.predict_batch(model, x.to(device_of(model))).float().cpu()
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4.5))
         if self.config.problem == "adding":
-            ax.scatter(y, out, s=6, alpha=0.6, label=f"{self.config.model}")
+            ax.scatter(y.numpy(), out.numpy(), s=6, alpha=0.6, label=f"{self.config.model}")
             ax.plot([0, 2], [0, 2], "k--", lw=0.8, label="perfect")
             ax.set_xlabel("target (sum of the two marked values)")
             ax.set_ylabel("prediction")
         else:
             acc = (out[:, -10:].argmax(-1) == y[:, -10:]).double().mean(0)
-            ax.bar(range(1, 11), acc, label=self.config.model)
+            ax.bar(range(1, 11), acc.numpy(), label=self.config.model)
             ax.axhline(1 / COPY_DATA, color="k", ls="--", lw=0.8, label="chance")
             ax.set_xlabel("position of the recalled symbol")
             ax.set_ylabel("accuracy")

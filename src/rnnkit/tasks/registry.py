@@ -3,13 +3,17 @@
 from rnnkit.tasks.charlm import CharLMConfig, CharLMTask
 from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask
 from rnnkit.tasks.colors import ColorsConfig, ColorsTask
+from rnnkit.tasks.dates import DatesConfig, DatesTask
 from rnnkit.tasks.forecast import ForecastConfig, ForecastTask
 from rnnkit.tasks.memory import MemoryConfig, MemoryTask
+from rnnkit.tasks.translate import TranslateConfig, TranslateTask
 
 TASKS = {
     "charlm": (CharLMTask, CharLMConfig),
     "classify": (ClassifyTask, ClassifyConfig),
     "forecast": (ForecastTask, ForecastConfig),
+    "dates": (DatesTask, DatesConfig),
+    "translate": (TranslateTask, TranslateConfig),
     "colors": (ColorsTask, ColorsConfig),
     "memory": (MemoryTask, MemoryConfig),
 }

@@ -1,0 +1,176 @@
+"""What dates and translate share: character-level sequence-to-sequence learning with `Seq2Seq`,
+greedy and beam decoding, exact match and character error rate, attention heat maps.
+
+A subclass provides the examples: `train_examples(step)`, `val`, `test` as lists of
+(source token ids, target text), and `source_ids(text, **options)` for `predict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rnnkit._config import option
+from rnnkit.data.text import CharVocab
+from rnnkit.decoding import beam_search, greedy
+from rnnkit.errors import RnnkitValueError
+from rnnkit.models import Seq2Seq, Seq2SeqConfig
+from rnnkit.tasks._common import Task, device_of, edit_distance, pad_ids, pyplot
+
+BOS, EOS = "\x02", "\x03"  # start and end of a target, as characters of its vocabulary
+
+
+@dataclass(frozen=True)
+class Seq2SeqTaskConfig:
+    cell: str = option("lstm", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
+    hidden_size: int = option(128, "units per recurrent layer")
+    num_layers: int = option(1, "stacked recurrent layers (encoder and decoder)")
+    embedding_dim: int = option(64, "token embedding size")
+    bidirectional: bool = option(True, "a bidirectional encoder")
+    attention: str = option("additive", "none, additive, dot or general")
+    context: str = option("init", "without attention: the encoder summary as initial state (init) or every_step")
+    dropout: float = option(0.0, "dropout on embeddings, between layers and before the head")
+    teacher_forcing: float = option(1.0, "probability of feeding the true previous token in training")
+    batch_size: int = option(64, "pairs per step")
+    beam_size: int = option(4, "beam width of exact_match_beam")
+    max_output: int = option(60, "longest output decoded (characters)")
+
+
+class Seq2SeqTask(Task):
+    metric = "loss"
+    train_defaults = {"steps": 3000, "lr": 2e-3, "eval_every": 250}
+    src_vocab_size: int
+
+    def target_vocab(self, texts) -> CharVocab:
+        return CharVocab("".join(texts) + BOS + EOS)
+
+    def model_config(self) -> Seq2SeqConfig:
+        c = self.config
+        return Seq2SeqConfig(
+            self.src_vocab_size,
+            len(self.tgt_vocab),
+            embedding_dim=c.embedding_dim,
+            hidden_size=c.hidden_size,
+            num_layers=c.num_layers,
+            cell=c.cell,
+            bidirectional_encoder=c.bidirectional,
+            attention=c.attention,
+            context=c.context,
+            dropout=c.dropout,
+        )
+
+    def build_model(self) -> Seq2Seq:
+        return Seq2Seq(self.model_config())
+
+    # --- encoding -------------------------------------------------------------------------------
+
+    def encode(self, pairs) -> tuple[torch.Tensor, ...]:
+        """(src (B, S), src lengths (B,), decoder inputs BOS + y (B, T), targets y + EOS (B, T)
+        padded with -100)."""
+        src, lengths = pad_ids([torch.as_tensor(s, dtype=torch.long) for s, _ in pairs])
+        ids = [self.tgt_vocab.encode(BOS + t + EOS) for _, t in pairs]
+        tgt_in, _ = pad_ids([i[:-1] for i in ids])
+        tgt_out, _ = pad_ids([i[1:] for i in ids], pad=-100)
+        return src, lengths, tgt_in, tgt_out
+
+    def batches(self, step: int):
+        return self.encode(self.train_examples(step))
+
+    def step_fn(self, model, batch, state):
+        src, lengths, tgt_in, tgt_out = batch
+        logits = model(src, tgt_in, src_lengths=lengths, teacher_forcing=self.config.teacher_forcing)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100), None
+
+    # --- decoding and metrics -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, model, sources: list, *, beam: int = 1, chunk: int = 500) -> list[str]:
+        model.eval()
+        bos, eos = int(self.tgt_vocab.index[BOS]), int(self.tgt_vocab.index[EOS])
+        out = []
+        for start in range(0, len(sources), chunk):
+            part = sources[start : start + chunk]
+            src, lengths = pad_ids([torch.as_tensor(s, dtype=torch.long) for s in part])
+            src = src.to(device_of(model))
+            state = model.initial_state(src, lengths)
+            prefix = torch.full((len(part), 1), bos, device=src.device)
+            if beam == 1:
+                tokens = greedy(model.step, prefix, self.config.max_output, state=state, eos=eos)
+            else:
+                tokens, _ = beam_search(model.step, prefix, self.config.max_output, beam_size=beam, state=state, eos=eos)
+            out += [self.tgt_vocab.decode(row).split(EOS)[0] for row in tokens.tolist()]
+        return out
+
+    @torch.no_grad()
+    def loss(self, model, pairs, chunk: int = 500) -> float:
+        model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(pairs), chunk):
+            src, lengths, tgt_in, tgt_out = (t.to(device_of(model)) for t in self.encode(pairs[start : start + chunk]))
+            logits = model(src, tgt_in, src_lengths=lengths.cpu())
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), tgt_out.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
+            count += int((tgt_out != -100).sum())
+        return total / count
+
+    def evaluate(self, model) -> dict:
+        guesses = self.decode(model, [s for s, _ in self.val])
+        return {
+            "loss": self.loss(model, self.val),
+            "exact_match": sum(g == t for g, (_, t) in zip(guesses, self.val)) / len(self.val),
+        }
+
+    def scores(self, model, pairs) -> dict:
+        sources, truth = [s for s, _ in pairs], [t for _, t in pairs]
+        greedy_out = self.decode(model, sources)
+        beam_out = self.decode(model, sources, beam=self.config.beam_size)
+        errors = [(g, t) for g, t in zip(greedy_out, truth) if g != t]
+        return {
+            "exact_match": 1 - len(errors) / len(truth),
+            "cer": sum(edit_distance(g, t) for g, t in zip(greedy_out, truth)) / sum(len(t) for t in truth),
+            "exact_match_beam": sum(b == t for b, t in zip(beam_out, truth)) / len(truth),
+            "loss": self.loss(model, pairs),
+            "test_pairs": len(truth),
+            "errors": [{"output": g, "truth": t} for g, t in errors[:20]],
+        }
+
+    def predict(self, model, inputs: list[str], **options) -> list[str]:
+        return self.decode(model, [self.source_ids(text, **options) for text in inputs])
+
+    def source_labels(self, source) -> list[str]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def plot(self, model, run_dir: Path) -> list[Path]:
+        """RUN_DIR/attention.png: the attention weights of the first test examples (rows: output
+        characters, columns: input tokens)."""
+        if self.config.attention == "none":
+            return []
+        pairs = self.test[:4]
+        outputs = self.decode(model, [s for s, _ in pairs])
+        plt = pyplot()
+        fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 3.2 * len(pairs)))
+        for ax, (src, _), out in zip(axes, pairs, outputs):
+            src_t, _, tgt_in, _ = (t.to(device_of(model)) for t in self.encode([(src, out)]))
+            _, alpha = model(src_t, tgt_in, return_attention=True)  # (1, T, S)
+            alpha = alpha[0].float().cpu().numpy()
+            ax.imshow(alpha, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+            ax.set_xticks(range(len(src)), self.source_labels(src), fontsize=7)
+            ax.set_yticks(range(alpha.shape[0]), [repr(ch)[1:-1] for ch in out] + ["<end>"], fontsize=7)
+            ax.set_xlabel("input")
+            ax.set_ylabel("output")
+        fig.suptitle("attention weights (rows sum to 1)")
+        fig.tight_layout()
+        path = Path(run_dir) / "attention.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return [path]
+
+
+def check_nonempty(name: str, pairs) -> None:
+    if not pairs:
+        raise RnnkitValueError(f"--data: {name} has no pairs")

@@ -1,0 +1,159 @@
+"""Every task end to end through the command on tiny settings (train -> evaluate --json ->
+predict -> plot), user files through --data, and exit 2 with one line for malformed files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rnnkit.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_task(tmp_path, capsys, task, *flags, data=None):
+    run = tmp_path / f"{task}-run"
+    args = ["train", task, "--out", str(run), "--steps", "6", "--eval-every", "3", *flags]
+    if data is not None:
+        args += ["--data", str(data)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)  # one JSON object and nothing else
+    assert main(["plot", str(run)]) == 0
+    figures = capsys.readouterr().out.split()
+    assert len(figures) >= 2  # the loss curves and the task's own figure
+    for path in figures:
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG
+    return run, metrics
+
+
+def predict(capsys, run, *inputs, extra=()):
+    assert main(["predict", str(run), *inputs, *extra]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_classify_digits(tmp_path, capsys):
+    run, m = run_task(tmp_path, capsys, "classify", "--hidden-size", "16")
+    assert 0 <= m["accuracy"] <= 1 and 0.8 < m["baseline_accuracy"] <= 1  # the baseline is fitted for real
+    assert len(m["confusion"]) == 10 and sum(map(sum, m["confusion"])) == m["test_examples"]
+    (line,) = predict(capsys, run, ",".join(["0.5"] * 64))
+    label, p = line.split("\t")
+    assert label in [str(d) for d in range(10)] and 0 < float(p) <= 1
+
+
+def test_classify_text_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = [f"{lab}\t{''.join(rng.choice(list(chars), 6))}" for lab, chars in (("a", "abc"), ("x", "xyz")) for _ in range(20)]
+    path = tmp_path / "names.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    run, m = run_task(tmp_path, capsys, "classify", "--hidden-size", "8", data=path)
+    assert m["test_examples"] == 6 and m["baseline_accuracy"] == 1.0  # n-grams separate the alphabets
+    lines = predict(capsys, run, "abcab", "zzyx\u2603")  # an unseen character maps to unknown
+    assert [ln.split("\t")[0] for ln in lines] and all(ln.split("\t")[0] in "ax" for ln in lines)
+    # evaluate on another file of the same labels
+    other = tmp_path / "other.tsv"
+    other.write_text("a\tcab\nx\tzyx\n")
+    assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_examples"] == 2
+
+
+def test_classify_csv_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = ["label,v1,v2,v3,v4"] + [
+        f"{lab},{','.join(f'{v:.3f}' for v in rng.normal(mu, 0.1, 4))}" for lab, mu in (("lo", 0), ("hi", 1)) for _ in range(15)
+    ]
+    path = tmp_path / "seq.csv"
+    path.write_text("\n".join(lines) + "\n")
+    run, m = run_task(tmp_path, capsys, "classify", "--hidden-size", "8", "--features", "2", data=path)
+    assert m["baseline_accuracy"] == 1.0
+    (line,) = predict(capsys, run, "1,1,1,1")
+    assert line.split("\t")[0] in ("lo", "hi")
+
+
+def test_forecast_csv_file(tmp_path, capsys):
+    t = np.arange(90)
+    series = 10 + 5 * np.sin(t / 4) + np.random.default_rng(0).normal(0, 0.2, 90)
+    path = tmp_path / "series.csv"
+    path.write_text("t,y,other\n" + "".join(f"{i},{v:.4f},{i % 7}\n" for i, v in zip(t, series)))
+    run, m = run_task(tmp_path, capsys, "forecast", "--target", "y", "--columns", "other", "--window", "5", data=path)
+    assert {"rmse", "rmse_multistep", "baseline_rmse"} <= set(m)
+    assert m["baseline_rmse"] < 1.0  # ARIMA on a noisy sine: well under its amplitude
+    assert m["test_points"] == len(m["forecast"]) == round(90 * 0.13)
+    (line,) = predict(capsys, run, "10,11;12,3;13,4;12,5;11,6")
+    assert len(line.split(",")) == 5 and all(np.isfinite(float(v)) for v in line.split(","))
+
+
+def test_forecast_sunspots_baseline_is_arima(tmp_path, capsys):
+    run, m = run_task(tmp_path, capsys, "forecast", "--hidden-size", "8")
+    # the AIC search over p <= 10, d <= 1, q <= 2 on 1700-1968 (measured: ARIMA(5, 1, 2), 17.76)
+    assert m["test_points"] == 40 and m["baseline_order"] == [5, 1, 2]
+    assert m["baseline_rmse"] == pytest.approx(17.76, abs=0.05)
+    assert (run / "baseline.json").is_file()  # the order search is cached in the run directory
+    (line,) = predict(capsys, run, "10,20,40,80,100,90,60,30,15,8")
+    assert len(line.split(",")) == 5
+
+
+def test_colors(tmp_path, capsys):
+    run, m = run_task(tmp_path, capsys, "colors", "--hidden-size", "16")
+    assert m["baseline_loss"] == pytest.approx(2.97, abs=0.05) and m["test_names"] == 94
+    lines = predict(capsys, run, "0.1,0.5,0.2", "1,1,1")
+    assert len(lines) == 2 and lines[0].startswith("0.1,0.5,0.2\t") and lines[0].count(" | ") == 3
+
+
+@pytest.mark.parametrize("problem", ["adding", "copy-memory"])
+def test_memory(tmp_path, capsys, problem):
+    run, m = run_task(tmp_path, capsys, "memory", "--problem", problem, "--lag", "12", "--hidden-size", "8")
+    assert main(["evaluate", str(run), "--json", "--lengths", "5,20"]) == 0
+    by_length = json.loads(capsys.readouterr().out)
+    key = "mse" if problem == "adding" else "accuracy"
+    assert key in m and set(by_length[f"{key}_by_length"]) == {"5", "20"}
+    if problem == "adding":
+        assert m["baseline_mse"] == pytest.approx(1 / 6, abs=0.02)
+    assert main(["predict", str(run), "1"]) == 2  # memory has no predict
+    assert "no predict" in capsys.readouterr().err
+
+
+def bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "task, name, text, flags, message",
+    [
+        ("classify", "one.tsv", "a\tabc\na\tabd\nb\txyz\n", [], "single example"),
+        ("classify", "cols.tsv", "a\tabc\tmore\n", [], "expected 'label<TAB>text'"),
+        ("classify", "empty.tsv", "", [], "is empty"),
+        ("classify", "num.csv", "label,v1\na,1\na,x\nb,2\nb,3\n", [], "expected a number"),
+        ("classify", "nolabel.csv", "y,v1\na,1\n", [], "no such column"),
+        ("classify", "ragged.csv", "label,v1,v2\na,1\n", [], "has 2 columns"),
+        ("forecast", "series.csv", "t,y\n" + "".join(f"{i},{i}\n" for i in range(80)), ["--target", "z"], "no such column"),
+        ("forecast", "series.csv", "t,y\n1,2\n2,oops\n", ["--target", "y"], "expected a number"),
+        ("forecast", "short.csv", "t,y\n" + "".join(f"{i},{i}\n" for i in range(12)), ["--target", "y"], "too short"),
+    ],
+)
+def test_malformed_files_exit_2(tmp_path, capsys, task, name, text, flags, message):
+    path = bad(tmp_path, name, text)
+    assert main(["train", task, "--data", str(path), "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_flag_of_another_task_is_refused(tmp_path, capsys):
+    assert main(["train", "classify", "--lag", "10", "--out", str(tmp_path / "r")]) == 2
+    assert "--lag is an option of task memory" in capsys.readouterr().err
+
+
+def test_gradients_command(tmp_path, capsys):
+    assert main(["gradients", "--cell", "rnn,gru", "--length", "20", "--out", str(tmp_path / "g")]) == 0
+    report = json.loads((tmp_path / "g" / "gradients.json").read_text())
+    assert set(report["cells"]) == {"rnn", "gru"} and len(report["cells"]["rnn"]["grad_norms"]) == 20
+    assert (tmp_path / "g" / "gradients.png").read_bytes()[:8] == PNG
+    run, _ = run_task(tmp_path, capsys, "memory", "--lag", "10", "--hidden-size", "8", "--model", "gru")
+    assert main(["gradients", str(run), "--cell", "gru", "--length", "15"]) == 0
+    assert set(json.loads((run / "gradients.json").read_text())["cells"]) == {"gru", "trained gru"}
+    assert main(["gradients", "--cell", "nope"]) == 2
+    assert "cells must be one of" in capsys.readouterr().err
