@@ -45,7 +45,11 @@ def test_classify_digits(tmp_path, capsys):
 
 def test_classify_text_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    rows = [f"{lab}\t{''.join(rng.choice(list(chars), 6))}" for lab, chars in (("a", "abc"), ("x", "xyz")) for _ in range(20)]
+    rows = [
+        f"{lab}\t{''.join(rng.choice(list(chars), 6))}"
+        for lab, chars in (("a", "abc"), ("x", "xyz"))
+        for _ in range(20)
+    ]
     path = tmp_path / "names.tsv"
     path.write_text("\n".join(rows) + "\n")
     run, m = run_task(tmp_path, capsys, "classify", "--hidden-size", "8", data=path)
@@ -62,7 +66,9 @@ def test_classify_text_file(tmp_path, capsys):
 def test_classify_csv_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     lines = ["label,v1,v2,v3,v4"] + [
-        f"{lab},{','.join(f'{v:.3f}' for v in rng.normal(mu, 0.1, 4))}" for lab, mu in (("lo", 0), ("hi", 1)) for _ in range(15)
+        f"{lab},{','.join(f'{v:.3f}' for v in rng.normal(mu, 0.1, 4))}"
+        for lab, mu in (("lo", 0), ("hi", 1))
+        for _ in range(15)
     ]
     path = tmp_path / "seq.csv"
     path.write_text("\n".join(lines) + "\n")
@@ -77,7 +83,9 @@ def test_forecast_csv_file(tmp_path, capsys):
     series = 10 + 5 * np.sin(t / 4) + np.random.default_rng(0).normal(0, 0.2, 90)
     path = tmp_path / "series.csv"
     path.write_text("t,y,other\n" + "".join(f"{i},{v:.4f},{i % 7}\n" for i, v in zip(t, series)))
-    run, m = run_task(tmp_path, capsys, "forecast", "--target", "y", "--columns", "other", "--window", "5", data=path)
+    run, m = run_task(
+        tmp_path, capsys, "forecast", "--target", "y", "--columns", "other", "--window", "5", data=path
+    )
     assert {"rmse", "rmse_multistep", "baseline_rmse"} <= set(m)
     assert m["baseline_rmse"] < 1.0  # ARIMA on a noisy sine: well under its amplitude
     assert m["test_points"] == len(m["forecast"]) == round(90 * 0.13)
@@ -130,9 +138,21 @@ def bad(tmp_path, name, text):
         ("classify", "num.csv", "label,v1\na,1\na,x\nb,2\nb,3\n", [], "expected a number"),
         ("classify", "nolabel.csv", "y,v1\na,1\n", [], "no such column"),
         ("classify", "ragged.csv", "label,v1,v2\na,1\n", [], "has 2 columns"),
-        ("forecast", "series.csv", "t,y\n" + "".join(f"{i},{i}\n" for i in range(80)), ["--target", "z"], "no such column"),
+        (
+            "forecast",
+            "series.csv",
+            "t,y\n" + "".join(f"{i},{i}\n" for i in range(80)),
+            ["--target", "z"],
+            "no such column",
+        ),
         ("forecast", "series.csv", "t,y\n1,2\n2,oops\n", ["--target", "y"], "expected a number"),
-        ("forecast", "short.csv", "t,y\n" + "".join(f"{i},{i}\n" for i in range(12)), ["--target", "y"], "too short"),
+        (
+            "forecast",
+            "short.csv",
+            "t,y\n" + "".join(f"{i},{i}\n" for i in range(12)),
+            ["--target", "y"],
+            "too short",
+        ),
     ],
 )
 def test_malformed_files_exit_2(tmp_path, capsys, task, name, text, flags, message):

@@ -106,12 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradient flow through time: ||dL/dh_t|| for every t and the spectrum of W_hh (PNG, JSON)",
     )
     gradients.add_argument("run_dir", nargs="?", help="also show this run's trained recurrence")
-    gradients.add_argument("--cell", default="rnn,lstm,gru", help="fresh cells to compare (default: rnn,lstm,gru)")
+    gradients.add_argument(
+        "--cell", default="rnn,lstm,gru", help="fresh cells to compare (default: rnn,lstm,gru)"
+    )
     gradients.add_argument("--length", type=int, default=100, help="time steps T (default: 100)")
-    gradients.add_argument("--hidden-size", dest="grad_hidden", type=int, default=64, help="of the fresh cells")
+    gradients.add_argument(
+        "--hidden-size", dest="grad_hidden", type=int, default=64, help="of the fresh cells"
+    )
     gradients.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold shown")
     gradients.add_argument("--seed", type=int, default=0)
-    gradients.add_argument("--out", help="where to write (default: RUN_DIR, else runs/gradients-<UTC timestamp>)")
+    gradients.add_argument(
+        "--out", help="where to write (default: RUN_DIR, else runs/gradients-<UTC timestamp>)"
+    )
 
     predict = sub.add_parser("predict", help="a run's model on each INPUT")
     predict.add_argument("run_dir")
@@ -144,7 +150,9 @@ def _task_of(config: dict, run_dir=None):
 
 def _check_task_flags(args, task: str) -> None:
     """A task flag given on the command line must belong to the task being trained."""
-    own = {f.name for f in dataclasses.fields(TASKS[task][1])} | {f.name for f in dataclasses.fields(TrainConfig)}
+    own = {f.name for f in dataclasses.fields(TASKS[task][1])} | {
+        f.name for f in dataclasses.fields(TrainConfig)
+    }
     for name, (_, config_cls) in TASKS.items():
         for f in dataclasses.fields(config_cls):
             if f.name not in own and getattr(args, f.name, None) is not None:

@@ -248,7 +248,9 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
     else:
         raise RnnkitValueError(f"model {type(model).__name__} has no recurrent layer")
     if getattr(module, "proj_size", 0):
-        raise RnnkitValueError("an LSTM with proj_size has no square W_hh; its gradient flow is not defined here")
+        raise RnnkitValueError(
+            "an LSTM with proj_size has no square W_hh; its gradient flow is not defined here"
+        )
     kind = _cell_kind(module)
     options = {"bias": module.bias}
     if kind == "rnn":

@@ -31,7 +31,9 @@ class Seq2SeqTaskConfig:
     embedding_dim: int = option(64, "token embedding size")
     bidirectional: bool = option(True, "a bidirectional encoder")
     attention: str = option("additive", "none, additive, dot or general")
-    context: str = option("init", "without attention: the encoder summary as initial state (init) or every_step")
+    context: str = option(
+        "init", "without attention: the encoder summary as initial state (init) or every_step"
+    )
     dropout: float = option(0.0, "dropout on embeddings, between layers and before the head")
     teacher_forcing: float = option(1.0, "probability of feeding the true previous token in training")
     batch_size: int = option(64, "pairs per step")
@@ -82,7 +84,9 @@ class Seq2SeqTask(Task):
     def step_fn(self, model, batch, state):
         src, lengths, tgt_in, tgt_out = batch
         logits = model(src, tgt_in, src_lengths=lengths, teacher_forcing=self.config.teacher_forcing)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100), None
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100
+        ), None
 
     # --- decoding and metrics -------------------------------------------------------------------
 
@@ -100,7 +104,9 @@ class Seq2SeqTask(Task):
             if beam == 1:
                 tokens = greedy(model.step, prefix, self.config.max_output, state=state, eos=eos)
             else:
-                tokens, _ = beam_search(model.step, prefix, self.config.max_output, beam_size=beam, state=state, eos=eos)
+                tokens, _ = beam_search(
+                    model.step, prefix, self.config.max_output, beam_size=beam, state=state, eos=eos
+                )
             out += [self.tgt_vocab.decode(row).split(EOS)[0] for row in tokens.tolist()]
         return out
 
@@ -109,10 +115,15 @@ class Seq2SeqTask(Task):
         model.eval()
         total, count = 0.0, 0
         for start in range(0, len(pairs), chunk):
-            src, lengths, tgt_in, tgt_out = (t.to(device_of(model)) for t in self.encode(pairs[start : start + chunk]))
+            src, lengths, tgt_in, tgt_out = (
+                t.to(device_of(model)) for t in self.encode(pairs[start : start + chunk])
+            )
             logits = model(src, tgt_in, src_lengths=lengths.cpu())
             total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), tgt_out.reshape(-1), ignore_index=-100, reduction="sum"
+                logits.reshape(-1, logits.shape[-1]).float(),
+                tgt_out.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
             ).item()
             count += int((tgt_out != -100).sum())
         return total / count

@@ -234,7 +234,9 @@ class ClassifyTask(Task):
             return float("nan")
         best = None
         for C in (0.01, 0.1, 1.0, 10.0, 100.0):
-            fit = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(xs["train"], ys["train"])
+            fit = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(
+                xs["train"], ys["train"]
+            )
             score = fit.score(xs["val"], ys["val"]) if len(ys["val"]) else 0.0
             if best is None or score > best[0]:
                 best = (score, fit)
@@ -250,11 +252,17 @@ class ClassifyTask(Task):
                 try:
                     values = [float(v) for v in text.split(",")]
                 except ValueError:
-                    raise RnnkitValueError(f"INPUT must be {T * Fdim} comma-separated numbers, got {text!r}") from None
+                    raise RnnkitValueError(
+                        f"INPUT must be {T * Fdim} comma-separated numbers, got {text!r}"
+                    ) from None
                 if len(values) != T * Fdim:
-                    raise RnnkitValueError(f"INPUT must be {T * Fdim} comma-separated numbers, got {len(values)}")
+                    raise RnnkitValueError(
+                        f"INPUT must be {T * Fdim} comma-separated numbers, got {len(values)}"
+                    )
                 rows.append(values)
-            ex = Examples(None, np.array(rows, dtype=np.float32).reshape(-1, T, Fdim), [self.labels[0]] * len(rows))
+            ex = Examples(
+                None, np.array(rows, dtype=np.float32).reshape(-1, T, Fdim), [self.labels[0]] * len(rows)
+            )
         p = self.probabilities(model, ex)
         best = p.argmax(-1)
         return [f"{self.labels[k]}\t{p[i, k]:.4f}" for i, k in enumerate(best.tolist())]

@@ -65,7 +65,11 @@ class ColorsTask(Task):
         self.unigram = {ch: (counts[ch] + 1) / total for ch in self.vocab.chars}
 
     def describe(self) -> dict:
-        return {"task": self.name, "task_config": asdict(self.config), "task_state": {"vocab": self.vocab.chars}}
+        return {
+            "task": self.name,
+            "task_config": asdict(self.config),
+            "task_state": {"vocab": self.vocab.chars},
+        }
 
     def build_model(self) -> VectorToSequence:
         c = self.config
@@ -104,13 +108,19 @@ class ColorsTask(Task):
         model.eval()
         cond, x, y = (t.to(device_of(model)) for t in self.encode(pairs))
         logits, _ = model(cond, x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100).item()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100
+        ).item()
 
     def evaluate(self, model) -> dict:
         return {"loss": self.loss(model, self.val)}
 
     def baseline_loss(self, pairs) -> float:
-        nll = [-math.log(self.unigram.get(ch, self.unigram[self.vocab.chars[0]])) for n, _ in pairs for ch in n + EOS]
+        nll = [
+            -math.log(self.unigram.get(ch, self.unigram[self.vocab.chars[0]]))
+            for n, _ in pairs
+            for ch in n + EOS
+        ]
         return sum(nll) / len(nll)
 
     def test_metrics(self, model, data=None, **options) -> dict:
@@ -126,7 +136,9 @@ class ColorsTask(Task):
         }
 
     @torch.no_grad()
-    def generate(self, model, rgb: torch.Tensor, *, seed: int | None = None, temperature: float = 0.8) -> list[str]:
+    def generate(
+        self, model, rgb: torch.Tensor, *, seed: int | None = None, temperature: float = 0.8
+    ) -> list[str]:
         """A name per colour: greedy (seed None) or sampled."""
         model.eval()
         rgb = rgb.to(device_of(model))
@@ -137,7 +149,9 @@ class ColorsTask(Task):
             out = greedy(model.step, prefix, MAX_NAME, state=state, eos=eos)
         else:
             gen = torch.Generator(device=rgb.device).manual_seed(seed)
-            out = sample(model.step, prefix, MAX_NAME, state=state, eos=eos, temperature=temperature, generator=gen)
+            out = sample(
+                model.step, prefix, MAX_NAME, state=state, eos=eos, temperature=temperature, generator=gen
+            )
         return [self.vocab.decode(row).split(EOS)[0] for row in out.tolist()]
 
     def predict(self, model, inputs: list[str], **options) -> list[str]:

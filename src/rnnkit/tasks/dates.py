@@ -14,8 +14,6 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-import torch
-
 from rnnkit._config import option
 from rnnkit.data.dates import ANY_LOCALE, draw, locale_patterns, source_characters, split_days
 from rnnkit.data.text import CharVocab
@@ -34,12 +32,20 @@ class DatesConfig(Seq2SeqTaskConfig):
 
 class DatesTask(Seq2SeqTask):
     name = "dates"
-    train_defaults = {"steps": 20000, "lr": 2e-3, "schedule": "cosine", "eval_every": 1000, "warmup_steps": 200}
+    train_defaults = {
+        "steps": 20000,
+        "lr": 2e-3,
+        "schedule": "cosine",
+        "eval_every": 1000,
+        "warmup_steps": 200,
+    }
     predict_options = ("locale",)
 
     def __init__(self, config: DatesConfig, *, data=None, saved: dict | None = None):
         if data is not None:
-            raise RnnkitValueError("--data: dates generates its data from babel; for your own pairs use translate")
+            raise RnnkitValueError(
+                "--data: dates generates its data from babel; for your own pairs use translate"
+            )
         self.config = config
         state = (saved or {}).get("task_state")
         self.locales = state["locales"] if state else [ANY_LOCALE, *locale_patterns()]
@@ -58,13 +64,18 @@ class DatesTask(Seq2SeqTask):
     def source_ids(self, text: str, locale: str | None = None) -> list[int]:
         if locale is not None and locale not in self.locale_index:
             close = [name for name in self.locales if name.split("_")[0] == locale.split("_")[0]][:8]
-            raise RnnkitValueError(f"--locale {locale!r} is not a known locale (similar: {', '.join(close) or 'none'})")
+            raise RnnkitValueError(
+                f"--locale {locale!r} is not a known locale (similar: {', '.join(close) or 'none'})"
+            )
         token = self.locale_index[locale if locale and self.config.locale_token else ANY_LOCALE]
         return [token, *self.chars.encode(text).tolist()]
 
     def pairs(self, examples, rng: random.Random, anonymous: float = 0.0) -> list:
         """(source ids, ISO date) with the locale token; a share `anonymous` get <any>."""
-        return [(self.source_ids(text, None if rng.random() < anonymous else loc), iso) for loc, text, iso in examples]
+        return [
+            (self.source_ids(text, None if rng.random() < anonymous else loc), iso)
+            for loc, text, iso in examples
+        ]
 
     def train_examples(self, step: int) -> list:
         rng = random.Random(step)

@@ -37,7 +37,9 @@ from rnnkit.tasks._common import Task, device_of, epoch_batch, pyplot
 class ForecastConfig:
     dataset: str = option("sunspots", "built-in series when no --data: sunspots or macrodata")
     target: str = option("", "the column to forecast (default: sunspots SUNACTIVITY, macrodata infl)")
-    columns: str = option("", "comma-separated input columns besides the target (default: none; macrodata: all)")
+    columns: str = option(
+        "", "comma-separated input columns besides the target (default: none; macrodata: all)"
+    )
     window: int = option(10, "past values the model reads for each forecast")
     test_fraction: float = option(0.13, "the last share of the series held out as test")
     cell: str = option("gru", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
@@ -75,11 +77,17 @@ def read_series(config: ForecastConfig, data) -> Series:
         if config.dataset == "macrodata" and not wanted:
             wanted = header
         idx = [column_index("built-in data", header, target, "--target")]
-        idx += [column_index("built-in data", header, c.strip(), "--columns") for c in wanted if c.strip() != target]
+        idx += [
+            column_index("built-in data", header, c.strip(), "--columns")
+            for c in wanted
+            if c.strip() != target
+        ]
         return Series(np.asarray(when, dtype=np.float64), table[:, idx], [header[i] for i in idx])
     header, rows = read_table(data)
     if not config.target:
-        raise RnnkitValueError(f"--target: name the column of {data} to forecast (columns: {', '.join(header)})")
+        raise RnnkitValueError(
+            f"--target: name the column of {data} to forecast (columns: {', '.join(header)})"
+        )
     idx = [column_index(data, header, config.target, "--target")]
     idx += [column_index(data, header, c.strip(), "--columns") for c in wanted if c.strip() != config.target]
     values = np.array(numbers(data, rows, idx, header), dtype=np.float64)
@@ -157,8 +165,10 @@ class ForecastTask(Task):
     def evaluate(self, model) -> dict:
         pred = self.one_step(model, self.scaled, range(self.val_start, self.test_start))
         err = (pred[:, 0] - self.scaled[self.val_start : self.test_start, 0].numpy()) * self.std[0]
-        return {"loss": float(np.mean((pred - self.scaled[self.val_start : self.test_start].numpy()) ** 2)),
-                "rmse": float(np.sqrt(np.mean(err**2)))}
+        return {
+            "loss": float(np.mean((pred - self.scaled[self.val_start : self.test_start].numpy()) ** 2)),
+            "rmse": float(np.sqrt(np.mean(err**2))),
+        }
 
     # --- the commands ---------------------------------------------------------------------------
 
@@ -180,7 +190,9 @@ class ForecastTask(Task):
         else:  # a whole other series: every point after the first window is a test point
             other = read_series(self.config, data)
             if other.names != self.series.names:
-                raise RnnkitValueError(f"--data: {data} has columns {other.names}, the run was trained on {self.series.names}")
+                raise RnnkitValueError(
+                    f"--data: {data} has columns {other.names}, the run was trained on {self.series.names}"
+                )
             values, start = other.values, self.config.window
             if len(values) <= start:
                 raise RnnkitValueError(f"--data: {data} needs more than --window {start} rows")
@@ -248,7 +260,9 @@ class ForecastTask(Task):
         out = []
         for text in inputs:
             try:
-                steps = [[float(v) for v in part.split(",")] for part in (text.split(";") if C > 1 else [text])]
+                steps = [
+                    [float(v) for v in part.split(",")] for part in (text.split(";") if C > 1 else [text])
+                ]
                 if C == 1:
                     steps = [[v] for v in steps[0]]
             except ValueError:
@@ -269,9 +283,21 @@ class ForecastTask(Task):
         lo = max(0, s - 3 * (len(v) - s))
         ax.plot(t[lo:], v[lo:], "k-", lw=1.2, label="truth")
         ax.plot(t[s:], m["forecast"], "o-", ms=3, label=f"{self.config.cell} one-step (RMSE {m['rmse']:.2f})")
-        ax.plot(t[s:], m["forecast_multistep"], "--", label=f"{self.config.cell} recursive (RMSE {m['rmse_multistep']:.2f})")
+        ax.plot(
+            t[s:],
+            m["forecast_multistep"],
+            "--",
+            label=f"{self.config.cell} recursive (RMSE {m['rmse_multistep']:.2f})",
+        )
         order = tuple(m["baseline_order"])
-        ax.plot(t[s:], m["baseline_forecast"], "s-", ms=3, alpha=0.7, label=f"ARIMA{order} one-step (RMSE {m['baseline_rmse']:.2f})")
+        ax.plot(
+            t[s:],
+            m["baseline_forecast"],
+            "s-",
+            ms=3,
+            alpha=0.7,
+            label=f"ARIMA{order} one-step (RMSE {m['baseline_rmse']:.2f})",
+        )
         ax.axvline(t[s], color="grey", lw=0.8, ls=":")
         ax.set_xlabel("time")
         ax.set_ylabel(self.series.names[0])

@@ -68,7 +68,9 @@ class MemoryTask(Task):
         common = dict(hidden_size=c.hidden_size, num_layers=c.num_layers, cell=c.model)
         if c.problem == "adding":
             return SequenceClassifier(SequenceClassifierConfig(None, input_size=2, **common))
-        return SequenceTagger(SequenceTaggerConfig(COPY_DATA + 1, vocab_size=COPY_SYMBOLS, embedding_dim=16, **common))
+        return SequenceTagger(
+            SequenceTaggerConfig(COPY_DATA + 1, vocab_size=COPY_SYMBOLS, embedding_dim=16, **common)
+        )
 
     def draw(self, n: int, seed: int, lag: int | None = None):
         gen = torch.Generator().manual_seed(seed)
@@ -96,7 +98,10 @@ class MemoryTask(Task):
     def scores(self, model, n: int, seed: int, lag: int | None = None) -> dict:
         model.eval()
         x, y = self.draw(n, seed, lag)
-        outs = [self.predict_batch(model, x[i : i + 500].to(device_of(model))).float().cpu() for i in range(0, n, 500)]
+        outs = [
+            self.predict_batch(model, x[i : i + 500].to(device_of(model))).float().cpu()
+            for i in range(0, n, 500)
+        ]
         out = torch.cat(outs)
         loss = self.loss(out, y).item()
         if self.config.problem == "adding":
