@@ -1,0 +1,52 @@
+"""The quality target of every task (docs/tasks.md), each trained through the command with the
+task's defaults. Slow: `make test-slow`, or one at a time with `-k`, e.g.
+`pytest -m slow tests/test_task_targets.py -k digits`."""
+
+import json
+import statistics
+
+import pytest
+
+from rnnkit.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def train(tmp_path, capsys, name, *args):
+    run = tmp_path / name
+    assert main(["train", *args, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_classify_digits(tmp_path, capsys):
+    assert train(tmp_path, capsys, "digits", "classify")["accuracy"] >= 0.97
+
+
+def test_classify_surnames_beats_ngram_logistic_regression(tmp_path, capsys):
+    m = train(tmp_path, capsys, "surnames", "classify", "--dataset", "surnames")
+    assert m["accuracy"] > m["baseline_accuracy"]
+
+
+def test_forecast_sunspots_beats_arima_over_seeds(tmp_path, capsys):
+    runs = [train(tmp_path, capsys, f"seed{s}", "forecast", "--seed", str(s)) for s in range(5)]
+    rmse = [m["rmse"] for m in runs]
+    # the test span is 40 years, so the target is on the mean over seeds
+    assert statistics.mean(rmse) < 16.0 and statistics.mean(rmse) < runs[0]["baseline_rmse"], rmse
+
+
+@pytest.mark.parametrize("feed", ["init", "every_step"])
+def test_colors_beats_unigram(tmp_path, capsys, feed):
+    m = train(tmp_path, capsys, feed, "colors", "--feed", feed)
+    assert m["loss"] < m["baseline_loss"]
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_memory_adding_at_lag_200(tmp_path, capsys, model):
+    m = train(tmp_path, capsys, model, "memory", "--problem", "adding", "--lag", "200", "--model", model)
+    assert m["mse"] < 0.01  # the mean predictor: ~0.167
+
+
+def test_dates(tmp_path, capsys):
+    assert train(tmp_path, capsys, "dates", "dates")["exact_match"] >= 0.995
