@@ -102,7 +102,8 @@ def table(results: dict) -> str:
             continue
         shown = ", ".join(f"{k} {r['metrics'][k]:.4g}" for k in keys if k in r["metrics"])
         rows.append(
-            f"| {name} | `{' '.join(args)}` | {r['steps']} | {r['wall_s'] / 60:.1f} min | {shown} | {target} |"
+            f"| {name} | `{' '.join(args)}` | {r['steps']} | {r['wall_s'] / 60:.1f} min "
+            f"| {shown} | {target} |"
         )
     seeds = [
         results[n]["metrics"]["rmse"] for n in RUNS if n.startswith("forecast-sunspots") and n in results
