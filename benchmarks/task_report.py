@@ -4,6 +4,7 @@ metrics and wall time there (between the `<!-- task table: begin/end -->` marker
     python benchmarks/task_report.py                  # every run (about 2 hours on 2 cores)
     python benchmarks/task_report.py --only dates     # runs whose name starts with "dates"
     python benchmarks/task_report.py --table-only     # rewrite the table from saved results
+    python benchmarks/task_report.py --adopt dates=RUN  # record a run made with the same command
 
 Each run goes to runs/report/<name>; results accumulate in runs/report/results.json, so runs can
 be made in parts (and in parallel: `--only` with different prefixes, one thread each).
@@ -91,6 +92,26 @@ def run(name: str, args: list[str], threads: int) -> dict:
     return {"args": args, "metrics": metrics, "wall_s": round(wall), "steps": steps}
 
 
+def adopt(name: str, run_dir: Path) -> dict:
+    """A run trained elsewhere with the command of RUNS[name] (its wall time from the times its
+    config.json and its last checkpoint were written)."""
+    rnnkit = [sys.executable, "-m", "rnnkit"]
+    metrics = json.loads(
+        subprocess.run(
+            [*rnnkit, "evaluate", str(run_dir), "--json"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    wall = (run_dir / "latest.json").stat().st_mtime - (run_dir / "config.json").stat().st_ctime
+    steps = json.loads((run_dir / "config.json").read_text())["train"]["steps"]
+    return {
+        "args": RUNS[name][0],
+        "metrics": metrics,
+        "wall_s": round(wall),
+        "steps": steps,
+        "adopted": str(run_dir),
+    }
+
+
 def table(results: dict) -> str:
     rows = [
         "| run | command (`rnnkit train ...`) | steps | wall time | test metrics | target |",
@@ -121,10 +142,16 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only names starting with this")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--adopt", action="append", default=[], metavar="NAME=RUN_DIR")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     saved = OUT / "results.json"
-    if not args.table_only:
+    for item in args.adopt:
+        name, run_dir = item.split("=", 1)
+        results = json.loads(saved.read_text()) if saved.exists() else {}
+        results[name] = adopt(name, Path(run_dir))
+        saved.write_text(json.dumps(results, indent=1))
+    if not args.table_only and not args.adopt:
         for name, (train_args, _, _) in RUNS.items():
             if name.startswith(args.only):
                 print(f"{name}: rnnkit train {' '.join(train_args)}", flush=True)

@@ -163,8 +163,17 @@ def test_malformed_files_exit_2(tmp_path, capsys, task, name, text, flags, messa
 
 
 def test_a_flag_of_another_task_is_refused(tmp_path, capsys):
-    assert main(["train", "classify", "--lag", "10", "--out", str(tmp_path / "r")]) == 2
-    assert "--lag is an option of task memory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse: a usage error
+        main(["train", "classify", "--lag", "10", "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2 and "unrecognized arguments: --lag" in capsys.readouterr().err
+
+
+def test_train_help_shows_the_tasks_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "memory", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lag INT" in text and "--seq-len" not in text  # memory's flags, not charlm's
+    assert "(default: 3000)" in text  # memory's steps, not TrainConfig's 1000
 
 
 def test_gradients_command(tmp_path, capsys):

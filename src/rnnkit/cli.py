@@ -28,18 +28,15 @@ from rnnkit.train import TrainConfig, Trainer
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, seen: set | None = None) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, defaults: dict | None = None) -> None:
     """--field-name for every field of a config dataclass, typed, defaulted and explained by it
-    (a field already added by an earlier config in `seen` is shared, not added twice)."""
+    (`defaults` overrides the dataclass defaults shown, as a task does for TrainConfig)."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
-        if seen is not None:
-            if f.name in seen:
-                continue
-            seen.add(f.name)
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type).replace(" | None", "")
-        text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
+        default = (defaults or {}).get(f.name, f.default)
+        text = f"{f.metadata.get('help', '')} (default: {default})".strip()
         if kind == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -58,7 +55,23 @@ def config_from(cls, args, base: dict | None = None):
     return cls(**values)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def train_task(argv: list[str]) -> str:
+    """The task a `train` command line is about, so that only its flags are offered: the first
+    argument naming a task, else the task of the run given to --resume, else charlm."""
+    rest = argv[1:]
+    for arg in rest:
+        if arg in TASKS:
+            return arg
+    for flag, value in zip(rest, rest[1:]):
+        if flag == "--resume":
+            try:
+                return json.loads((Path(value) / "config.json").read_text())["task"]
+            except (OSError, ValueError, KeyError):
+                break  # cmd_train reports the run directory's problem
+    return "charlm"
+
+
+def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnkit", description="Recurrent neural networks as the textbooks describe them."
     )
@@ -78,10 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to train (auto: cuda when available; default: auto)",
     )
-    seen = set()
-    add_config_flags(train, TrainConfig, "training", seen)
-    for name, (_, config_cls) in TASKS.items():  # a flag shared by tasks is listed under the first
-        add_config_flags(train, config_cls, f"task {name}", seen)
+    task_cls, config_cls = TASKS.get(task, TASKS["charlm"])
+    add_config_flags(train, TrainConfig, f"training (defaults of task {task})", task_cls.train_defaults)
+    add_config_flags(train, config_cls, f"task {task} (see: rnnkit train TASK --help)")
 
     evaluate = sub.add_parser("evaluate", help="the test metrics of a run")
     evaluate.add_argument("run_dir")
@@ -148,30 +160,16 @@ def _task_of(config: dict, run_dir=None):
     return task
 
 
-def _check_task_flags(args, task: str) -> None:
-    """A task flag given on the command line must belong to the task being trained."""
-    own = {f.name for f in dataclasses.fields(TASKS[task][1])} | {
-        f.name for f in dataclasses.fields(TrainConfig)
-    }
-    for name, (_, config_cls) in TASKS.items():
-        for f in dataclasses.fields(config_cls):
-            if f.name not in own and getattr(args, f.name, None) is not None:
-                flag = "--" + f.name.replace("_", "-")
-                raise RnnkitValueError(f"{flag} is an option of task {name}, not of {task}")
-
-
 def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
         saved = _run_config(args.resume)
-        _check_task_flags(args, saved["task"])
         task, out = _task_of(saved, args.resume), Path(args.resume)
         model = build(saved["model"])
         train_config = config_from(TrainConfig, args, saved["train"])
         meta = {k: v for k, v in saved.items() if k != "train"}
     else:
-        _check_task_flags(args, args.task)
         _seed(args.seed)
         task_cls, config_cls = TASKS[args.task]
         task = task_cls(config_from(config_cls, args), data=args.data)
@@ -382,7 +380,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors: argparse exits with status 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task = train_task(argv) if argv and argv[0] == "train" else "charlm"
+    args = build_parser(task).parse_args(argv)  # usage errors: argparse exits with status 2
     try:
         return COMMANDS[args.command](args)
     except RnnkitError as e:

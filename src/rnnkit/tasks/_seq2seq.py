@@ -30,7 +30,7 @@ class Seq2SeqTaskConfig:
     num_layers: int = option(1, "stacked recurrent layers (encoder and decoder)")
     embedding_dim: int = option(64, "token embedding size")
     bidirectional: bool = option(True, "a bidirectional encoder")
-    attention: str = option("additive", "none, additive, dot or general")
+    attention: str = option("general", "none, additive, dot or general")
     context: str = option(
         "init", "without attention: the encoder summary as initial state (init) or every_step"
     )

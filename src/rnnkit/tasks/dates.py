@@ -26,14 +26,15 @@ VAL_SEED, TEST_SEED = 7_000_003, 9_000_011
 @dataclass(frozen=True)
 class DatesConfig(Seq2SeqTaskConfig):
     locale_token: bool = option(True, "start each source with its locale's token")
-    val_pairs: int = option(2000, "validation pairs (fixed draw from validation days)")
-    test_pairs: int = option(5000, "test pairs (fixed draw from test days)")
+    val_pairs: int = option(1000, "validation pairs (fixed draw from validation days)")
+    test_pairs: int = option(2000, "test pairs (fixed draw from test days)")
 
 
 class DatesTask(Seq2SeqTask):
     name = "dates"
+    # measured (docs/tasks.md): validation exact match 0.958 at step 3,000, 0.995 at 5,000
     train_defaults = {
-        "steps": 20000,
+        "steps": 12000,
         "lr": 2e-3,
         "schedule": "cosine",
         "eval_every": 1000,

@@ -67,10 +67,17 @@ class MemoryTask(Task):
         c = self.config
         common = dict(hidden_size=c.hidden_size, num_layers=c.num_layers, cell=c.model)
         if c.problem == "adding":
-            return SequenceClassifier(SequenceClassifierConfig(None, input_size=2, **common))
-        return SequenceTagger(
-            SequenceTaggerConfig(COPY_DATA + 1, vocab_size=COPY_SYMBOLS, embedding_dim=16, **common)
-        )
+            model = SequenceClassifier(SequenceClassifierConfig(None, input_size=2, **common))
+        else:
+            model = SequenceTagger(
+                SequenceTaggerConfig(COPY_DATA + 1, vocab_size=COPY_SYMBOLS, embedding_dim=16, **common)
+            )
+        if c.model == "lstm":  # forget gates start open (Gers et al. 2000; Jozefowicz et al. 2015)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.startswith("rnn.bias_"):  # gate order i, f, g, o
+                        p[c.hidden_size : 2 * c.hidden_size] = 1.0 if "bias_ih" in name else 0.0
+        return model
 
     def draw(self, n: int, seed: int, lag: int | None = None):
         gen = torch.Generator().manual_seed(seed)
