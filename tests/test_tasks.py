@@ -186,3 +186,43 @@ def test_gradients_command(tmp_path, capsys):
     assert set(json.loads((run / "gradients.json").read_text())["cells"]) == {"gru", "trained gru"}
     assert main(["gradients", "--cell", "nope"]) == 2
     assert "cells must be one of" in capsys.readouterr().err
+
+
+def test_dates(tmp_path, capsys):
+    run, m = run_task(
+        tmp_path,
+        capsys,
+        "dates",
+        "--hidden-size",
+        "16",
+        "--embedding-dim",
+        "8",
+        "--val-pairs",
+        "20",
+        "--test-pairs",
+        "30",
+        "--max-output",
+        "12",
+    )
+    assert {"exact_match", "cer", "exact_match_beam"} <= set(m) and m["test_pairs"] == 30
+    lines = predict(capsys, run, "3 mars 2021", "lip 03 1933", extra=["--locale", "fr"])
+    assert len(lines) == 2 and all(len(line) <= 12 for line in lines)
+    assert len(predict(capsys, run, "3 March 2021")) == 1  # no --locale: the <any> token
+    assert main(["predict", str(run), "x", "--locale", "xx_NOPE"]) == 2
+    assert "not a known locale" in capsys.readouterr().err
+
+
+def test_translate_file(tmp_path, capsys):
+    words = ["cat", "dog", "sun", "moon", "tree", "house", "river", "stone", "bird", "fish", "rain", "snow"]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{w}\t{w[::-1].upper()}\n" for w in words * 2))
+    run, m = run_task(tmp_path, capsys, "translate", "--hidden-size", "16", "--max-output", "8", data=path)
+    assert m["test_pairs"] == 2 and 0 <= m["exact_match"] <= 1 and m["cer"] >= 0
+    (line,) = predict(capsys, run, "cat")
+    assert len(line) <= 8
+    other = tmp_path / "other.tsv"
+    other.write_text("sun\tNUS\nmoon\tNOOM\nzzz\tZZZ\n")  # z was never seen: the unknown symbol
+    assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_pairs"] == 3
+    assert main(["train", "translate", "--out", str(tmp_path / "none")]) == 2  # translate needs --data
+    assert "needs a file" in capsys.readouterr().err
