@@ -123,6 +123,25 @@ def test_memory(tmp_path, capsys, problem):
     assert "no predict" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("problem", ["copy", "repeat-copy", "associative-recall"])
+@pytest.mark.parametrize("model", ["ntm", "lstm"])
+def test_memory_bit_problems(tmp_path, capsys, problem, model):
+    flags = ["--problem", problem, "--model", model, "--hidden-size", "8", "--memory-slots", "16"]
+    flags += ["--memory-width", "4", "--max-length", "3", "--max-repeats", "2", "--eval-size", "20"]
+    run, m = run_task(tmp_path, capsys, "memory", *flags)
+    assert m["bit_errors"] >= 0 and m["loss"] > 0
+    assert main(["evaluate", str(run), "--json", "--lengths", "2,4"]) == 0
+    by_length = json.loads(capsys.readouterr().out)["bit_errors_by_length"]
+    assert set(by_length) == {"2", "4"} and all(v >= 0 for v in by_length.values())
+
+
+def test_memory_ntm_needs_a_bit_problem(tmp_path, capsys):
+    assert (
+        main(["train", "memory", "--problem", "adding", "--model", "ntm", "--out", str(tmp_path / "r")]) == 2
+    )
+    assert "model ntm is for" in capsys.readouterr().err
+
+
 def bad(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)

@@ -47,3 +47,73 @@ def copy_memory_batch(batch: int, lag: int, generator: torch.Generator) -> tuple
 def copy_memory_baseline(lag: int) -> float:
     """Cross-entropy per step of the best memoryless strategy."""
     return 10 * math.log(COPY_DATA) / (lag + 20)
+
+
+# --- the algorithmic tasks of the Neural Turing Machine paper (Graves et al. 2014, section 4) ---
+# Each returns (inputs (B, T, I) float, targets (B, T, O) float, mask (B, T) bool): the loss and
+# the bit errors count the targets where mask is True (the answer phase) only. One length per
+# batch, so nothing is padded.
+
+COPY_BITS = 8
+RECALL_BITS, ITEM_VECTORS = 6, 3
+
+
+def copy_batch(batch: int, length: int, generator: torch.Generator):
+    """Copy: `length` random 8-bit vectors, then a delimiter flag (its own input channel), then
+    `length` blank steps during which the vectors are to be output. I = 9, O = 8, T = 2L + 1."""
+    bits = torch.randint(0, 2, (batch, length, COPY_BITS), generator=generator).float()
+    T = 2 * length + 1
+    x = torch.zeros(batch, T, COPY_BITS + 1)
+    x[:, :length, :COPY_BITS] = bits
+    x[:, length, COPY_BITS] = 1.0
+    y = torch.zeros(batch, T, COPY_BITS)
+    y[:, length + 1 :] = bits
+    mask = torch.zeros(batch, T, dtype=torch.bool)
+    mask[:, length + 1 :] = True
+    return x, y, mask
+
+
+def repeat_copy_batch(
+    batch: int, length: int, repeats: int, generator: torch.Generator, max_repeats: int = 10
+):
+    """Repeat copy: `length` vectors, then a step whose flag channel carries the number of repeats
+    (scaled by `max_repeats`), then the sequence output `repeats` times and an end marker on its
+    own output channel. I = 10 (bits, start flag, repeats), O = 9 (bits, end), T = L(R + 1) + 3."""
+    bits = torch.randint(0, 2, (batch, length, COPY_BITS), generator=generator).float()
+    T = length * (repeats + 1) + 3
+    x = torch.zeros(batch, T, COPY_BITS + 2)
+    x[:, 0, COPY_BITS] = 1.0  # start flag
+    x[:, 1 : length + 1, :COPY_BITS] = bits
+    x[:, length + 1, COPY_BITS + 1] = repeats / max_repeats
+    y = torch.zeros(batch, T, COPY_BITS + 1)
+    start = length + 2
+    y[:, start : start + repeats * length, :COPY_BITS] = bits.repeat(1, repeats, 1)
+    y[:, -1, COPY_BITS] = 1.0  # end marker
+    mask = torch.zeros(batch, T, dtype=torch.bool)
+    mask[:, start:] = True  # the answer phase and the end marker's step
+    return x, y, mask
+
+
+def associative_recall_batch(batch: int, items: int, generator: torch.Generator):
+    """Associative recall: `items` items of 3 random 6-bit vectors, each after an item delimiter
+    (input channel 6), then a query delimiter (channel 7), a copy of one item (not the last) and
+    another query delimiter; the answer is the item that followed it, output in the 3 steps after
+    the query. I = 8, O = 6, T = 4 items + 8."""
+    V = ITEM_VECTORS
+    data = torch.randint(0, 2, (batch, items, V, RECALL_BITS), generator=generator).float()
+    query = torch.randint(0, items - 1, (batch,), generator=generator)
+    T = items * (V + 1) + (V + 2) + V
+    x = torch.zeros(batch, T, RECALL_BITS + 2)
+    for i in range(items):
+        x[:, i * (V + 1), RECALL_BITS] = 1.0
+        x[:, i * (V + 1) + 1 : (i + 1) * (V + 1), :RECALL_BITS] = data[:, i]
+    q = items * (V + 1)
+    rows = torch.arange(batch)
+    x[:, q, RECALL_BITS + 1] = 1.0
+    x[:, q + 1 : q + 1 + V, :RECALL_BITS] = data[rows, query]
+    x[:, q + 1 + V, RECALL_BITS + 1] = 1.0
+    y = torch.zeros(batch, T, RECALL_BITS)
+    y[:, -V:] = data[rows, query + 1]
+    mask = torch.zeros(batch, T, dtype=torch.bool)
+    mask[:, -V:] = True
+    return x, y, mask

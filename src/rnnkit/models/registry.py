@@ -10,6 +10,7 @@ from rnnkit.errors import RnnkitValueError
 from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models.generator import VectorToSequence, VectorToSequenceConfig
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+from rnnkit.models.ntm import NTM, NTMConfig
 from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from rnnkit.models.tagger import SequenceTagger, SequenceTaggerConfig
 
@@ -19,6 +20,7 @@ MODELS = {
     "SequenceClassifier": (SequenceClassifier, SequenceClassifierConfig),
     "VectorToSequence": (VectorToSequence, VectorToSequenceConfig),
     "Seq2Seq": (Seq2Seq, Seq2SeqConfig),
+    "NTM": (NTM, NTMConfig),
 }
 
 
