@@ -192,7 +192,7 @@ def test_train_help_shows_the_tasks_own_defaults(capsys):
         main(["train", "memory", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--lag INT" in text and "--seq-len" not in text  # memory's flags, not charlm's
-    assert "(default: 3000)" in text  # memory's steps, not TrainConfig's 1000
+    assert "(default: 6000)" in text  # memory's steps, not TrainConfig's 1000
 
 
 def test_gradients_command(tmp_path, capsys):
