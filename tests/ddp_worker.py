@@ -41,4 +41,5 @@ if __name__ == "__main__":
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "final.safetensors"))
+    dist.barrier()  # as the CLI does: no rank tears down gloo while another still works
     dist.destroy_process_group()

@@ -218,6 +218,9 @@ def cmd_train(args) -> int:
         trainer.log({"step": trainer.step, "split": "test", **test})
         print(f"run directory: {out}")
     if world > 1:
+        # Tear down together: a rank that destroys its gloo pairs while another is still busy
+        # (rank 0 writing the test metrics) can abort the other at exit.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
 
