@@ -33,6 +33,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_kernels.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_jordan.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_layer_norm.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_scan.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples

@@ -17,14 +17,11 @@ matrix products (2*T*B*G*H*(I+H) FLOPs forward, three times that for forward + b
 from __future__ import annotations
 
 import argparse
-import datetime
-import statistics
-import sys
-import time
 
 import torch
 
 import rnnkit
+from _harness import stamped, time_interleaved, write_section
 
 CONFIGS = [  # (T, B, I=H)
     (100, 64, 256),
@@ -102,21 +99,6 @@ def runners(cell: str, T: int, B: int, H: int):
     return {name: (infer(f), train(f)) for name, f in fns.items()}
 
 
-def time_interleaved(fns: dict, repeats: int, budget_s: float) -> dict:
-    for f in fns.values():  # warm-up
-        f()
-    times = {k: [] for k in fns}
-    start = time.perf_counter()
-    for i in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        if i >= 2 and time.perf_counter() - start > budget_s:
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def gemm_gflops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     lin = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
@@ -165,30 +147,10 @@ def main() -> None:
                 print(row, flush=True)
                 lines.append(row)
     if args.out:
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = ("python benchmarks/bench_kernels.py " + " ".join(sys.argv[1:])).strip()
-        table = f"Measured {when} with `{cmd}` ({header}).\n\n" + "\n".join(lines) + "\n"
-        write_table(args.out, table)
+        write_section(args.out, BEGIN, END, None, stamped(header, lines))
 
 
 BEGIN, END = "<!-- bench table: begin -->", "<!-- bench table: end -->"
-
-
-def write_table(path: str, table: str) -> None:
-    """Replace the table between the markers of an existing page (keeping its prose), or write a
-    new page holding only the table."""
-    try:
-        with open(path) as fh:
-            page = fh.read()
-    except FileNotFoundError:
-        page = ""
-    if BEGIN in page and END in page:
-        head, rest = page.split(BEGIN, 1)
-        page = head + BEGIN + "\n" + table + END + rest.split(END, 1)[1]
-    else:
-        page = BEGIN + "\n" + table + END + "\n"
-    with open(path, "w") as fh:
-        fh.write(page)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ from rnnkit.errors import (  # noqa: E402
     RnnkitUnsupportedError,
     RnnkitValueError,
 )
-from rnnkit.layers import GRU, LSTM, MGU, RNN  # noqa: E402
+from rnnkit.layers import GRU, LSTM, MGU, RNN, JordanRNN, MinGRU, MinLSTM  # noqa: E402
 from rnnkit.runs import load  # noqa: E402
 
 __all__ = [
     "GRU",
     "LSTM",
     "MGU",
+    "JordanRNN",
+    "MinGRU",
+    "MinLSTM",
     "RNN",
     "RnnkitError",
     "RnnkitFileError",

@@ -144,21 +144,24 @@ def run_kernel(x, states: dict, w_ih, w_hh, b_ih, b_hh, *, gates, batch_sizes, i
 # --- the reference: step equations under autograd --------------------------------------------
 
 
-def run_loop(step: Step, x: torch.Tensor, state: tuple, batch_sizes: list[int] | None):
+def run_loop(step: Step, x: torch.Tensor, state: tuple, batch_sizes: list[int] | None, per_step=()):
     """Run `step` over time under autograd; return (outputs (T, B, P), final state tuple).
 
     The reference implementation (`impl="loop"`), and so written for clarity: sequences that have
-    ended keep their state (torch.cat of new and old rows) and output zeros.
+    ended keep their state (torch.cat of new and old rows) and output zeros. `per_step`: further
+    (T, B, *) tensors (the zoneout masks of `_regularize`) whose step-t rows are passed to `step`
+    after the state, restricted to the active rows like x_t.
     """
     B = x.shape[1]
     outputs = []
     for t, x_t in enumerate(x.unbind(0)):
         n = B if batch_sizes is None else batch_sizes[t]
+        extra = [e[t] for e in per_step]
         if n == B:
-            state = step(x_t, state)
+            state = step(x_t, state, *extra)
             outputs.append(state[0])
         else:
-            new = step(x_t[:n], tuple(s[:n] for s in state))
+            new = step(x_t[:n], tuple(s[:n] for s in state), *(e[:n] for e in extra))
             state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
             outputs.append(torch.cat([new[0], new[0].new_zeros(B - n, new[0].shape[1])]))
     return torch.stack(outputs), state
@@ -314,3 +317,24 @@ def recurrent_weight_grad(d_pre: torch.Tensor, first: torch.Tensor, y: torch.Ten
     if d_pre.shape[0] > 1:
         grad += weight_grad(d_pre[1:], y[:-1])
     return grad
+
+
+# --- pieces a family's plain and layer-normalised kernels share (cells.ln_lstm, cells.ln_gru) ---
+
+
+def ifog_order(H: int, device) -> torch.Tensor:
+    """Row order i, f, o, g from torch's i, f, g, o; swapping two blocks is its own inverse."""
+    r = torch.arange(4 * H, device=device)
+    return torch.cat([r[: 2 * H], r[3 * H :], r[2 * H : 3 * H]])
+
+
+def gru_shared_factors_(a_n, a_z, z, n, h0, y):
+    """The factors every GRU kernel shares (both forms, and the layer-normalised one), in place,
+    for all steps (T, B, H) and without temporaries (fresh (T, B, H) buffers cost page faults
+    here): a_n = dn~/dh = (1 - z)(1 - n^2) and
+    a_z = dz~/dh = (h_{t-1} - n) z (1 - z)."""
+    torch.addcmul(n.new_ones(()).expand_as(n), n, n, value=-1, out=a_n)  # 1 - n^2
+    a_n.addcmul_(a_n, z, value=-1)  # (1 - n^2) - (1 - n^2) z
+    torch.sub(h0, n[0], out=a_z[0])  # h_{t-1} - n_t, with h_{-1} = h0 ...
+    torch.sub(y[:-1], n[1:], out=a_z[1:])  # ... and h_t = y_t: no shifted copy of y
+    a_z.mul_(z).addcmul_(a_z, z, value=-1)  # times z (1 - z)

@@ -38,10 +38,12 @@ _ACT = {"tanh": torch.tanh, "relu": torch.relu}
 _ACT_ = {"tanh": torch.tanh_, "relu": torch.relu_}
 
 
-def elman_step(x_t, state, w_ih, w_hh, b_ih, b_hh, nonlinearity: str = "tanh"):
-    """One step of the equations above: (x_t (B, I), (h,)) -> (h',)."""
+def elman_step(x_t, state, w_ih, w_hh, b_ih, b_hh, nonlinearity: str = "tanh", *, rec_mask=None):
+    """One step of the equations above: (x_t (B, I), (h,)) -> (h',). `rec_mask` (B, H), if given,
+    multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`)."""
     (h,) = state
-    return (_ACT[nonlinearity](linear(x_t, w_ih, b_ih) + linear(h, w_hh, b_hh)),)
+    h_in = h if rec_mask is None else h * rec_mask
+    return (_ACT[nonlinearity](linear(x_t, w_ih, b_ih) + linear(h_in, w_hh, b_hh)),)
 
 
 class ElmanFused(torch.autograd.Function):
@@ -121,19 +123,48 @@ def rnn_relu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl=
 class RNNCell(CellBase):
     """One Elman step, drop-in for `torch.nn.RNNCell` (same arguments, parameters and shapes).
 
-    forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h' of hx's shape.
+    forward(input (B, I) or (I,), hx (B, H) or (H,) or None, *, masks=None) -> h' of hx's shape.
+    The keyword-only regularisers and `learn_initial_state` are `CellBase`'s.
     """
 
     gates = 1
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        bias=True,
+        nonlinearity="tanh",
+        device=None,
+        dtype=None,
+        *,
+        zoneout=0.0,
+        recurrent_dropout=0.0,
+        weight_dropout=0.0,
+        learn_initial_state=False,
+        layer_norm=False,  # accepted so that True meets a clear error: LSTM and GRU only
+    ):
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            device=device,
+            dtype=dtype,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            weight_dropout=weight_dropout,
+            learn_initial_state=learn_initial_state,
+            layer_norm=layer_norm,
+        )
         self.nonlinearity = nonlinearity
 
-    def forward(self, input, hx=None):
-        x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = elman_step(
-            x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
+    def _step(self, x, state, w_hh, rec_mask):
+        return elman_step(
+            x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, self.nonlinearity, rec_mask=rec_mask
         )
+
+    def forward(self, input, hx=None, *, masks=None):
+        x, (h,), unbatched = self._batched(input, {"hx": hx})
+        (h,) = self._regularized_step(x, (h,), masks)
         return h.squeeze(0) if unbatched else h

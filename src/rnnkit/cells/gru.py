@@ -37,6 +37,7 @@ from rnnkit.cells._common import (
     add_biases,
     add_final_grad,
     forbid_double_backward,
+    gru_shared_factors_,
     input_grad,
     input_projection,
     last_valid,
@@ -47,34 +48,27 @@ from rnnkit.cells._common import (
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._module import CellBase
+from rnnkit.cells.ln_gru import check_reset_after, ln_gru_step
 from rnnkit.errors import RnnkitTypeError
 
 
-def gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, reset_after=True):
-    """One step of the equations above: (x_t (B, I), (h,)) -> (h',)."""
+def gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, reset_after=True, *, rec_mask=None):
+    """One step of the equations above: (x_t (B, I), (h,)) -> (h',). `rec_mask` (B, H), if given,
+    multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`); the
+    final mix z_t * h_{t-1} keeps the unmasked state."""
     (h,) = state
     H = h.shape[1]
+    h_in = h if rec_mask is None else h * rec_mask
     xr, xz, xn = linear(x_t, w_ih, b_ih).chunk(3, dim=1)
     b_hr, b_hz, b_hn = (None,) * 3 if b_hh is None else b_hh.chunk(3)
     w_hr, w_hz, w_hn = w_hh.split(H)
-    r = torch.sigmoid(xr + linear(h, w_hr, b_hr))
-    z = torch.sigmoid(xz + linear(h, w_hz, b_hz))
+    r = torch.sigmoid(xr + linear(h_in, w_hr, b_hr))
+    z = torch.sigmoid(xz + linear(h_in, w_hz, b_hz))
     if reset_after:
-        n = torch.tanh(xn + r * linear(h, w_hn, b_hn))
+        n = torch.tanh(xn + r * linear(h_in, w_hn, b_hn))
     else:
-        n = torch.tanh(xn + linear(r * h, w_hn, b_hn))
+        n = torch.tanh(xn + linear(r * h_in, w_hn, b_hn))
     return ((1 - z) * n + z * h,)
-
-
-def _shared_factors_(a_n, a_z, z, n, h0, y):
-    """The factors both forms share, in place, for all steps (T, B, H) and without temporaries
-    (fresh (T, B, H) buffers cost page faults here): a_n = dn~/dh = (1 - z)(1 - n^2) and
-    a_z = dz~/dh = (h_{t-1} - n) z (1 - z)."""
-    torch.addcmul(n.new_ones(()).expand_as(n), n, n, value=-1, out=a_n)  # 1 - n^2
-    a_n.addcmul_(a_n, z, value=-1)  # (1 - n^2) - (1 - n^2) z
-    torch.sub(h0, n[0], out=a_z[0])  # h_{t-1} - n_t, with h_{-1} = h0 ...
-    torch.sub(y[:-1], n[1:], out=a_z[1:])  # ... and h_t = y_t: no shifted copy of y
-    a_z.mul_(z).addcmul_(a_z, z, value=-1)  # times z (1 - z)
 
 
 class GRUResetAfter(torch.autograd.Function):
@@ -125,7 +119,7 @@ class GRUResetAfter(torch.autograd.Function):
         # The factors multiplying dh_t, for all steps at once outside the loop.
         A = torch.empty(T, B, 4, H, dtype=y.dtype, device=y.device)  # n, r, z, n r
         a_n, a_r, a_z, a_nr = A.unbind(2)
-        _shared_factors_(a_n, a_z, z, n, h0, y)
+        gru_shared_factors_(a_n, a_z, z, n, h0, y)
         torch.mul(a_n, r, out=a_nr)  # dn~ r / dh
         torch.mul(a_nr, an, out=a_r).addcmul_(a_r, r, value=-1)  # dr~/dh = dn~/dh a r (1 - r)
         # Each step overwrites its factors with the gradients they give (D_t = A_t dh_t), so
@@ -205,7 +199,7 @@ class GRUResetBefore(torch.autograd.Function):
         # du_t, a_z and a_n multiply dh_t. Each step overwrites them with [dr~, dz~, dn~].
         A = torch.empty(T, B, 3, H, dtype=y.dtype, device=y.device)
         a_r, a_z, a_n = A.unbind(2)
-        _shared_factors_(a_n, a_z, z, n, h0, y)
+        gru_shared_factors_(a_n, a_z, z, n, h0, y)
         torch.addcmul(u, u, r, value=-1, out=a_r)  # h_{t-1} r (1 - r) = u - u r
         D = zero_padding_(A.view(T, B, 3 * H), bs)  # (T, B, 3H): r, z, n
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
@@ -267,21 +261,61 @@ class GRUCell(CellBase):
     """One GRU step, drop-in for `torch.nn.GRUCell` (same arguments, parameters and shapes), plus
     `reset_after` (False: the original form of Cho et al. 2014).
 
-    forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h' of hx's shape.
+    forward(input (B, I) or (I,), hx (B, H) or (H,) or None, *, masks=None) -> h' of hx's shape.
+    The keyword-only regularisers and `learn_initial_state` are `CellBase`'s. `layer_norm=True`:
+    the layer-normalised step of `rnnkit.cells.ln_gru` (Ba et al. 2016; reset_after=True only).
     """
 
     gates = 3
+    layer_norm_family = "gru"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        bias=True,
+        device=None,
+        dtype=None,
+        *,
+        reset_after=True,
+        zoneout=0.0,
+        recurrent_dropout=0.0,
+        weight_dropout=0.0,
+        learn_initial_state=False,
+        layer_norm=False,
+    ):
         if not isinstance(reset_after, bool):
             raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        if layer_norm is True:
+            check_reset_after(reset_after, "GRUCell")
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            device=device,
+            dtype=dtype,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            weight_dropout=weight_dropout,
+            learn_initial_state=learn_initial_state,
+            layer_norm=layer_norm,
+        )
         self.reset_after = reset_after
+
+    def _step(self, x, state, w_hh, rec_mask):
+        if self.layer_norm:
+            lns = self._layer_norm_args()
+            return ln_gru_step(
+                x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, **lns, rec_mask=rec_mask
+            )
+        return gru_step(
+            x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, self.reset_after, rec_mask=rec_mask
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, masks=None):
         x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = gru_step(x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.reset_after)
+        (h,) = self._regularized_step(x, (h,), masks)
         return h.squeeze(0) if unbatched else h

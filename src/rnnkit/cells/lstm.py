@@ -37,6 +37,7 @@ from rnnkit.cells._common import (
     add_final_grad,
     forbid_double_backward,
     gate_weight_grads,
+    ifog_order,
     input_grad,
     input_projection,
     last_valid,
@@ -48,22 +49,19 @@ from rnnkit.cells._common import (
 )
 from rnnkit.cells._gemm import Product
 from rnnkit.cells._module import CellBase
+from rnnkit.cells.ln_lstm import ln_lstm_step
 from rnnkit.errors import RnnkitTypeError
 
 
-def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None):
-    """One step of the equations above: (x_t (B, I), (h, c)) -> (h', c')."""
+def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None, *, rec_mask=None):
+    """One step of the equations above: (x_t (B, I), (h, c)) -> (h', c'). `rec_mask` (B, P), if
+    given, multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`)."""
     h, c = state
-    i, f, g, o = (linear(x_t, w_ih, b_ih) + linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    h_in = h if rec_mask is None else h * rec_mask
+    i, f, g, o = (linear(x_t, w_ih, b_ih) + linear(h_in, w_hh, b_hh)).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     m = torch.sigmoid(o) * torch.tanh(c)
     return (m if w_hr is None else linear(m, w_hr, None)), c
-
-
-def _ifog(H: int, device) -> torch.Tensor:
-    """Row order i, f, o, g from torch's i, f, g, o; swapping two blocks is its own inverse."""
-    r = torch.arange(4 * H, device=device)
-    return torch.cat([r[: 2 * H], r[3 * H :], r[2 * H : 3 * H]])
 
 
 class LSTMFused(torch.autograd.Function):
@@ -73,7 +71,7 @@ class LSTMFused(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
-        order = _ifog(H, x.device)
+        order = ifog_order(H, x.device)
         bias = add_biases(b_ih, b_hh)
         w_ih_p = w_ih.index_select(0, order)  # (4H, I), blocks i, f, o, g
         gates = input_projection(x, w_ih_p, None if bias is None else bias.index_select(0, order))
@@ -110,7 +108,7 @@ class LSTMFused(torch.autograd.Function):
         x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = c.shape
-        order = _ifog(H, x.device)
+        order = ifog_order(H, x.device)
         w_hh_p = w_hh.index_select(0, order)
         i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) activations
         # Factors that depend only on the forward pass, for all steps at once outside the loop:
@@ -186,15 +184,24 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=
 class LSTMCell(CellBase):
     """One LSTM step, drop-in for `torch.nn.LSTMCell` (same arguments, parameters and shapes).
 
-    forward(input (B, I) or (I,), hx=(h, c) or None) -> (h', c').
+    forward(input (B, I) or (I,), hx=(h, c) or None, *, masks=None) -> (h', c'). The keyword-only
+    regularisers and `learn_initial_state` are `CellBase`'s; zoneout may be a pair (p_h, p_c).
+    `layer_norm=True`: the layer-normalised step of `rnnkit.cells.ln_lstm` (Ba et al. 2016).
     """
 
     gates = 4
+    num_states = 2
+    layer_norm_family = "lstm"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+    def _step(self, x, state, w_hh, rec_mask):
+        if self.layer_norm:
+            lns = self._layer_norm_args()
+            return ln_lstm_step(
+                x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, **lns, rec_mask=rec_mask
+            )
+        return lstm_step(x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, rec_mask=rec_mask)
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, masks=None):
         if hx is None:
             hx = (None, None)
         elif not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -203,5 +210,5 @@ class LSTMCell(CellBase):
                 + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
             )
         x, (h, c), unbatched = self._batched(input, {"hx[0] (h)": hx[0], "hx[1] (c)": hx[1]})
-        h, c = lstm_step(x, (h, c), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        h, c = self._regularized_step(x, (h, c), masks)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)

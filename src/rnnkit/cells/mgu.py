@@ -38,14 +38,17 @@ from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._module import CellBase
 
 
-def mgu_step(x_t, state, w_ih, w_hh, b_ih, b_hh):
-    """One step of the equations above: (x_t (B, I), (h,)) -> (h',)."""
+def mgu_step(x_t, state, w_ih, w_hh, b_ih, b_hh, *, rec_mask=None):
+    """One step of the equations above: (x_t (B, I), (h,)) -> (h',). `rec_mask` (B, H), if given,
+    multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`); the
+    final mix (1 - f_t) * h_{t-1} keeps the unmasked state."""
     (h,) = state
     H = h.shape[1]
+    h_in = h if rec_mask is None else h * rec_mask
     xf, xn = linear(x_t, w_ih, b_ih).chunk(2, dim=1)
     b_hf, b_hn = (None, None) if b_hh is None else b_hh.chunk(2)
-    f = torch.sigmoid(xf + linear(h, w_hh[:H], b_hf))
-    n = torch.tanh(xn + linear(f * h, w_hh[H:], b_hn))
+    f = torch.sigmoid(xf + linear(h_in, w_hh[:H], b_hf))
+    n = torch.tanh(xn + linear(f * h_in, w_hh[H:], b_hn))
     return ((1 - f) * h + f * n,)
 
 
@@ -151,15 +154,16 @@ def mgu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fuse
 class MGUCell(CellBase):
     """One MGU step, with torch.nn.GRUCell's arguments (parameters stacked f, n: (2H, I), (2H, H)).
 
-    forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h' of hx's shape.
+    forward(input (B, I) or (I,), hx (B, H) or (H,) or None, *, masks=None) -> h' of hx's shape.
+    The keyword-only regularisers and `learn_initial_state` are `CellBase`'s.
     """
 
     gates = 2
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+    def _step(self, x, state, w_hh, rec_mask):
+        return mgu_step(x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, rec_mask=rec_mask)
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, masks=None):
         x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = mgu_step(x, (h,), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        (h,) = self._regularized_step(x, (h,), masks)
         return h.squeeze(0) if unbatched else h

@@ -1,0 +1,106 @@
+"""Layer normalisation inside recurrent cells (Ba, Kiros and Hinton 2016, "Layer Normalization",
+section 3.1): what the LN-LSTM (`ln_lstm`) and LN-GRU (`ln_gru`) share.
+
+A layer normalisation of a pre-activation v (B, N), with its own gain gamma and shift beta (N,):
+
+    LN(v) = gamma * vhat + beta,   vhat = (v - mean(v)) / sigma,   sigma = sqrt(var(v) + eps)
+
+mean and (biased) var over the N features of each row, eps = 1e-5 as torch.nn.LayerNorm. Its
+backward, given dy = dL/dLN(v) and dvhat = dy * gamma:
+
+    dv = (dvhat - mean(dvhat) - vhat * mean(dvhat * vhat)) / sigma
+    dgamma = sum over rows of dy * vhat,   dbeta = sum over rows of dy
+
+The fused kernels compute both with torch's fused layer-norm kernels (`native_layer_norm` and its
+backward, one call per step where the formula written out is six); the tests check those against
+the formula above. Also here: the parameters' names and initialisation, shared by the cells and
+the layers, and the checks of the functional kernels' layer-norm arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnkit._checks import check_like, check_shape, check_tensor
+from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError
+
+EPS = 1e-5  # torch.nn.LayerNorm's default, so a step matches torch.nn.functional.layer_norm
+
+# Where each family normalises, with the normalised size in units of H: the input and recurrent
+# pre-activations (all gates at once, as in Ba et al.) and, for the LSTM, the cell state.
+SITES = {"lstm": (("ih", 4), ("hh", 4), ("c", 1)), "gru": (("ih", 3), ("hh", 3))}
+
+
+def layer_norm(v: torch.Tensor, ln: tuple) -> torch.Tensor:
+    """LN(v) over the last dimension with ln = (gain, shift): the step equations' form."""
+    return nn.functional.layer_norm(v, (v.shape[-1],), ln[0], ln[1], EPS)
+
+
+def normalize(v: torch.Tensor, gain=None, shift=None):
+    """(gain * vhat + shift, mean, 1/sigma) over v's last dimension; mean and 1/sigma keep it as 1."""
+    return torch.native_layer_norm(v, (v.shape[-1],), gain, shift, EPS)
+
+
+def normalize_backward(dy, v, mean, rstd, gain, shift=None, mask=(True, False, False)):
+    """(dL/dv, dL/dgain, dL/dshift) from dy = dL/dLN(v) (the module docstring's formulas), rows
+    of v independent; `mask` says which of the three to compute (None for the others; dL/dshift
+    needs `shift`, which it does not read otherwise)."""
+    return torch.ops.aten.native_layer_norm_backward(dy, v, (v.shape[-1],), mean, rstd, gain, shift, mask)
+
+
+# --- parameters: names, shapes, initialisation ------------------------------------------------
+
+
+def check_layer_norm_flag(layer_norm, owner: str, family: str | None) -> bool:
+    """The `layer_norm` keyword of a cell or layer: a bool, and True only where the family has it."""
+    if not isinstance(layer_norm, bool):
+        raise RnnkitTypeError(f"layer_norm must be a bool, got {type(layer_norm).__name__}")
+    if layer_norm and family not in SITES:
+        raise RnnkitUnsupportedError(
+            f"layer_norm=True is not supported by {owner}: layer normalisation is implemented for "
+            "the LSTM and the GRU (rnnkit.LSTM, rnnkit.GRU, rnnkit.cells.LSTMCell, GRUCell)"
+        )
+    return layer_norm
+
+
+def layer_norm_shapes(family: str, hidden_size: int, suffix: str = "") -> dict[str, tuple[int]]:
+    """Parameter name -> shape, in registration order: layer_norm_{site}_weight{suffix} (the gain)
+    and layer_norm_{site}_bias{suffix} (the shift) for each site, e.g. layer_norm_ih_weight_l0."""
+    shapes = {}
+    for site, gates in SITES[family]:
+        shapes[f"layer_norm_{site}_weight{suffix}"] = (gates * hidden_size,)
+        shapes[f"layer_norm_{site}_bias{suffix}"] = (gates * hidden_size,)
+    return shapes
+
+
+def reset_layer_norm_(params: dict[str, nn.Parameter]) -> None:
+    """Gains to 1 and shifts to 0 (Ba et al.; torch.nn.LayerNorm): each LN starts as the plain
+    standardisation, so the first steps see unit-scale pre-activations whatever W's scale."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.fill_(1.0 if "_weight" in name else 0.0)
+
+
+def layer_norm_args(params: dict[str, nn.Parameter], family: str, suffix: str = "") -> dict[str, tuple]:
+    """The kernels' keyword arguments ln_ih=(gain, shift), ln_hh=..., (ln_c=...) from the params."""
+    return {
+        f"ln_{site}": (params[f"layer_norm_{site}_weight{suffix}"], params[f"layer_norm_{site}_bias{suffix}"])
+        for site, _ in SITES[family]
+    }
+
+
+def check_layer_norm_args(family: str, hidden_size: int, w_ih: torch.Tensor, **lns) -> None:
+    """Each ln_{site} must be a pair (gain, shift) of 1-D tensors of the site's size, like w_ih."""
+    for site, gates in SITES[family]:
+        name = f"ln_{site}"
+        pair = lns[name]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            got = type(pair).__name__ + (f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else "")
+            raise RnnkitTypeError(
+                f"{name} must be a pair (gain, shift) of tensors of shape ({gates * hidden_size},), got {got}"
+            )
+        for part, t in zip(("gain", "shift"), pair):
+            check_tensor(f"{name} {part}", t, ndim=1)
+            check_shape(f"{name} {part}", t, (gates * hidden_size,), f"(= ({gates}*hidden_size,))")
+            check_like(f"{name} {part}", t, "w_ih", w_ih)

@@ -1,0 +1,208 @@
+"""Layer-normalised GRU (Ba, Kiros and Hinton 2016, "Layer Normalization", section 3.1), torch's
+GRU (the reset-after form of `rnnkit.cells.gru`, gate order r, z, n) with a layer normalisation
+(`rnnkit.cells._layernorm`) on each of its two pre-activations:
+
+    [xr, xz, xn]_t = LN_ih(W_ih x_t) + b_ih                  (B, 3H), the input side
+    [hr, hz, hn]_t = LN_hh(W_hh h_{t-1}) + b_hh              (B, 3H), the recurrent side
+    r_t = sigmoid(xr_t + hr_t)
+    z_t = sigmoid(xz_t + hz_t)
+    n_t = tanh(xn_t + r_t * hn_t)         r multiplies the n block of the normalised recurrent side
+    h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+Each LN normalises over the whole 3H vector (all gates at once) with its own gain and shift:
+LN_ih (3H,) and LN_hh (3H,), gains initialised to 1 and shifts to 0. Other shapes as torch's GRU:
+x_t (B, I), h_t (B, H), W_ih (3H, I), W_hh (3H, H), b_ih and b_hh (3H,).
+
+Biases: each bias and the shift of the same LN enter only through their sum (b_ih with LN_ih's,
+b_hh with LN_hh's). They are kept (with `bias=True`, as torch) so that the parameter layout is
+torch's plus the LN parameters (a plain GRU's weights load with `strict=False`) and `bias=False`
+still removes them; each pair gets equal gradients.
+
+The paper's form (`reset_after=False`, n_t = tanh(W_in x_t + W_hn (r_t * h_{t-1}) + b_n)) is not
+offered with layer normalisation: there W_hn's product needs r_t first, so no single recurrent
+pre-activation exists to normalise as a whole; asking for it raises RnnkitUnsupportedError.
+
+BPTT (the fused backward), t from T to 1, with dh_t the full gradient at h_t, a_t = W_hh h_{t-1}
+the raw recurrent product, and ~ marking a pre-activation's gradient, as `rnnkit.cells.gru`:
+    dn~_t = dh_t (1 - z_t)(1 - n_t^2),   dz~_t = dh_t (h_{t-1} - n_t) z_t (1 - z_t)
+    dr~_t = dn~_t hn_t r_t (1 - r_t)
+    da_t = LN_hh'([dr~_t, dz~_t, dn~_t r_t])                  (the LN backward of _layernorm)
+    dh_{t-1} += dh_t z_t + da_t W_hh
+LN_hh's gain and shift gradients come out of the same per-step call and are summed after the
+loop. The input side is not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one
+normalisation before the loop, and after it, [dr~, dz~, dn~]_t (its gradient) goes back through
+LN_ih for all steps at once, then dx_t, dW_ih and dW_hh = sum_t da_t^T h_{t-1} as single GEMMs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.cells._common import (
+    active_rows,
+    add_final_grad,
+    forbid_double_backward,
+    gru_shared_factors_,
+    input_grad,
+    input_projection,
+    last_valid,
+    linear,
+    prev_rows,
+    run_kernel,
+    zero_padding_,
+)
+from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._layernorm import check_layer_norm_args, layer_norm, normalize, normalize_backward
+from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError
+
+
+def ln_gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, *, rec_mask=None):
+    """One step of the equations above: (x_t (B, I), (h,)) -> (h',); ln_* = (gain, shift).
+    `rec_mask` (B, H), if given, multiplies h_{t-1} where it enters W_hh (recurrent dropout); the
+    final mix z_t * h_{t-1} keeps the unmasked state."""
+    (h,) = state
+    h_in = h if rec_mask is None else h * rec_mask
+    xs = layer_norm(linear(x_t, w_ih, None), ln_ih)  # (B, 3H)
+    hs = layer_norm(linear(h_in, w_hh, None), ln_hh)  # (B, 3H)
+    xs = xs if b_ih is None else xs + b_ih
+    hs = hs if b_hh is None else hs + b_hh
+    xr, xz, xn = xs.chunk(3, dim=1)
+    hr, hz, hn = hs.chunk(3, dim=1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return ((1 - z) * n + z * h,)
+
+
+def check_reset_after(reset_after, owner: str) -> None:
+    """reset_after must be a bool, and True (torch's form) with layer normalisation."""
+    if not isinstance(reset_after, bool):
+        raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+    if not reset_after:
+        raise RnnkitUnsupportedError(
+            f"layer_norm=True in {owner} needs reset_after=True (torch's form): with "
+            "reset_after=False, W_hn multiplies r_t * h_{t-1}, so there is no single recurrent "
+            "pre-activation to normalise; use reset_after=True, or layer_norm=False"
+        )
+
+
+class LNGRUFused(torch.autograd.Function):
+    """Whole-sequence LN-GRU with the hand-derived BPTT of the module docstring.
+
+    `shift_x` (3H,) is what the step adds outside r's product: b_ih and LN_ih's shift, plus the
+    r, z blocks of b_hh and LN_hh's shift; `s_n` (H,) is the n block of those two, inside it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, s_n, batch_sizes):
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        shift = torch.cat([s_n.new_zeros(2 * H), s_n])  # (3H,): LN_hh's shift inside the loop
+        # The input side for all steps before the loop: one GEMM (kept for LN_ih's backward) and
+        # one normalisation, whose output `rzn` is then the step's buffer: its r, z blocks turn
+        # into the gates in place, its n block receives hn_t (which r multiplies).
+        px = input_projection(x, w_ih, None)  # (T, B, 3H)
+        rzn, x_mean, x_rstd = normalize(px, g_ih, shift_x)  # (T, B, 3H), (T, B, 1), (T, B, 1)
+        n = rzn[..., 2 * H :].clone()  # (T, B, H): xn, then n in place
+        rzn[..., 2 * H :] = 0
+        recurrent = Product(w_hh, B)  # h -> W_hh h
+        new = torch.zeros_like if batch_sizes else torch.empty_like
+        a = new(rzn)  # (T, B, 3H): W_hh h_{t-1}, kept for LN_hh's backward
+        y = new(n)  # (T, B, H)
+        steps = active_rows(
+            batch_sizes, rzn, rzn[..., : 2 * H], rzn[..., :H], rzn[..., H : 2 * H], rzn[..., 2 * H :], a, n, y
+        )
+        stats = []  # per step, LN_hh's (mean, 1/sigma), each (n, 1)
+        h = h0
+        for rzn_t, rz_t, r_t, z_t, hn_t, a_t, n_t, y_t in zip(*steps):
+            if batch_sizes:  # the sequences still running are the first rows
+                h = h[: y_t.shape[0]]
+            recurrent(h, out=a_t)  # (n, 3H)
+            a_ln, a_mean, a_rstd = normalize(a_t, g_hh, shift)
+            rzn_t.add_(a_ln)  # [xr + hr, xz + hz, hn]
+            rz_t.sigmoid_()
+            n_t.addcmul_(r_t, hn_t).tanh_()
+            torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
+            stats.append((a_mean, a_rstd))
+            h = y_t
+        ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift)
+        ctx.kept = (px, x_mean, x_rstd, rzn, a, n, y)
+        ctx.stats, ctx.batch_sizes = stats, batch_sizes
+        return y, last_valid(y, batch_sizes)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn):
+        forbid_double_backward("layer-norm gru")
+        x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift = ctx.saved_tensors
+        px, x_mean, x_rstd, rzn, a, n, y = ctx.kept
+        bs, need = ctx.batch_sizes, ctx.needs_input_grad
+        T, B, H = y.shape
+        r, z, hn = rzn.split(H, dim=2)  # (T, B, H) each
+        # The factors multiplying dh_t, for all steps at once outside the loop, in the order r, z, n.
+        A = torch.empty(T, B, 3, H, dtype=y.dtype, device=y.device)
+        f_r, f_z, f_n = A.unbind(2)
+        gru_shared_factors_(f_n, f_z, z, n, h0, y)
+        torch.mul(f_n, r, out=f_r).mul_(hn)
+        f_r.addcmul_(f_r, r, value=-1)  # dr~/dh = dn~/dh hn r (1 - r)
+        # Each step overwrites its factors with the gradients they give, [dr~, dz~, dn~]: the input
+        # side's. Rows past a sequence's end must then read zero.
+        D = zero_padding_(A.view(T, B, 3 * H), bs)  # (T, B, 3H)
+        da = (torch.zeros_like if bs else torch.empty_like)(a)  # (T, B, 3H)
+        g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
+        dhs, As, D_rz, D_n, rs, zs, as_, das = active_rows(
+            bs, g, A, D[..., : 2 * H], D[..., 2 * H :], r, z, a, da
+        )
+        g_prev = prev_rows(bs, g)
+        back = Product(w_hh.t(), B)  # da -> da W_hh
+        mask = (True, need[6], need[7])
+        gains = []  # per step, the gradients of LN_hh's gain and shift
+        for t in range(T - 1, -1, -1):
+            a_mean, a_rstd = ctx.stats[t]
+            dh = dhs[t]
+            torch.mul(As[t], dh.unsqueeze(1), out=As[t])
+            d_rec = torch.cat([D_rz[t], D_n[t] * rs[t]], dim=1)  # [dr~, dz~, dn~ r]: at LN_hh's output
+            da_t, dg_hh, ds_hh = normalize_backward(d_rec, as_[t], a_mean, a_rstd, g_hh, shift, mask)
+            das[t].copy_(da_t)
+            gains.append((dg_hh, ds_hh))
+            if t:  # dh_{t-1} += dh_t z_t + da_t W_hh
+                g_prev[t].addcmul_(dh, zs[t])
+                back(das[t], add=g_prev[t], out=g_prev[t])
+        TB = T * B
+        x_mask = (True, need[4], need[5])
+        dpx, dg_ih, dshift_x = normalize_backward(D, px, x_mean, x_rstd, g_ih, shift_x, x_mask)
+        dx = input_grad(dpx, w_ih) if need[0] else None
+        dh0 = torch.addcmul(back(da[0]), dhs[0], zs[0]) if need[1] else None
+        dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[2] else None
+        dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, H)]])[0] if need[3] else None
+        dg_hh, ds_hh = (None if v[0] is None else torch.stack(v).sum(0) for v in zip(*gains))  # over steps
+        ds_n = None if ds_hh is None else ds_hh[2 * H :]
+        return dx, dh0, dw_ih, dw_hh, dg_ih, dshift_x, dg_hh, ds_n, None
+
+
+def ln_gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, ln_ih, ln_hh, batch_sizes=None, impl="fused"):
+    """Layer-normalised GRU over a whole sequence: x (T, B, I), h0 (B, H) or None (zeros) ->
+    (y (T, B, H), h_n (B, H)). ln_ih, ln_hh: (gain, shift) pairs of shape (3H,). Otherwise as
+    `rnnkit.functional.gru` in its default (reset-after) form: `batch_sizes` as in PackedSequence,
+    `impl="fused"` the hand-derived BPTT, `"loop"` the step equations under autograd."""
+    if isinstance(w_ih, torch.Tensor) and w_ih.dim() == 2 and w_ih.shape[0] % 3 == 0:
+        check_layer_norm_args("gru", w_ih.shape[0] // 3, w_ih, ln_ih=ln_ih, ln_hh=ln_hh)
+
+    def fused(h0, bs):
+        H = w_hh.shape[1]
+        s_hh = ln_hh[1] if b_hh is None else ln_hh[1] + b_hh  # (3H,): the recurrent side's shift
+        s_ih = ln_ih[1] if b_ih is None else ln_ih[1] + b_ih
+        shift_x = s_ih + torch.cat([s_hh[: 2 * H], s_hh.new_zeros(H)])  # what adds outside r's product
+        return LNGRUFused.apply(x, h0, w_ih, w_hh, ln_ih[0], shift_x, ln_hh[0], s_hh[2 * H :], bs)
+
+    return run_kernel(
+        x,
+        {"h0": h0},
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        gates=3,
+        batch_sizes=batch_sizes,
+        impl=impl,
+        step=lambda x_t, s: ln_gru_step(x_t, s, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),
+        fused=fused,
+    )

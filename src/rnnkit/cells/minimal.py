@@ -1,0 +1,285 @@
+"""minGRU and minLSTM (Feng, Tung, Ahmed, Bengio and Hajimirsadeghi 2024, "Were RNNs All We
+Needed?"): gates that read only x_t, so the recurrence is linear in h and runs as a scan
+(`rnnkit.cells.scan`). Gate order z, h~ (minGRU) and f, i, h~ (minLSTM).
+
+minGRU, with W_ih (2H, I) and b_ih (2H,):
+    z_t  = sigmoid(W_iz x_t + b_iz)
+    h~_t = W_ih~ x_t + b_ih~
+    h_t  = (1 - z_t) * h_{t-1} + z_t * h~_t            a_t = 1 - z_t,  b_t = z_t * h~_t
+minLSTM, with W_ih (3H, I) and b_ih (3H,):
+    f_t = sigmoid(W_if x_t + b_if),  i_t = sigmoid(W_ii x_t + b_ii),  h~_t = W_ih~ x_t + b_ih~
+    f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t)   (the paper's time-independent scaling)
+    h_t = f'_t * h_{t-1} + i'_t * h~_t                  a_t = f'_t,  b_t = i'_t * h~_t
+Shapes: x_t (B, I), h_t (B, H). Initialisation (the layers') as torch's GRU: U(-1/sqrt(H), 1/sqrt(H)).
+
+Log-space variant (the paper's appendix): h~ goes through g(x) = x + 0.5 (x >= 0), sigmoid(x)
+(x < 0), which is positive and continuous, so every state is positive and the scan runs on logs:
+    log a_t = -softplus(k_z),  log b_t = -softplus(-k_z) + log g(h~_t)            (minGRU)
+    d_t = softplus(-k_f) - softplus(-k_i),  log a_t = -softplus(d_t),
+    log b_t = -softplus(-d_t) + log g(h~_t)                                         (minLSTM)
+The state passed in (hx) is the state itself and must be >= 0, so a final state can be passed
+back in to continue a sequence; with none given, h_0 = g(0) = 0.5, the paper's g applied to zeros.
+
+Backward of the gates (`Coefficients`), from da, db (or dlog a, dlog b), with gate values
+recomputed from the pre-activations; the scan's own backward is in `rnnkit.cells.scan`:
+    minGRU:   dk_z = (db h~ - da) z (1 - z),      dh~ = db z
+       log:   dk_z = dlog b (1 - z) - dlog a z,   dh~ = dlog b (log g)'(h~)
+    minLSTM:  with a = f', d = log i - log f:  dd = (db h~ - da) f' i'  (log: dlog b f' - dlog a i'),
+              dk_f = -dd (1 - f),  dk_i = dd (1 - i),  dh~ = db i'  (log: dlog b (log g)'(h~))
+    (log g)'(x) = 1 / (x + 0.5) for x >= 0, 1 - sigmoid(x) below.
+The input projection (`Projection`) is one GEMM for all steps, and so are its gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from rnnkit._checks import check_choice, check_like, check_positive_int, check_shape, check_tensor, shape_str
+from rnnkit.cells._common import (
+    bias_grad,
+    check_batch_sizes,
+    forbid_double_backward,
+    input_grads,
+    input_projection,
+    linear,
+)
+from rnnkit.cells.scan import MODES, linear_scan, log_linear_scan
+from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+
+GATES = {"gru": 2, "lstm": 3}
+
+
+def g(x: torch.Tensor) -> torch.Tensor:
+    """The paper's positive activation for h~ in log space: x + 0.5 for x >= 0, sigmoid(x) else."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def log_g(x: torch.Tensor) -> torch.Tensor:
+    # relu inside the log keeps the branch not taken finite, so its gradient is not NaN
+    return torch.where(x >= 0, torch.log(torch.relu(x) + 0.5), -softplus(-x))
+
+
+def coefficients(pre: torch.Tensor, cell: str, log_space: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate pre-activations W_ih x + b_ih (..., G*H) -> the recurrence's (a, b), or (log a, log b)
+    when log_space, each (..., H): the equations of the module docstring."""
+    if cell == "gru":
+        k, h_tilde = pre.chunk(2, dim=-1)
+        if log_space:
+            return -softplus(k), -softplus(-k) + log_g(h_tilde)
+        z = torch.sigmoid(k)
+        return 1 - z, z * h_tilde
+    k_f, k_i, h_tilde = pre.chunk(3, dim=-1)
+    if log_space:
+        d = softplus(-k_f) - softplus(-k_i)  # log i - log f
+        return -softplus(d), -softplus(-d) + log_g(h_tilde)
+    f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+    total = f + i
+    return f / total, i / total * h_tilde
+
+
+class Projection(torch.autograd.Function):
+    """W_ih x_t + b_ih for all steps, (T, B, I) -> (T, B, G*H), as one GEMM on the fastest CPU
+    backend (`rnnkit.cells._gemm`, which has no autograd of its own), with its gradients as GEMMs."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, b_ih):
+        ctx.save_for_backward(x, w_ih)
+        return input_projection(x, w_ih, b_ih)
+
+    @staticmethod
+    def backward(ctx, d_pre):
+        forbid_double_backward("input projection")
+        x, w_ih = ctx.saved_tensors
+        d_pre = d_pre.contiguous()
+        dx, dw = input_grads(ctx, d_pre, x, w_ih, 0, 1)  # MKL for dW: steadier than oneDNN's slabs
+        return dx, dw, bias_grad(ctx, 2, d_pre)
+
+
+def _log_g_grad(h_tilde):
+    """d log g / dx: 1 / (x + 0.5) for x >= 0, 1 - sigmoid(x) below."""
+    return torch.where(h_tilde >= 0, (h_tilde.clamp(min=0) + 0.5).reciprocal_(), torch.sigmoid(-h_tilde))
+
+
+class Coefficients(torch.autograd.Function):
+    """`coefficients` with the hand-derived backward of the module docstring, written into one
+    gradient buffer (T, B, G*H): autograd would keep a temporary per op and then concatenate the
+    gate blocks, each a full pass over memory. Gate values are recomputed from the saved
+    pre-activations rather than stored."""
+
+    @staticmethod
+    def forward(ctx, pre, cell, log_space):
+        ctx.save_for_backward(pre)
+        ctx.cell, ctx.log_space = cell, log_space
+        return coefficients(pre, cell, log_space)
+
+    @staticmethod
+    def backward(ctx, da, db):
+        forbid_double_backward("minimal-RNN gates")
+        (pre,) = ctx.saved_tensors
+        log = ctx.log_space
+        d_pre = torch.empty_like(pre)
+        if ctx.cell == "gru":
+            (k, h_tilde), (dk, dh) = pre.chunk(2, dim=-1), d_pre.chunk(2, dim=-1)
+            z = torch.sigmoid(k)
+            if log:  # dk = dlb (1 - z) - dla z
+                torch.add(db, da, out=dk).mul_(z)
+                torch.sub(db, dk, out=dk)
+            else:  # dk = (db h~ - da) z (1 - z)
+                torch.mul(db, h_tilde, out=dk).sub_(da).mul_(z)
+                dk.addcmul_(dk, z, value=-1)
+            scale = z  # dh~ = db z, or dlb (log g)'(h~)
+        else:
+            (k_f, k_i, h_tilde), (dkf, dki, dh) = pre.chunk(3, dim=-1), d_pre.chunk(3, dim=-1)
+            f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+            a = f / (f + i)  # f'
+            if log:  # dd = dlb a - dla i'
+                torch.add(db, da, out=dki).mul_(a).sub_(da)
+            else:  # dd = (db h~ - da) a i'
+                torch.mul(db, h_tilde, out=dki).sub_(da).mul_(a)
+                dki.addcmul_(dki, a, value=-1)
+            torch.mul(dki, f, out=dkf).sub_(dki)  # dk_f = -dd (1 - f)
+            dki.addcmul_(dki, i, value=-1)  # dk_i = dd (1 - i)
+            scale = None if log else 1 - a  # dh~ = db i'
+        if log:
+            scale = _log_g_grad(h_tilde)
+        torch.mul(db, scale, out=dh)
+        return d_pre, None, None
+
+
+def initial_state(like: torch.Tensor, B: int, H: int, log_space: bool) -> torch.Tensor:
+    """The state used when none is given: zeros, or g(0) = 0.5 in log space (the paper's)."""
+    return like.new_full((B, H), 0.5 if log_space else 0.0)
+
+
+def check_log_state(name: str, h: torch.Tensor) -> None:
+    """A log-space state must be >= 0 (its log is taken)."""
+    if bool((h < 0).any()):
+        raise RnnkitValueError(
+            f"{name} must be >= 0 with log_space=True (the scan runs on log h), got a minimum of "
+            f"{float(h.min()):.4g}"
+        )
+
+
+def min_rnn(x, h0, w_ih, b_ih=None, *, cell="gru", log_space=False, mode="parallel", batch_sizes=None):
+    """minGRU (cell="gru") or minLSTM (cell="lstm") over a whole sequence: x (T, B, I), h0 (B, H)
+    or None -> (y (T, B, H), h_n (B, H)). `batch_sizes` as in PackedSequence: a finished sequence
+    keeps its state (a = 1, b = 0 on its padded steps) and outputs zeros. `mode` is the scan's:
+    "parallel" (blocked) or "sequential" (a loop); both give the same numbers."""
+    check_choice("cell", cell, tuple(GATES))
+    check_choice("mode", mode, MODES)
+    check_tensor("x", x, ndim=3)
+    T, B, I = x.shape
+    if T == 0:
+        raise RnnkitValueError("x must hold at least one time step, got a sequence of length 0")
+    check_tensor("w_ih", w_ih, ndim=2)
+    check_like("x", x, "w_ih", w_ih)
+    G = GATES[cell]
+    if w_ih.shape[0] % G or w_ih.shape[0] == 0:
+        raise RnnkitValueError(
+            f"w_ih must have {G}*hidden_size rows for min{cell.upper()}, got shape {shape_str(w_ih)}"
+        )
+    H = w_ih.shape[0] // G
+    check_shape("w_ih", w_ih, (G * H, I), f"(= ({G}*hidden_size, input_size) for x {shape_str(x)})")
+    if b_ih is not None:
+        check_tensor("b_ih", b_ih, ndim=1)
+        check_shape("b_ih", b_ih, (G * H,), f"(= ({G}*hidden_size,))")
+        check_like("b_ih", b_ih, "w_ih", w_ih)
+    if h0 is None:
+        h0 = initial_state(x, B, H, log_space)
+    check_tensor("h0", h0, ndim=2)
+    check_shape("h0", h0, (B, H), "(batch, hidden_size)")
+    check_like("h0", h0, "x", x)
+    if log_space:
+        check_log_state("h0", h0)
+    bs = check_batch_sizes(batch_sizes, T, B)
+    a, b = Coefficients.apply(Projection.apply(x, w_ih, b_ih), cell, log_space)  # (T, B, H) each
+    mask = None
+    if bs is not None:  # padded steps keep the state: a = 1, b = 0 (log a = 0, log b = -inf)
+        steps = torch.tensor(bs, device=x.device)[:, None]  # (T, 1)
+        mask = (torch.arange(B, device=x.device)[None, :] < steps).unsqueeze(-1)  # (T, B, 1)
+        a = torch.where(mask, a, 0.0 if log_space else 1.0)
+        b = torch.where(mask, b, float("-inf") if log_space else 0.0)
+    if log_space:
+        y = log_linear_scan(a, b, h0, mode=mode)  # (T, B, H)
+    else:
+        y = linear_scan(a, b, h0, mode=mode)  # (T, B, H)
+    h_n = y[-1]  # padded steps kept each state, so the last row is every sequence's final state
+    return (y if mask is None else y * mask), h_n
+
+
+def min_step(x_t, h, w_ih, b_ih, *, cell, log_space):
+    """One step: (x_t (B, I), h (B, H)) -> h' (B, H), on values (as the paper's sequential mode)."""
+    a, b = coefficients(linear(x_t, w_ih, b_ih), cell, log_space)
+    if log_space:
+        a, b = a.exp(), b.exp()
+    return torch.addcmul(b, a, h)
+
+
+class _MinCell(nn.Module):
+    """One step of minGRU/minLSTM: forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h'
+    of hx's shape. Parameters weight_ih (G*H, I) and bias_ih (G*H,), U(-1/sqrt(H), 1/sqrt(H)) as
+    torch's GRUCell; no recurrent weights, as the gates read only x_t."""
+
+    gates = 2
+    cell = "gru"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, log_space=False):
+        super().__init__()
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        for name, flag in (("bias", bias), ("log_space", log_space)):
+            if not isinstance(flag, bool):
+                raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        factory = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.bias, self.log_space = (
+            input_size,
+            hidden_size,
+            bias,
+            log_space,
+        )
+        G = self.gates
+        self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size, **factory))
+        self.bias_ih = nn.Parameter(torch.empty(G * hidden_size, **factory)) if bias else None
+        bound = 1.0 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        return s + ("" if self.bias else ", bias=False") + (", log_space=True" if self.log_space else "")
+
+    def forward(self, input, hx=None):
+        check_tensor("input", input, ndim=(1, 2))
+        check_like("input", input, "weight_ih", self.weight_ih)
+        x = input if input.dim() == 2 else input.unsqueeze(0)  # (B, I)
+        B, H = x.shape[0], self.hidden_size
+        check_shape("input", x, (B, self.input_size), "(batch, input_size)")
+        if hx is None:
+            h = initial_state(x, B, H, self.log_space)
+        else:
+            check_tensor("hx", hx, ndim=input.dim())
+            check_like("hx", hx, "input", input)
+            h = hx if hx.dim() == 2 else hx.unsqueeze(0)  # (B, H)
+            check_shape("hx", h, (B, H), "(batch, hidden_size)")
+            if self.log_space:
+                check_log_state("hx", h)
+        h = min_step(x, h, self.weight_ih, self.bias_ih, cell=self.cell, log_space=self.log_space)
+        return h if input.dim() == 2 else h.squeeze(0)
+
+
+class MinGRUCell(_MinCell):
+    """One minGRU step (module docstring); weight_ih (2H, I) stacked z, h~."""
+
+    gates = 2
+    cell = "gru"
+
+
+class MinLSTMCell(_MinCell):
+    """One minLSTM step (module docstring); weight_ih (3H, I) stacked f, i, h~."""
+
+    gates = 3
+    cell = "lstm"
