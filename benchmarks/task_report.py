@@ -25,6 +25,11 @@ OUT = ROOT / "runs" / "report"
 DOC = ROOT / "docs" / "tasks.md"
 BEGIN, END = "<!-- task table: begin -->", "<!-- task table: end -->"
 
+# NTM runs validate less often, on fewer sequences: each is a Python loop over time
+NTM_FLAGS = ["--eval-every", "250", "--eval-size", "200"]
+# evaluate arguments beyond --json; bit_errors_by_length comes back as bit_errors_L{length}
+EVALUATE = {"memory-copy-ntm": ["--lengths", "20,40,80"]}
+
 # name -> (rnnkit train arguments, metrics to show, the target in words)
 RUNS = {
     "classify-digits": (["classify"], ["accuracy", "baseline_accuracy"], "accuracy >= 0.97"),
@@ -63,6 +68,19 @@ RUNS = {
         )
         for m in ("lstm", "gru", "rnn")
     },
+    **{
+        f"memory-copy-ntm-seed{s}": (
+            ["memory", "--problem", "copy", "--model", "ntm", *NTM_FLAGS, "--seed", str(s)],
+            ["bit_errors", "bit_errors_L20", "bit_errors_L40", "bit_errors_L80"],
+            "L20 <= 1, L40 <= 2" if s == 0 else "converges (no NaN)",
+        )
+        for s in range(3)
+    },
+    "memory-copy-ntm-lstm-baseline": (
+        ["memory", "--problem", "copy", "--model", "lstm", *NTM_FLAGS],
+        ["bit_errors", "bit_errors_L20", "bit_errors_L40", "bit_errors_L80"],
+        "(expected to fail at 40)",
+    ),
     "memory-copy-lstm": (
         ["memory", "--problem", "copy-memory", "--lag", "100"],
         ["accuracy", "baseline_loss"],
@@ -83,24 +101,30 @@ def run(name: str, args: list[str], threads: int) -> dict:
         stdout=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - start
-    metrics = json.loads(
-        subprocess.run(
-            [*rnnkit, "evaluate", str(out), "--json"], check=True, capture_output=True, text=True
-        ).stdout
-    )
+    metrics = evaluate(name, out)
     steps = json.loads((out / "config.json").read_text())["train"]["steps"]
     return {"args": args, "metrics": metrics, "wall_s": round(wall), "steps": steps}
+
+
+def evaluate(name: str, run_dir: Path) -> dict:
+    """`rnnkit evaluate RUN --json` (plus the run's EVALUATE arguments), flattened for the table."""
+    extra = next((a for prefix, a in EVALUATE.items() if name.startswith(prefix)), [])
+    out = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "evaluate", str(run_dir), "--json", *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    metrics = json.loads(out)
+    for length, value in metrics.pop("bit_errors_by_length", {}).items():
+        metrics[f"bit_errors_L{length}"] = value
+    return metrics
 
 
 def adopt(name: str, run_dir: Path) -> dict:
     """A run trained elsewhere with the command of RUNS[name] (its wall time from the times its
     config.json and its last checkpoint were written)."""
-    rnnkit = [sys.executable, "-m", "rnnkit"]
-    metrics = json.loads(
-        subprocess.run(
-            [*rnnkit, "evaluate", str(run_dir), "--json"], check=True, capture_output=True, text=True
-        ).stdout
-    )
+    metrics = evaluate(name, run_dir)
     wall = (run_dir / "latest.json").stat().st_mtime - (run_dir / "config.json").stat().st_ctime
     steps = json.loads((run_dir / "config.json").read_text())["train"]["steps"]
     return {

@@ -50,3 +50,18 @@ def test_memory_adding_at_lag_200(tmp_path, capsys, model):
 
 def test_dates(tmp_path, capsys):
     assert train(tmp_path, capsys, "dates", "dates")["exact_match"] >= 0.995
+
+
+def test_ntm_copy_generalises_to_longer_sequences(tmp_path, capsys):
+    """Graves et al. (2014), figure 4: trained on lengths 1-20, the NTM copies length 40 too; the
+    LSTM baseline, trained as long, is reported beside it (it is expected to fail at 40)."""
+    flags = ["memory", "--problem", "copy", "--eval-every", "250", "--eval-size", "200"]
+    by_length = {}
+    for model in ("ntm", "lstm"):
+        run = tmp_path / model
+        assert main(["train", *flags, "--model", model, "--out", str(run)]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--json", "--lengths", "20,40"]) == 0
+        by_length[model] = json.loads(capsys.readouterr().out)["bit_errors_by_length"]
+    print(f"bit errors per sequence by length: {by_length}")
+    assert by_length["ntm"]["20"] <= 1 and by_length["ntm"]["40"] <= 2, by_length
