@@ -114,7 +114,21 @@ class Coefficients(torch.autograd.Function):
     def forward(ctx, pre, cell, log_space):
         ctx.save_for_backward(pre)
         ctx.cell, ctx.log_space = cell, log_space
-        return coefficients(pre, cell, log_space)
+        if log_space:
+            return coefficients(pre, cell, log_space)
+        # `coefficients`' arithmetic with the fewest fresh (T, B, H) buffers: on this CPU a
+        # freshly allocated large buffer faults in page by page, and costs more than the op that
+        # fills it (docs/benchmarks.md). In place is safe here: no autograd graph is recorded.
+        if cell == "gru":
+            k, h_tilde = pre.chunk(2, dim=-1)
+            z = torch.sigmoid(k)
+            b = torch.mul(z, h_tilde)
+            return z.neg_().add_(1), b  # a = 1 - z
+        k_f, k_i, h_tilde = pre.chunk(3, dim=-1)
+        a, b = torch.sigmoid(k_f), torch.sigmoid(k_i)  # f, i
+        a.div_(b.add_(a))  # f' = f / (f + i)
+        torch.mul(a, h_tilde, out=b)
+        return a, torch.sub(h_tilde, b, out=b)  # f', i' h~ = (1 - f') h~
 
     @staticmethod
     def backward(ctx, da, db):
@@ -124,29 +138,36 @@ class Coefficients(torch.autograd.Function):
         d_pre = torch.empty_like(pre)
         if ctx.cell == "gru":
             (k, h_tilde), (dk, dh) = pre.chunk(2, dim=-1), d_pre.chunk(2, dim=-1)
-            z = torch.sigmoid(k)
+            z = torch.sigmoid(k, out=dh)  # recomputed into dh~'s slot (see forward)
             if log:  # dk = dlb (1 - z) - dla z
                 torch.add(db, da, out=dk).mul_(z)
                 torch.sub(db, dk, out=dk)
             else:  # dk = (db h~ - da) z (1 - z)
                 torch.mul(db, h_tilde, out=dk).sub_(da).mul_(z)
                 dk.addcmul_(dk, z, value=-1)
-            scale = z  # dh~ = db z, or dlb (log g)'(h~)
+            if not log:  # dh~ = db z
+                z.mul_(db)
+                return d_pre, None, None
         else:
             (k_f, k_i, h_tilde), (dkf, dki, dh) = pre.chunk(3, dim=-1), d_pre.chunk(3, dim=-1)
-            f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
-            a = f / (f + i)  # f'
+            # f and i are recomputed into their gradients' slots, dd goes into dh~'s until dh~ is
+            # computed, and a = f' into the one fresh buffer (see forward on why fresh are few)
+            f, i = torch.sigmoid(k_f, out=dkf), torch.sigmoid(k_i, out=dki)
+            a = torch.add(f, i)
+            torch.div(f, a, out=a)  # f'
+            dd = torch.add(db, da, out=dh) if log else torch.mul(db, h_tilde, out=dh)
             if log:  # dd = dlb a - dla i'
-                torch.add(db, da, out=dki).mul_(a).sub_(da)
+                dd.mul_(a).sub_(da)
             else:  # dd = (db h~ - da) a i'
-                torch.mul(db, h_tilde, out=dki).sub_(da).mul_(a)
-                dki.addcmul_(dki, a, value=-1)
-            torch.mul(dki, f, out=dkf).sub_(dki)  # dk_f = -dd (1 - f)
-            dki.addcmul_(dki, i, value=-1)  # dk_i = dd (1 - i)
-            scale = None if log else 1 - a  # dh~ = db i'
-        if log:
-            scale = _log_g_grad(h_tilde)
-        torch.mul(db, scale, out=dh)
+                dd.sub_(da).mul_(a)
+                dd.addcmul_(dd, a, value=-1)
+            f.mul_(dd).sub_(dd)  # dk_f = -dd (1 - f), in f's slot
+            i.mul_(dd).neg_().add_(dd)  # dk_i = dd (1 - i), in i's slot
+            if not log:  # dh~ = db i' = db - db f'
+                torch.mul(db, a, out=dh)
+                torch.sub(db, dh, out=dh)
+                return d_pre, None, None
+        torch.mul(db, _log_g_grad(h_tilde), out=dh)  # dh~ = dlb (log g)'(h~)
         return d_pre, None, None
 
 
