@@ -8,12 +8,14 @@ and `batch_sizes` (None when all have length T) as in PackedSequence.
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit._checks import check_like, shape_str
+from rnnkit._checks import check_like, check_positive_int, shape_str
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 
@@ -148,3 +150,54 @@ def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
             f"and max {int(lens.max())}"
         )
     return lens
+
+
+def check_stack_args(input_size, hidden_size, num_layers, dropout, **flags) -> None:
+    """The constructor arguments every stacked layer shares: sizes, dropout between layers, and
+    bool flags (bias, batch_first, bidirectional, ...) by name. Warns, as torch does, when dropout
+    is set but there is no second layer for it to act between."""
+    check_positive_int("input_size", input_size)
+    check_positive_int("hidden_size", hidden_size)
+    check_positive_int("num_layers", num_layers)
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number):
+        raise RnnkitTypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__}")
+    if not 0 <= dropout <= 1:
+        raise RnnkitValueError(f"dropout must be in [0, 1] (a probability), got {dropout}")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout applies between stacked layers, so with num_layers=1 it does nothing "
+            f"(dropout={dropout}, num_layers={num_layers})",
+            stacklevel=4,
+        )
+
+
+def cast_floats(obj, dtype):
+    """Floating tensors in (nested tuples of) tensors and PackedSequences cast to dtype."""
+    if isinstance(obj, torch.nn.utils.rnn.PackedSequence):
+        return obj._replace(data=obj.data.to(dtype)) if obj.data.is_floating_point() else obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(cast_floats(o, dtype) for o in obj)
+    return obj
+
+
+def reverse_index(batch: Batch) -> torch.Tensor | None:
+    """For sequences of different lengths: index (T, B) that reverses each within its length
+    (and leaves padding in place); None when a plain flip over time does."""
+    if batch.batch_sizes is None:
+        return None
+    T = batch.x.shape[0]
+    t = torch.arange(T, device=batch.x.device)[:, None]  # (T, 1)
+    lens = batch.lengths[None, :]  # (1, B)
+    return torch.where(t < lens, lens - 1 - t, t)  # (T, B); its own inverse
+
+
+def flip_valid(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """x (T, B, ...) with each sequence's valid steps in reverse order (index from reverse_index)."""
+    if index is None:
+        return x.flip(0)
+    return x.gather(0, index[:, :, None].expand_as(x))

@@ -23,18 +23,22 @@ Two ways to run, giving the same numbers:
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 
 import torch
 from torch import nn
 
-from rnnkit._checks import check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit._checks import check_choice, check_like, check_shape, check_tensor
 from rnnkit.cells.minimal import GATES, check_log_state, initial_state, min_rnn, min_step
 from rnnkit.cells.scan import MODES
-from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError
-from rnnkit.layers._inputs import Batch, prepare_input
-from rnnkit.layers.recurrent import _cast_floats, _flip, _reverse_index
+from rnnkit.errors import RnnkitUnsupportedError
+from rnnkit.layers._inputs import (
+    Batch,
+    cast_floats,
+    check_stack_args,
+    flip_valid,
+    prepare_input,
+    reverse_index,
+)
 
 
 class _MinRecurrent(nn.Module):
@@ -58,29 +62,17 @@ class _MinRecurrent(nn.Module):
         mode="parallel",
     ):
         super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
-        check_positive_int("num_layers", num_layers)
-        flags = {
-            "bias": bias,
-            "batch_first": batch_first,
-            "bidirectional": bidirectional,
-            "log_space": log_space,
-        }
-        for name, flag in flags.items():
-            if not isinstance(flag, bool):
-                raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number):
-            raise RnnkitTypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__}")
-        if not 0 <= dropout <= 1:
-            raise RnnkitValueError(f"dropout must be in [0, 1] (a probability), got {dropout}")
+        check_stack_args(
+            input_size,
+            hidden_size,
+            num_layers,
+            dropout,
+            bias=bias,
+            batch_first=batch_first,
+            bidirectional=bidirectional,
+            log_space=log_space,
+        )
         check_choice("mode", mode, MODES)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout applies between stacked layers, so with num_layers=1 it does nothing "
-                f"(dropout={dropout}, num_layers={num_layers})",
-                stacklevel=3,
-            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.log_space, self.mode = bidirectional, log_space, mode
@@ -144,7 +136,7 @@ class _MinRecurrent(nn.Module):
         device = self.weight_ih_l0.device.type
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return self.forward(*_cast_floats((input, hx), self.weight_ih_l0.dtype), lengths=lengths)
+                return self.forward(*cast_floats((input, hx), self.weight_ih_l0.dtype), lengths=lengths)
         batch = prepare_input(
             input,
             lengths=lengths,
@@ -158,13 +150,13 @@ class _MinRecurrent(nn.Module):
         if B == 0:  # an empty batch: torch's shapes, nothing to compute
             h_n = batch.x.new_zeros(self.num_layers * D, 0, H) if states is None else states
             return batch.output(batch.x.new_zeros(T, 0, D * H)), batch.state_out(h_n)
-        reverse_index = _reverse_index(batch) if self.bidirectional else None
+        backwards = reverse_index(batch) if self.bidirectional else None
         x, finals = batch.x, []
         for k in range(self.num_layers):
             outputs = []
             for d in range(D):
                 idx = k * D + d
-                x_in = x if d == 0 else _flip(x, reverse_index)  # each valid part read backwards
+                x_in = x if d == 0 else flip_valid(x, backwards)  # each valid part read backwards
                 y, h = min_rnn(
                     x_in,
                     None if states is None else states[idx],
@@ -174,7 +166,7 @@ class _MinRecurrent(nn.Module):
                     mode=self.mode,
                     batch_sizes=batch.batch_sizes,
                 )
-                outputs.append(y if d == 0 else _flip(y, reverse_index))
+                outputs.append(y if d == 0 else flip_valid(y, backwards))
                 finals.append(h)
             x = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (T, B, D*H)
             if self.dropout and self.training and k < self.num_layers - 1:

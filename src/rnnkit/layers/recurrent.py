@@ -24,8 +24,6 @@ Keyword-only options beyond torch's, all off by default (the layer is then exact
 from __future__ import annotations
 
 import math
-import numbers
-import warnings
 
 import torch
 from torch import nn
@@ -40,7 +38,14 @@ from rnnkit.cells._layernorm import (
 )
 from rnnkit.cells._regularize import Masks, Regularizer
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
-from rnnkit.layers._inputs import Batch, prepare_input
+from rnnkit.layers._inputs import (
+    Batch,
+    cast_floats,
+    check_stack_args,
+    flip_valid,
+    prepare_input,
+    reverse_index,
+)
 from rnnkit.layers._regularize import layer_masks, run_direction, sample_layer_masks
 
 
@@ -72,16 +77,15 @@ class RecurrentBase(nn.Module):
         layer_norm=False,
     ):
         super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
-        check_positive_int("num_layers", num_layers)
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
-            if not isinstance(flag, bool):
-                raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number):
-            raise RnnkitTypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__}")
-        if not 0 <= dropout <= 1:
-            raise RnnkitValueError(f"dropout must be in [0, 1] (a probability), got {dropout}")
+        check_stack_args(
+            input_size,
+            hidden_size,
+            num_layers,
+            dropout,
+            bias=bias,
+            batch_first=batch_first,
+            bidirectional=bidirectional,
+        )
         if isinstance(proj_size, bool) or not isinstance(proj_size, int):
             raise RnnkitTypeError(f"proj_size must be an int, got {type(proj_size).__name__}")
         if proj_size < 0 or (proj_size and proj_size >= hidden_size):
@@ -90,12 +94,6 @@ class RecurrentBase(nn.Module):
                 f"got {proj_size}"
             )
         check_choice("impl", impl, IMPLS)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout applies between stacked layers, so with num_layers=1 it does nothing "
-                f"(dropout={dropout}, num_layers={num_layers})",
-                stacklevel=3,
-            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
@@ -275,7 +273,7 @@ class RecurrentBase(nn.Module):
         if torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
                 return self.forward(
-                    *_cast_floats((input, hx), self.weight_ih_l0.dtype), lengths=lengths, masks=masks
+                    *cast_floats((input, hx), self.weight_ih_l0.dtype), lengths=lengths, masks=masks
                 )
         batch = prepare_input(
             input,
@@ -291,13 +289,13 @@ class RecurrentBase(nn.Module):
             h_n = [batch.state_out(s) for s in states]
             return batch.output(y), (h_n[0] if self.num_states == 1 else tuple(h_n))
         masks = layer_masks(self, masks, batch)  # drawn before anything else random
-        reverse_index = _reverse_index(batch) if self.bidirectional else None
+        backwards = reverse_index(batch) if self.bidirectional else None
         x, finals = batch.x, [[] for _ in states]
         for k in range(self.num_layers):
             outputs = []
             for d in range(D):
                 idx = k * D + d
-                x_in = x if d == 0 else _flip(x, reverse_index)
+                x_in = x if d == 0 else flip_valid(x, backwards)
                 y, final = run_direction(
                     self._kernel,
                     self._step,
@@ -307,7 +305,7 @@ class RecurrentBase(nn.Module):
                     batch.batch_sizes,
                     masks[idx],
                 )
-                outputs.append(y if d == 0 else _flip(y, reverse_index))
+                outputs.append(y if d == 0 else flip_valid(y, backwards))
                 for acc, s in zip(finals, final):
                     acc.append(s)
             x = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (T, B, D*P)
@@ -315,31 +313,3 @@ class RecurrentBase(nn.Module):
                 x = nn.functional.dropout(x, self.dropout, training=True)
         h_n = [batch.state_out(torch.stack(acc)) for acc in finals]  # (L*D, B, *)
         return batch.output(x), (h_n[0] if self.num_states == 1 else tuple(h_n))
-
-
-def _cast_floats(obj, dtype):
-    """Floating tensors in (nested tuples of) tensors and PackedSequences cast to dtype."""
-    if isinstance(obj, torch.nn.utils.rnn.PackedSequence):
-        return obj._replace(data=obj.data.to(dtype)) if obj.data.is_floating_point() else obj
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
-    return obj
-
-
-def _reverse_index(batch: Batch) -> torch.Tensor | None:
-    """For sequences of different lengths: index (T, B) that reverses each within its length
-    (and leaves padding in place); None when a plain flip over time does."""
-    if batch.batch_sizes is None:
-        return None
-    T = batch.x.shape[0]
-    t = torch.arange(T, device=batch.x.device)[:, None]  # (T, 1)
-    lens = batch.lengths[None, :]  # (1, B)
-    return torch.where(t < lens, lens - 1 - t, t)  # (T, B); its own inverse
-
-
-def _flip(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    if index is None:
-        return x.flip(0)
-    return x.gather(0, index[:, :, None].expand_as(x))
