@@ -248,13 +248,27 @@ def test_lengths_each_sequence_as_if_alone(kind):
             torch.testing.assert_close(s[:, b], s_alone[:, 0], rtol=1e-12, atol=1e-12)
 
 
-def test_batch_first_unbatched_and_packed_run():
+def test_batch_first_unbatched_and_packed_match_time_major():
+    """Every input form draws the same masks under the same seed, so each must give the numbers
+    of the time-major batch with the same weights."""
+    kw = {"dtype": D, "zoneout": (0.2, 0.1), "recurrent_dropout": 0.2}
     torch.manual_seed(6)
-    m = rnnkit.LSTM(I, H, batch_first=True, dtype=D, zoneout=(0.2, 0.1), recurrent_dropout=0.2)
-    assert m(torch.randn(B, T, I, dtype=D))[0].shape == (B, T, H)
-    assert m(torch.randn(T, I, dtype=D))[0].shape == (T, H)
-    packed = torch.nn.utils.rnn.pack_sequence([torch.randn(n, I, dtype=D) for n in (4, 2)])
-    assert m(packed)[0].data.shape == (6, H)
+    ref = rnnkit.LSTM(I, H, **kw)
+    bf = rnnkit.LSTM(I, H, batch_first=True, **kw)
+    bf.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+
+    def run(m, inp):
+        torch.manual_seed(7)
+        return m(inp)[0]
+
+    want = run(ref, x)
+    torch.testing.assert_close(run(bf, x.transpose(0, 1)), want.transpose(0, 1), rtol=0, atol=1e-12)
+    one = run(ref, x[:, :1])  # a batch of one against the same sequence unbatched
+    torch.testing.assert_close(run(ref, x[:, 0]), one[:, 0], rtol=0, atol=1e-12)
+    packed = torch.nn.utils.rnn.pack_sequence(list(x.unbind(1)))  # equal lengths: same masks
+    got = torch.nn.utils.rnn.pad_packed_sequence(run(ref, packed))[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 # --- 3. determinism, variation between calls, rates ---------------------------------------------

@@ -60,6 +60,13 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """A flag: exactly True or False (not 0/1, not None), so a misplaced positional is caught."""
+    if not isinstance(value, bool):
+        raise RnnkitTypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)

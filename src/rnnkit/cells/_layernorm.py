@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnkit._checks import check_like, check_shape, check_tensor
+from rnnkit._checks import check_bool, check_like, check_shape, check_tensor
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError
 
 EPS = 1e-5  # torch.nn.LayerNorm's default, so a step matches torch.nn.functional.layer_norm
@@ -54,8 +54,7 @@ def normalize_backward(dy, v, mean, rstd, gain, shift=None, mask=(True, False, F
 
 def check_layer_norm_flag(layer_norm, owner: str, family: str | None) -> bool:
     """The `layer_norm` keyword of a cell or layer: a bool, and True only where the family has it."""
-    if not isinstance(layer_norm, bool):
-        raise RnnkitTypeError(f"layer_norm must be a bool, got {type(layer_norm).__name__}")
+    check_bool("layer_norm", layer_norm)
     if layer_norm and family not in SITES:
         raise RnnkitUnsupportedError(
             f"layer_norm=True is not supported by {owner}: layer normalisation is implemented for "

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_like, check_positive_int, check_shape, check_tensor, shape_str
+from rnnkit._checks import check_bool, check_like, check_positive_int, check_shape, check_tensor, shape_str
 from rnnkit.cells._layernorm import (
     check_layer_norm_flag,
     layer_norm_args,
@@ -16,7 +16,7 @@ from rnnkit.cells._layernorm import (
     reset_layer_norm_,
 )
 from rnnkit.cells._regularize import Masks, Regularizer, check_masks, drop_weight, masked_step
-from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+from rnnkit.errors import RnnkitValueError
 
 
 class CellBase(nn.Module):
@@ -57,8 +57,7 @@ class CellBase(nn.Module):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        if not isinstance(bias, bool):
-            raise RnnkitTypeError(f"bias must be a bool, got {type(bias).__name__}")
+        check_bool("bias", bias)
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G = self.gates
@@ -76,10 +75,7 @@ class CellBase(nn.Module):
             weight_dropout=weight_dropout,
             num_states=self.num_states,
         )
-        if not isinstance(learn_initial_state, bool):
-            raise RnnkitTypeError(
-                f"learn_initial_state must be a bool, got {type(learn_initial_state).__name__}"
-            )
+        check_bool("learn_initial_state", learn_initial_state)
         self.learn_initial_state = learn_initial_state
         for name in ("initial_h", "initial_c")[: self.num_states if learn_initial_state else 0]:
             self.register_parameter(name, nn.Parameter(torch.zeros(hidden_size, **factory)))

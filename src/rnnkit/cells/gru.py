@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit._checks import check_bool
 from rnnkit.cells._common import (
     active_rows,
     add_biases,
@@ -49,7 +50,6 @@ from rnnkit.cells._common import (
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._module import CellBase
 from rnnkit.cells.ln_gru import check_reset_after, ln_gru_step
-from rnnkit.errors import RnnkitTypeError
 
 
 def gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, reset_after=True, *, rec_mask=None):
@@ -239,8 +239,7 @@ def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, batch_size
     h_n (B, H)). `reset_after` picks the form (see the module docstring); `batch_sizes` as in
     PackedSequence (sequences sorted by decreasing length); `impl="fused"` runs the hand-derived
     BPTT, `"loop"` the step equations under autograd."""
-    if not isinstance(reset_after, bool):
-        raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+    check_bool("reset_after", reset_after)
     kernel = GRUResetAfter if reset_after else GRUResetBefore
     return run_kernel(
         x,
@@ -284,8 +283,7 @@ class GRUCell(CellBase):
         learn_initial_state=False,
         layer_norm=False,
     ):
-        if not isinstance(reset_after, bool):
-            raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        check_bool("reset_after", reset_after)
         if layer_norm is True:
             check_reset_after(reset_after, "GRUCell")
         super().__init__(

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit._checks import check_bool, check_choice, check_like, check_positive_int, check_shape, check_tensor
 from rnnkit.cells._common import (
     IMPLS,
     active_rows,
@@ -56,7 +56,7 @@ from rnnkit.cells._common import (
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product
-from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+from rnnkit.errors import RnnkitValueError
 
 OUTPUT_ACTIVATIONS = (None, "tanh", "sigmoid", "relu", "softmax")
 _ACT = {
@@ -324,8 +324,7 @@ class JordanParameters(nn.Module):
         ):
             check_positive_int(name, n)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-        if not isinstance(bias, bool):
-            raise RnnkitTypeError(f"bias must be a bool, got {type(bias).__name__}")
+        check_bool("bias", bias)
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.output_activation, self.bias = output_activation, bias
         I, H, O = input_size, hidden_size, output_size

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit._checks import check_bool
 from rnnkit.cells._common import (
     active_rows,
     add_final_grad,
@@ -53,7 +54,7 @@ from rnnkit.cells._common import (
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._layernorm import check_layer_norm_args, layer_norm, normalize, normalize_backward
-from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError
+from rnnkit.errors import RnnkitUnsupportedError
 
 
 def ln_gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, *, rec_mask=None):
@@ -75,8 +76,7 @@ def ln_gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, *, rec_mask=No
 
 def check_reset_after(reset_after, owner: str) -> None:
     """reset_after must be a bool, and True (torch's form) with layer normalisation."""
-    if not isinstance(reset_after, bool):
-        raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+    check_bool("reset_after", reset_after)
     if not reset_after:
         raise RnnkitUnsupportedError(
             f"layer_norm=True in {owner} needs reset_after=True (torch's form): with "

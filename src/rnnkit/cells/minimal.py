@@ -38,7 +38,15 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from rnnkit._checks import check_choice, check_like, check_positive_int, check_shape, check_tensor, shape_str
+from rnnkit._checks import (
+    check_bool,
+    check_choice,
+    check_like,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+    shape_str,
+)
 from rnnkit.cells._common import (
     bias_grad,
     check_batch_sizes,
@@ -48,7 +56,7 @@ from rnnkit.cells._common import (
     linear,
 )
 from rnnkit.cells.scan import MODES, linear_scan, log_linear_scan
-from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+from rnnkit.errors import RnnkitValueError
 
 GATES = {"gru": 2, "lstm": 3}
 
@@ -253,8 +261,7 @@ class _MinCell(nn.Module):
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
         for name, flag in (("bias", bias), ("log_space", log_space)):
-            if not isinstance(flag, bool):
-                raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+            check_bool(name, flag)
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias, self.log_space = (
             input_size,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit._checks import check_like, check_positive_int, shape_str
+from rnnkit._checks import check_bool, check_like, check_positive_int, shape_str
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 
@@ -160,8 +160,7 @@ def check_stack_args(input_size, hidden_size, num_layers, dropout, **flags) -> N
     check_positive_int("hidden_size", hidden_size)
     check_positive_int("num_layers", num_layers)
     for name, flag in flags.items():
-        if not isinstance(flag, bool):
-            raise RnnkitTypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        check_bool(name, flag)
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number):
         raise RnnkitTypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__}")
     if not 0 <= dropout <= 1:

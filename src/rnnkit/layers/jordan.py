@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from rnnkit._checks import check_choice, check_like, check_shape, check_tensor, shape_str
+from rnnkit._checks import check_bool, check_choice, check_like, check_shape, check_tensor, shape_str
 from rnnkit.cells._common import IMPLS
 from rnnkit.cells.jordan import JordanParameters, jordan, jordan_teacher_forced
-from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+from rnnkit.errors import RnnkitValueError
 from rnnkit.layers._inputs import Batch, prepare_input
 
 
@@ -57,8 +57,7 @@ class JordanRNN(JordanParameters):
             device=device,
             dtype=dtype,
         )
-        if not isinstance(batch_first, bool):
-            raise RnnkitTypeError(f"batch_first must be a bool, got {type(batch_first).__name__}")
+        check_bool("batch_first", batch_first)
         check_choice("impl", impl, IMPLS)
         self.batch_first, self.impl = batch_first, impl
 

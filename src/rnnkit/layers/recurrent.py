@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit._checks import check_bool, check_choice, check_like, check_positive_int, check_shape, check_tensor
 from rnnkit.cells._common import IMPLS
 from rnnkit.cells._layernorm import (
     check_layer_norm_flag,
@@ -123,10 +123,7 @@ class RecurrentBase(nn.Module):
             weight_dropout=weight_dropout,
             num_states=self.num_states,
         )
-        if not isinstance(learn_initial_state, bool):
-            raise RnnkitTypeError(
-                f"learn_initial_state must be a bool, got {type(learn_initial_state).__name__}"
-            )
+        check_bool("learn_initial_state", learn_initial_state)
         self.learn_initial_state = learn_initial_state
         if learn_initial_state:  # after torch's parameters, so theirs keep their order
             for name, n in zip(("initial_h", "initial_c"), self._state_sizes()):

@@ -4,14 +4,13 @@ live with the kernels in `rnnkit.cells`."""
 
 from __future__ import annotations
 
-from rnnkit._checks import check_choice
+from rnnkit._checks import check_bool, check_choice
 from rnnkit.cells.elman import NONLINEARITIES, elman_step, rnn_relu, rnn_tanh
 from rnnkit.cells.gru import gru, gru_step
 from rnnkit.cells.ln_gru import check_reset_after, ln_gru, ln_gru_step
 from rnnkit.cells.ln_lstm import ln_lstm, ln_lstm_step
 from rnnkit.cells.lstm import lstm, lstm_step
 from rnnkit.cells.mgu import mgu, mgu_step
-from rnnkit.errors import RnnkitTypeError
 from rnnkit.layers.recurrent import RecurrentBase
 
 
@@ -186,8 +185,7 @@ class GRU(RecurrentBase):
         learn_initial_state=False,
         layer_norm=False,
     ):
-        if not isinstance(reset_after, bool):
-            raise RnnkitTypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        check_bool("reset_after", reset_after)
         if layer_norm is True:
             check_reset_after(reset_after, "GRU")
         self.reset_after = reset_after
