@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from rnnkit.cells.minimal import Coefficients, MinGRUCell, MinLSTMCell, Projection, min_rnn
+from rnnkit.cells.minimal import MinGRUCell, MinLSTMCell, min_rnn
 from rnnkit.cells.scan import linear_scan, log_linear_scan, scan
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError
 from rnnkit.layers.minimal import MinGRU, MinLSTM
@@ -67,8 +67,16 @@ def test_matches_paper_equations(cell, log_space, mode, given_state):
     # the gradients of the fused path (projection, gates, scan) against autograd through the loop
     weights = torch.randn_like(y)
     grads = torch.autograd.grad((y * weights).sum() + h_n.sum(), (w, b))
-    ref = torch.autograd.grad((y_ref * weights).sum() + h_ref.sum(), (w, b))
+    ref = torch.autograd.grad((y_ref * weights).sum() + h_ref.sum(), (w, b), retain_graph=True)
     for got, want in zip(grads, ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the fused kernel in pieces of 7 steps (state and gradient carried across) is the same
+    kwargs = {"cell": cell, "log_space": log_space, "mode": mode, "block": 7}
+    y_7, h_7 = min_rnn(x, None if h0 is None else h0[0], w, b, **kwargs)
+    torch.testing.assert_close(y_7, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_7, h_ref, rtol=1e-10, atol=1e-10)
+    grads_7 = torch.autograd.grad((y_7 * weights).sum() + h_7.sum(), (w, b))
+    for got, want in zip(grads_7, ref):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
@@ -87,11 +95,21 @@ def test_gradcheck_scans(mode):
 
 @pytest.mark.parametrize("cell,gates", [("gru", 2), ("lstm", 3)])
 @pytest.mark.parametrize("log_space", [False, True])
-def test_gradcheck_gates_and_projection(cell, gates, log_space):
-    pre = (torch.randn(4, 3, gates * 5, dtype=D) * 2).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: Coefficients.apply(p, cell, log_space), (pre,))
-    x, w, b = (torch.randn(*s, dtype=D, requires_grad=True) for s in ((4, 3, 2), (6, 2), (6,)))
-    assert torch.autograd.gradcheck(Projection.apply, (x, w, b))
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_fused_kernel(cell, gates, log_space, mode, packed):
+    # block=3: the 8 steps run as pieces of 3, 3 and 2, the state and its gradient carried across
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(8, 3, 2, dtype=D, generator=gen) * 2).requires_grad_()
+    w = torch.randn(gates * 4, 2, dtype=D, generator=gen).requires_grad_()
+    b = torch.randn(gates * 4, dtype=D, generator=gen).requires_grad_()
+    h0 = (torch.rand(3, 4, dtype=D, generator=gen) + 0.5).requires_grad_()  # > 0 for log space
+    bs = [3, 3, 3, 3, 2, 2, 1, 1] if packed else None
+
+    def f(*args):
+        return min_rnn(*args, cell=cell, log_space=log_space, mode=mode, batch_sizes=bs, block=3)
+
+    assert torch.autograd.gradcheck(f, (x, h0, w, b))
 
 
 def test_log_space_zero_state_has_finite_gradient():
@@ -138,6 +156,12 @@ def test_parallel_equals_sequential_float32_long(cell, log_space):
     m.mode = "parallel"
     (dx_par,) = torch.autograd.grad((m(x)[0] * weights).sum(), x)
     torch.testing.assert_close(dx_par, dx_seq, rtol=1e-5, atol=1e-6)
+    # the fused kernel in pieces of 100 steps (the CPU default on larger batches) is one run
+    y_blk, h_blk = min_rnn(x, None, m.weight_ih_l0, m.bias_ih_l0, cell=cell, log_space=log_space, block=100)
+    torch.testing.assert_close(y_blk, y_par, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_blk, h_par[0], rtol=1e-5, atol=1e-6)
+    (dx_blk,) = torch.autograd.grad((y_blk * weights).sum(), x)
+    torch.testing.assert_close(dx_blk, dx_seq, rtol=1e-5, atol=1e-6)
     # a long sequence in two chunks, the first's h_n carried in as hx, is one run
     y1, h1 = m(x[:1500])
     y2, h2 = m(x[1500:], h1)

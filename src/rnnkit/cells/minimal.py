@@ -20,14 +20,15 @@ Log-space variant (the paper's appendix): h~ goes through g(x) = x + 0.5 (x >= 0
 The state passed in (hx) is the state itself and must be >= 0, so a final state can be passed
 back in to continue a sequence; with none given, h_0 = g(0) = 0.5, the paper's g applied to zeros.
 
-Backward of the gates (`Coefficients`), from da, db (or dlog a, dlog b), with gate values
+Backward of the gates (`gate_grads`), from da, db (or dlog a, dlog b), with gate values
 recomputed from the pre-activations; the scan's own backward is in `rnnkit.cells.scan`:
     minGRU:   dk_z = (db h~ - da) z (1 - z),      dh~ = db z
        log:   dk_z = dlog b (1 - z) - dlog a z,   dh~ = dlog b (log g)'(h~)
     minLSTM:  with a = f', d = log i - log f:  dd = (db h~ - da) f' i'  (log: dlog b f' - dlog a i'),
               dk_f = -dd (1 - f),  dk_i = dd (1 - i),  dh~ = db i'  (log: dlog b (log g)'(h~))
     (log g)'(x) = 1 / (x + 0.5) for x >= 0, 1 - sigmoid(x) below.
-The input projection (`Projection`) is one GEMM for all steps, and so are its gradients.
+`MinRNN` fuses the whole layer (input GEMM, gates, scan and their backward) and runs it over
+time in pieces of a few hundred steps on CPU, the state carried between pieces.
 """
 
 from __future__ import annotations
@@ -47,15 +48,9 @@ from rnnkit._checks import (
     check_tensor,
     shape_str,
 )
-from rnnkit.cells._common import (
-    bias_grad,
-    check_batch_sizes,
-    forbid_double_backward,
-    input_grads,
-    input_projection,
-    linear,
-)
-from rnnkit.cells.scan import MODES, linear_scan, log_linear_scan
+from rnnkit.cells._common import check_batch_sizes, forbid_double_backward, linear
+from rnnkit.cells._gemm import Product
+from rnnkit.cells.scan import MODES, scan, scan_backward
 from rnnkit.errors import RnnkitValueError
 
 GATES = {"gru": 2, "lstm": 3}
@@ -89,94 +84,163 @@ def coefficients(pre: torch.Tensor, cell: str, log_space: bool) -> tuple[torch.T
     return f / total, i / total * h_tilde
 
 
-class Projection(torch.autograd.Function):
-    """W_ih x_t + b_ih for all steps, (T, B, I) -> (T, B, G*H), as one GEMM on the fastest CPU
-    backend (`rnnkit.cells._gemm`, which has no autograd of its own), with its gradients as GEMMs."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, b_ih):
-        ctx.save_for_backward(x, w_ih)
-        return input_projection(x, w_ih, b_ih)
-
-    @staticmethod
-    def backward(ctx, d_pre):
-        forbid_double_backward("input projection")
-        x, w_ih = ctx.saved_tensors
-        d_pre = d_pre.contiguous()
-        dx, dw = input_grads(ctx, d_pre, x, w_ih, 0, 1)  # MKL for dW: steadier than oneDNN's slabs
-        return dx, dw, bias_grad(ctx, 2, d_pre)
-
-
 def _log_g_grad(h_tilde):
     """d log g / dx: 1 / (x + 0.5) for x >= 0, 1 - sigmoid(x) below."""
     return torch.where(h_tilde >= 0, (h_tilde.clamp(min=0) + 0.5).reciprocal_(), torch.sigmoid(-h_tilde))
 
 
-class Coefficients(torch.autograd.Function):
-    """`coefficients` with the hand-derived backward of the module docstring, written into one
-    gradient buffer (T, B, G*H): autograd would keep a temporary per op and then concatenate the
-    gate blocks, each a full pass over memory. Gate values are recomputed from the saved
-    pre-activations rather than stored."""
+def gate_values(pre, cell, log_space):
+    """`coefficients` without autograd, with the fewest fresh buffers: (a, b) or (log a, log b)."""
+    if log_space:
+        return coefficients(pre, cell, log_space)
+    # In place is safe here: no autograd graph is recorded.
+    if cell == "gru":
+        k, h_tilde = pre.chunk(2, dim=-1)
+        z = torch.sigmoid(k)
+        b = torch.mul(z, h_tilde)
+        return z.neg_().add_(1), b  # a = 1 - z
+    k_f, k_i, h_tilde = pre.chunk(3, dim=-1)
+    a, b = torch.sigmoid(k_f), torch.sigmoid(k_i)  # f, i
+    a.div_(b.add_(a))  # f' = f / (f + i)
+    torch.mul(a, h_tilde, out=b)
+    return a, torch.sub(h_tilde, b, out=b)  # f', i' h~ = (1 - f') h~
+
+
+def gate_grads(pre, da, db, cell, log_space):
+    """dL/dpre (..., G*H) from dL/da, dL/db (or dL/dlog a, dL/dlog b), the backward of the module
+    docstring, written into one buffer (autograd would keep a temporary per op and then
+    concatenate the gate blocks). Gate values are recomputed from the pre-activations."""
+    d_pre = torch.empty_like(pre)
+    if cell == "gru":
+        (k, h_tilde), (dk, dh) = pre.chunk(2, dim=-1), d_pre.chunk(2, dim=-1)
+        z = torch.sigmoid(k, out=dh)  # recomputed into dh~'s slot
+        if log_space:  # dk = dlb (1 - z) - dla z
+            torch.add(db, da, out=dk).mul_(z)
+            torch.sub(db, dk, out=dk)
+        else:  # dk = (db h~ - da) z (1 - z)
+            torch.mul(db, h_tilde, out=dk).sub_(da).mul_(z)
+            dk.addcmul_(dk, z, value=-1)
+            z.mul_(db)  # dh~ = db z
+            return d_pre
+    else:
+        (k_f, k_i, h_tilde), (dkf, dki, dh) = pre.chunk(3, dim=-1), d_pre.chunk(3, dim=-1)
+        # f and i are recomputed into their gradients' slots, dd goes into dh~'s until dh~ is
+        # computed, and a = f' into the one other buffer
+        f, i = torch.sigmoid(k_f, out=dkf), torch.sigmoid(k_i, out=dki)
+        a = torch.add(f, i)
+        torch.div(f, a, out=a)  # f'
+        dd = torch.add(db, da, out=dh) if log_space else torch.mul(db, h_tilde, out=dh)
+        if log_space:  # dd = dlb a - dla i'
+            dd.mul_(a).sub_(da)
+        else:  # dd = (db h~ - da) a i'
+            dd.sub_(da).mul_(a)
+            dd.addcmul_(dd, a, value=-1)
+        f.mul_(dd).sub_(dd)  # dk_f = -dd (1 - f), in f's slot
+        i.mul_(dd).neg_().add_(dd)  # dk_i = dd (1 - i), in i's slot
+        if not log_space:  # dh~ = db i' = db - db f'
+            torch.mul(db, a, out=dh)
+            torch.sub(db, dh, out=dh)
+            return d_pre
+    torch.mul(db, _log_g_grad(h_tilde), out=dh)  # dh~ = dlb (log g)'(h~)
+    return d_pre
+
+
+# Steps per piece of `MinRNN`: chosen so a piece's pre-activations (steps * B * G*H floats) stay
+# near BLOCK_ELEMS, a few MB that the gate and scan ops find in cache after the GEMM wrote them.
+BLOCK_ELEMS = 1 << 21
+
+
+def time_block(T: int, B: int, GH: int, device: torch.device) -> int:
+    # On a GPU the whole sequence is one piece: its scan is parallel over all steps.
+    return T if device.type != "cpu" else max(1, min(T, BLOCK_ELEMS // (B * GH)))
+
+
+class MinRNN(torch.autograd.Function):
+    """minGRU/minLSTM over a whole sequence, fused: projection, gates, masks and scan, forward and
+    backward, run piece by piece over time (`time_block` steps at a time, the state carried from
+    piece to piece forwards and the scan's gradient backwards).
+
+    Why pieces: on CPU the work between the GEMMs is a handful of elementwise passes, which cost
+    little on a piece that sits in cache but a full trip to memory each on (T, B, H) tensors, and
+    every fresh tensor of that size faults in page by page (docs/benchmarks.md). Only the
+    pre-activations (saved for the backward), the output and dL/dx are sequence-sized. Gate
+    values are recomputed in the backward from the saved pre-activations.
+    """
 
     @staticmethod
-    def forward(ctx, pre, cell, log_space):
-        ctx.save_for_backward(pre)
-        ctx.cell, ctx.log_space = cell, log_space
-        if log_space:
-            return coefficients(pre, cell, log_space)
-        # `coefficients`' arithmetic with the fewest fresh (T, B, H) buffers: on this CPU a
-        # freshly allocated large buffer faults in page by page, and costs more than the op that
-        # fills it (docs/benchmarks.md). In place is safe here: no autograd graph is recorded.
-        if cell == "gru":
-            k, h_tilde = pre.chunk(2, dim=-1)
-            z = torch.sigmoid(k)
-            b = torch.mul(z, h_tilde)
-            return z.neg_().add_(1), b  # a = 1 - z
-        k_f, k_i, h_tilde = pre.chunk(3, dim=-1)
-        a, b = torch.sigmoid(k_f), torch.sigmoid(k_i)  # f, i
-        a.div_(b.add_(a))  # f' = f / (f + i)
-        torch.mul(a, h_tilde, out=b)
-        return a, torch.sub(h_tilde, b, out=b)  # f', i' h~ = (1 - f') h~
+    def forward(ctx, x, h0, w_ih, b_ih, cell, log_space, mode, mask, block):
+        T, B, _ = x.shape
+        GH, H = w_ih.shape[0], h0.shape[1]
+        pre = torch.empty(T, B, GH, dtype=x.dtype, device=x.device)
+        y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+        project = Product(w_ih, block * B, b_ih)
+        h = h0
+        for t0 in range(0, T, block):
+            s = slice(t0, min(t0 + block, T))
+            n = s.stop - s.start
+            project(x[s].reshape(n * B, -1), out=pre[s].view(n * B, GH))
+            a, b = _masked(gate_values(pre[s], cell, log_space), mask, s, log_space)
+            if log_space and mode == "parallel":
+                scan(a, b, h.log(), log_space=True, out=y[s]).exp_()
+            else:
+                if log_space:  # the paper's sequential mode steps on values
+                    a, b = a.exp_(), b.exp_()
+                scan(a, b, h, mode=mode, out=y[s])
+            h = y[s.stop - 1].clone()  # the state carried on (padded rows keep theirs)
+        if mask is not None:
+            y.mul_(mask)  # outputs past each sequence's end are zeros
+        ctx.save_for_backward(x, h0, w_ih, pre, y, mask)
+        ctx.cell, ctx.log_space, ctx.mode, ctx.block = cell, log_space, mode, block
+        return y, h
 
     @staticmethod
-    def backward(ctx, da, db):
-        forbid_double_backward("minimal-RNN gates")
-        (pre,) = ctx.saved_tensors
-        log = ctx.log_space
-        d_pre = torch.empty_like(pre)
-        if ctx.cell == "gru":
-            (k, h_tilde), (dk, dh) = pre.chunk(2, dim=-1), d_pre.chunk(2, dim=-1)
-            z = torch.sigmoid(k, out=dh)  # recomputed into dh~'s slot (see forward)
-            if log:  # dk = dlb (1 - z) - dla z
-                torch.add(db, da, out=dk).mul_(z)
-                torch.sub(db, dk, out=dk)
-            else:  # dk = (db h~ - da) z (1 - z)
-                torch.mul(db, h_tilde, out=dk).sub_(da).mul_(z)
-                dk.addcmul_(dk, z, value=-1)
-            if not log:  # dh~ = db z
-                z.mul_(db)
-                return d_pre, None, None
-        else:
-            (k_f, k_i, h_tilde), (dkf, dki, dh) = pre.chunk(3, dim=-1), d_pre.chunk(3, dim=-1)
-            # f and i are recomputed into their gradients' slots, dd goes into dh~'s until dh~ is
-            # computed, and a = f' into the one fresh buffer (see forward on why fresh are few)
-            f, i = torch.sigmoid(k_f, out=dkf), torch.sigmoid(k_i, out=dki)
-            a = torch.add(f, i)
-            torch.div(f, a, out=a)  # f'
-            dd = torch.add(db, da, out=dh) if log else torch.mul(db, h_tilde, out=dh)
-            if log:  # dd = dlb a - dla i'
-                dd.mul_(a).sub_(da)
-            else:  # dd = (db h~ - da) a i'
-                dd.sub_(da).mul_(a)
-                dd.addcmul_(dd, a, value=-1)
-            f.mul_(dd).sub_(dd)  # dk_f = -dd (1 - f), in f's slot
-            i.mul_(dd).neg_().add_(dd)  # dk_i = dd (1 - i), in i's slot
-            if not log:  # dh~ = db i' = db - db f'
-                torch.mul(db, a, out=dh)
-                torch.sub(db, dh, out=dh)
-                return d_pre, None, None
-        torch.mul(db, _log_g_grad(h_tilde), out=dh)  # dh~ = dlb (log g)'(h~)
-        return d_pre, None, None
+    def backward(ctx, grad_y, grad_h):
+        forbid_double_backward("minimal RNN")
+        x, h0, w_ih, pre, y, mask = ctx.saved_tensors
+        cell, log_space, mode, block = ctx.cell, ctx.log_space, ctx.mode, ctx.block
+        T, B, I = x.shape
+        GH = pre.shape[-1]
+        need_x, need_h0, need_w, need_b = ctx.needs_input_grad[:4]
+        dx = torch.empty_like(x) if need_x else None
+        dw = torch.zeros_like(w_ih) if need_w else None
+        db_ih = pre.new_zeros(GH) if need_b else None
+        to_x = Product(w_ih.t(), block * B) if need_x else None
+        carry = grad_h  # g_{T-1} = dL/dy_{T-1} + dL/dh_n: h_n is the state after the last step
+        for t1 in range(T, 0, -block):
+            s = slice(max(t1 - block, 0), t1)
+            n = s.stop - s.start
+            a, b = _masked(gate_values(pre[s], cell, log_space), mask, s, log_space)
+            if log_space:
+                a, b = a.exp_(), b.exp_()
+            dy = grad_y[s] if mask is None else grad_y[s] * mask[s]  # y is the masked state
+            # h_{t-1} at a piece's first step; a row padded there has da = 0 whatever it is
+            h_first = h0 if s.start == 0 else y[s.start - 1]
+            da, db, carry = scan_backward(a, y[s], h_first, dy, mode, carry=carry)
+            if mask is not None:  # padded steps were a = 1, b = 0: constants
+                da.mul_(mask[s])
+                db.mul_(mask[s])
+            if log_space:  # dL/dlog a = a dL/da, dL/dlog b = b dL/db
+                da.mul_(a)
+                db.mul_(b)
+            d_pre = gate_grads(pre[s], da, db, cell, log_space).view(n * B, GH)
+            if need_x:
+                to_x(d_pre, out=dx[s].view(n * B, I))
+            if need_w:
+                dw.addmm_(d_pre.t(), x[s].reshape(n * B, I))
+            if need_b:
+                db_ih.add_(d_pre.sum(0))
+        return dx, carry if need_h0 else None, dw, db_ih, None, None, None, None, None
+
+
+def _masked(ab, mask, s, log_space):
+    """(a, b) of steps s with padded steps made a no-op, a = 1 and b = 0 (log a = 0, log b = -inf),
+    so each finished sequence keeps its state."""
+    a, b = ab
+    if mask is not None:
+        pad = ~mask[s]
+        a.masked_fill_(pad, 0.0 if log_space else 1.0)
+        b.masked_fill_(pad, float("-inf") if log_space else 0.0)
+    return a, b
 
 
 def initial_state(like: torch.Tensor, B: int, H: int, log_space: bool) -> torch.Tensor:
@@ -193,11 +257,14 @@ def check_log_state(name: str, h: torch.Tensor) -> None:
         )
 
 
-def min_rnn(x, h0, w_ih, b_ih=None, *, cell="gru", log_space=False, mode="parallel", batch_sizes=None):
+def min_rnn(
+    x, h0, w_ih, b_ih=None, *, cell="gru", log_space=False, mode="parallel", batch_sizes=None, block=None
+):
     """minGRU (cell="gru") or minLSTM (cell="lstm") over a whole sequence: x (T, B, I), h0 (B, H)
     or None -> (y (T, B, H), h_n (B, H)). `batch_sizes` as in PackedSequence: a finished sequence
     keeps its state (a = 1, b = 0 on its padded steps) and outputs zeros. `mode` is the scan's:
-    "parallel" (blocked) or "sequential" (a loop); both give the same numbers."""
+    "parallel" (blocked) or "sequential" (a loop); both give the same numbers. `block`: time
+    steps per piece of the fused kernel (`MinRNN`), by default chosen from the sizes."""
     check_choice("cell", cell, tuple(GATES))
     check_choice("mode", mode, MODES)
     check_tensor("x", x, ndim=3)
@@ -225,19 +292,15 @@ def min_rnn(x, h0, w_ih, b_ih=None, *, cell="gru", log_space=False, mode="parall
     if log_space:
         check_log_state("h0", h0)
     bs = check_batch_sizes(batch_sizes, T, B)
-    a, b = Coefficients.apply(Projection.apply(x, w_ih, b_ih), cell, log_space)  # (T, B, H) each
     mask = None
-    if bs is not None:  # padded steps keep the state: a = 1, b = 0 (log a = 0, log b = -inf)
+    if bs is not None:  # (T, B, 1): step t of sequence b is valid
         steps = torch.tensor(bs, device=x.device)[:, None]  # (T, 1)
-        mask = (torch.arange(B, device=x.device)[None, :] < steps).unsqueeze(-1)  # (T, B, 1)
-        a = torch.where(mask, a, 0.0 if log_space else 1.0)
-        b = torch.where(mask, b, float("-inf") if log_space else 0.0)
-    if log_space:
-        y = log_linear_scan(a, b, h0, mode=mode)  # (T, B, H)
+        mask = (torch.arange(B, device=x.device)[None, :] < steps).unsqueeze(-1)
+    if block is None:
+        block = time_block(T, B, G * H, x.device)
     else:
-        y = linear_scan(a, b, h0, mode=mode)  # (T, B, H)
-    h_n = y[-1]  # padded steps kept each state, so the last row is every sequence's final state
-    return (y if mask is None else y * mask), h_n
+        check_positive_int("block", block)
+    return MinRNN.apply(x, h0, w_ih, b_ih, cell, log_space, mode, mask, block)
 
 
 def min_step(x_t, h, w_ih, b_ih, *, cell, log_space):

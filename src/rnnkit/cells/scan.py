@@ -118,24 +118,31 @@ def _blocked(ops, a, b, h0, out, chunk_size=None, reverse=False):
     return out
 
 
-def scan(a, b, h0, *, mode="parallel", log_space=False, chunk_size=None, reverse=False):
+def scan(a, b, h0, *, mode="parallel", log_space=False, chunk_size=None, reverse=False, out=None):
     """h (T, B, H) from a, b (T, B, H) and h0 (B, H), no autograd; logs in, logs out when
     log_space. `reverse`: backwards in time, h_t = a_t h_{t+1} + b_t with h_T = h0.
-    `chunk_size` fixes C (tests use it to reach every branch on short sequences)."""
+    `chunk_size` fixes C (tests use it to reach every branch on short sequences). `out` may be b
+    itself: each element of b is read before its slot is written."""
     ops = _Log if log_space else _Plain
-    out = torch.empty_like(b)
+    out = torch.empty_like(b) if out is None else out
     if mode == "sequential":
         return _sequential(ops, a, b, h0, out, reverse)
     return _blocked(ops, a, b, h0, out, chunk_size, reverse)
 
 
-def _backward(a, h, h0, grad_h, mode, chunk_size):
-    """(dL/da, dL/db, dL/dh0) of h = scan(a, b, h0) from dL/dh, by the reverse scan."""
+def scan_backward(a, h, h0, grad_h, mode="parallel", chunk_size=None, carry=None):
+    """(dL/da, dL/db, dL/dh0) of h = scan(a, b, h0) from dL/dh, by the reverse scan. For a piece
+    of a longer sequence, `carry` (B, H) is a_T g_T, the gradient reaching h_{T-1} from the steps
+    after the piece, and the returned dL/dh0 is the carry for the piece before."""
     T = a.shape[0]
-    g = torch.empty_like(grad_h)
-    g[-1] = grad_h[-1]
+    g = torch.empty_like(h)
+    if carry is None:
+        g[-1] = grad_h[-1]
+    else:
+        torch.add(grad_h[-1], carry, out=g[-1])
     if T > 1:  # g_t = a_{t+1} g_{t+1} + dL/dh_t for t < T-1, backwards from g_{T-1}
-        ops, rest = _Plain, (a[1:], grad_h[:-1], g[-1], g[:-1])
+        g[:-1] = grad_h[:-1]  # the scan needs contiguous input (grad_h may be an expanded one)
+        ops, rest = _Plain, (a[1:], g[:-1], g[-1], g[:-1])
         if mode == "sequential":
             _sequential(ops, *rest, reverse=True)
         else:
@@ -160,7 +167,7 @@ class LinearScan(torch.autograd.Function):
     def backward(ctx, grad_h):
         forbid_double_backward("linear scan")
         a, h0, h = ctx.saved_tensors
-        da, db, dh0 = _backward(a, h, h0, grad_h.contiguous(), ctx.mode, ctx.chunk_size)
+        da, db, dh0 = scan_backward(a, h, h0, grad_h, ctx.mode, ctx.chunk_size)
         return da, db, dh0, None, None
 
 
@@ -183,7 +190,7 @@ class LogLinearScan(torch.autograd.Function):
     def backward(ctx, grad_h):
         forbid_double_backward("log-space linear scan")
         a, log_b, h0, h = ctx.saved_tensors
-        da, db, dh0 = _backward(a, h, h0, grad_h.contiguous(), ctx.mode, ctx.chunk_size)
+        da, db, dh0 = scan_backward(a, h, h0, grad_h, ctx.mode, ctx.chunk_size)
         return da.mul_(a), db.mul_(log_b.exp()), dh0, None, None
 
 
