@@ -89,28 +89,30 @@ def _log_g_grad(h_tilde):
     return torch.where(h_tilde >= 0, (h_tilde.clamp(min=0) + 0.5).reciprocal_(), torch.sigmoid(-h_tilde))
 
 
-def gate_values(pre, cell, log_space):
-    """`coefficients` without autograd, with the fewest fresh buffers: (a, b) or (log a, log b)."""
+def gate_values(pre, cell, log_space, out=None):
+    """`coefficients` without autograd: (a, b) or (log a, log b), into `out` (two (..., H)
+    buffers) where given and not in log space. In place is safe here: no graph is recorded."""
     if log_space:
         return coefficients(pre, cell, log_space)
-    # In place is safe here: no autograd graph is recorded.
+    k, *_, h_tilde = pre.chunk(GATES[cell], dim=-1)
+    a, b = out if out is not None else (torch.empty_like(h_tilde), torch.empty_like(h_tilde))
     if cell == "gru":
-        k, h_tilde = pre.chunk(2, dim=-1)
-        z = torch.sigmoid(k)
-        b = torch.mul(z, h_tilde)
+        z = torch.sigmoid(k, out=a)
+        torch.mul(z, h_tilde, out=b)
         return z.neg_().add_(1), b  # a = 1 - z
-    k_f, k_i, h_tilde = pre.chunk(3, dim=-1)
-    a, b = torch.sigmoid(k_f), torch.sigmoid(k_i)  # f, i
+    torch.sigmoid(k, out=a)  # f
+    torch.sigmoid(pre.chunk(3, dim=-1)[1], out=b)  # i
     a.div_(b.add_(a))  # f' = f / (f + i)
     torch.mul(a, h_tilde, out=b)
     return a, torch.sub(h_tilde, b, out=b)  # f', i' h~ = (1 - f') h~
 
 
-def gate_grads(pre, da, db, cell, log_space):
+def gate_grads(pre, da, db, cell, log_space, out=None, scratch=None):
     """dL/dpre (..., G*H) from dL/da, dL/db (or dL/dlog a, dL/dlog b), the backward of the module
-    docstring, written into one buffer (autograd would keep a temporary per op and then
-    concatenate the gate blocks). Gate values are recomputed from the pre-activations."""
-    d_pre = torch.empty_like(pre)
+    docstring, written into one buffer, `out` if given (autograd would keep a temporary per op
+    and then concatenate the gate blocks); `scratch` (..., H) an optional buffer for the minLSTM's
+    f'. Gate values are recomputed from the pre-activations."""
+    d_pre = torch.empty_like(pre) if out is None else out
     if cell == "gru":
         (k, h_tilde), (dk, dh) = pre.chunk(2, dim=-1), d_pre.chunk(2, dim=-1)
         z = torch.sigmoid(k, out=dh)  # recomputed into dh~'s slot
@@ -127,7 +129,7 @@ def gate_grads(pre, da, db, cell, log_space):
         # f and i are recomputed into their gradients' slots, dd goes into dh~'s until dh~ is
         # computed, and a = f' into the one other buffer
         f, i = torch.sigmoid(k_f, out=dkf), torch.sigmoid(k_i, out=dki)
-        a = torch.add(f, i)
+        a = torch.add(f, i, out=scratch)
         torch.div(f, a, out=a)  # f'
         dd = torch.add(db, da, out=dh) if log_space else torch.mul(db, h_tilde, out=dh)
         if log_space:  # dd = dlb a - dla i'
@@ -171,15 +173,16 @@ class MinRNN(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, b_ih, cell, log_space, mode, mask, block):
         T, B, _ = x.shape
         GH, H = w_ih.shape[0], h0.shape[1]
-        pre = torch.empty(T, B, GH, dtype=x.dtype, device=x.device)
+        pres = []  # each piece's pre-activations, (n, B, G*H), as the GEMM returned them
         y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
         project = Product(w_ih, block * B, b_ih)
+        ab = torch.empty(2, block, B, H, dtype=x.dtype, device=x.device)  # a piece's (a, b)
         h = h0
         for t0 in range(0, T, block):
             s = slice(t0, min(t0 + block, T))
             n = s.stop - s.start
-            project(x[s].reshape(n * B, -1), out=pre[s].view(n * B, GH))
-            a, b = _masked(gate_values(pre[s], cell, log_space), mask, s, log_space)
+            pres.append(project(x[s].reshape(n * B, -1)).view(n, B, GH))
+            a, b = _masked(gate_values(pres[-1], cell, log_space, out=ab[:, :n]), mask, s, log_space)
             if log_space and mode == "parallel":
                 scan(a, b, h.log(), log_space=True, out=y[s]).exp_()
             else:
@@ -189,40 +192,43 @@ class MinRNN(torch.autograd.Function):
             h = y[s.stop - 1].clone()  # the state carried on (padded rows keep theirs)
         if mask is not None:
             y.mul_(mask)  # outputs past each sequence's end are zeros
-        ctx.save_for_backward(x, h0, w_ih, pre, y, mask)
+        ctx.save_for_backward(x, h0, w_ih, y, mask, *pres)  # pieces kept apart: no copy into one
         ctx.cell, ctx.log_space, ctx.mode, ctx.block = cell, log_space, mode, block
         return y, h
 
     @staticmethod
     def backward(ctx, grad_y, grad_h):
         forbid_double_backward("minimal RNN")
-        x, h0, w_ih, pre, y, mask = ctx.saved_tensors
+        x, h0, w_ih, y, mask, *pres = ctx.saved_tensors
         cell, log_space, mode, block = ctx.cell, ctx.log_space, ctx.mode, ctx.block
         T, B, I = x.shape
-        GH = pre.shape[-1]
+        GH = w_ih.shape[0]
         need_x, need_h0, need_w, need_b = ctx.needs_input_grad[:4]
         dx = torch.empty_like(x) if need_x else None
         dw = torch.zeros_like(w_ih) if need_w else None
-        db_ih = pre.new_zeros(GH) if need_b else None
+        db_ih = w_ih.new_zeros(GH) if need_b else None
         to_x = Product(w_ih.t(), block * B) if need_x else None
+        # A piece's buffers, reused from piece to piece: (a, b, g, da, f'), and dL/dpre
+        work = torch.empty(5, block, B, y.shape[-1], dtype=x.dtype, device=x.device)
+        d_pre_work = torch.empty(block, B, GH, dtype=x.dtype, device=x.device)
         carry = grad_h  # g_{T-1} = dL/dy_{T-1} + dL/dh_n: h_n is the state after the last step
-        for t1 in range(T, 0, -block):
-            s = slice(max(t1 - block, 0), t1)
+        for t0, pre in reversed(list(zip(range(0, T, block), pres))):  # the forward's pieces
+            s = slice(t0, min(t0 + block, T))
             n = s.stop - s.start
-            a, b = _masked(gate_values(pre[s], cell, log_space), mask, s, log_space)
+            a, b = _masked(gate_values(pre, cell, log_space, out=work[:2, :n]), mask, s, log_space)
             if log_space:
                 a, b = a.exp_(), b.exp_()
             dy = grad_y[s] if mask is None else grad_y[s] * mask[s]  # y is the masked state
             # h_{t-1} at a piece's first step; a row padded there has da = 0 whatever it is
             h_first = h0 if s.start == 0 else y[s.start - 1]
-            da, db, carry = scan_backward(a, y[s], h_first, dy, mode, carry=carry)
+            da, db, carry = scan_backward(a, y[s], h_first, dy, mode, carry=carry, out=work[2:4, :n])
             if mask is not None:  # padded steps were a = 1, b = 0: constants
                 da.mul_(mask[s])
                 db.mul_(mask[s])
             if log_space:  # dL/dlog a = a dL/da, dL/dlog b = b dL/db
                 da.mul_(a)
                 db.mul_(b)
-            d_pre = gate_grads(pre[s], da, db, cell, log_space).view(n * B, GH)
+            d_pre = gate_grads(pre, da, db, cell, log_space, d_pre_work[:n], work[4, :n]).view(n * B, GH)
             if need_x:
                 to_x(d_pre, out=dx[s].view(n * B, I))
             if need_w:

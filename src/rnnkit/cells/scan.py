@@ -130,12 +130,13 @@ def scan(a, b, h0, *, mode="parallel", log_space=False, chunk_size=None, reverse
     return _blocked(ops, a, b, h0, out, chunk_size, reverse)
 
 
-def scan_backward(a, h, h0, grad_h, mode="parallel", chunk_size=None, carry=None):
+def scan_backward(a, h, h0, grad_h, mode="parallel", chunk_size=None, carry=None, out=None):
     """(dL/da, dL/db, dL/dh0) of h = scan(a, b, h0) from dL/dh, by the reverse scan. For a piece
     of a longer sequence, `carry` (B, H) is a_T g_T, the gradient reaching h_{T-1} from the steps
-    after the piece, and the returned dL/dh0 is the carry for the piece before."""
+    after the piece, and the returned dL/dh0 is the carry for the piece before. `out`: buffers
+    (2, T, B, H) for dL/db and dL/da."""
     T = a.shape[0]
-    g = torch.empty_like(h)
+    g, da = (torch.empty_like(h), torch.empty_like(h)) if out is None else out
     if carry is None:
         g[-1] = grad_h[-1]
     else:
@@ -147,7 +148,6 @@ def scan_backward(a, h, h0, grad_h, mode="parallel", chunk_size=None, carry=None
             _sequential(ops, *rest, reverse=True)
         else:
             _blocked(ops, *rest, chunk_size, reverse=True)
-    da = torch.empty_like(g)
     torch.mul(g[0], h0, out=da[0])
     torch.mul(g[1:], h[:-1], out=da[1:])  # g_t h_{t-1}
     return da, g, a[0] * g[0]
