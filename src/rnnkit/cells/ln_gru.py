@@ -137,43 +137,43 @@ class LNGRUFused(torch.autograd.Function):
         bs, need = ctx.batch_sizes, ctx.needs_input_grad
         T, B, H = y.shape
         r, z, hn = rzn.split(H, dim=2)  # (T, B, H) each
-        # The factors multiplying dh_t, for all steps at once outside the loop, in the order r, z, n.
-        A = torch.empty(T, B, 3, H, dtype=y.dtype, device=y.device)
-        f_r, f_z, f_n = A.unbind(2)
+        # The factors multiplying dh_t, for all steps at once outside the loop: R = [dr~, dz~, dn~ r]
+        # / dh_t, the gradient at LN_hh's output per unit dh_t, in the order r, z, n; f_n = dn~/dh_t.
+        R = torch.empty(T, B, 3, H, dtype=y.dtype, device=y.device)
+        f_r, f_z, f_nr = R.unbind(2)
+        f_n = torch.empty_like(y)
         gru_shared_factors_(f_n, f_z, z, n, h0, y)
-        torch.mul(f_n, r, out=f_r).mul_(hn)
+        torch.mul(f_n, r, out=f_nr)
+        torch.mul(f_nr, hn, out=f_r)
         f_r.addcmul_(f_r, r, value=-1)  # dr~/dh = dn~/dh hn r (1 - r)
-        # Each step overwrites its factors with the gradients they give, [dr~, dz~, dn~]: the input
-        # side's. Rows past a sequence's end must then read zero.
-        D = zero_padding_(A.view(T, B, 3 * H), bs)  # (T, B, 3H)
+        # Each step scales its factors by dh_t in place. Rows past a sequence's end must read zero.
+        D = zero_padding_(R.view(T, B, 3 * H), bs)  # (T, B, 3H)
         da = (torch.zeros_like if bs else torch.empty_like)(a)  # (T, B, 3H)
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
-        dhs, As, D_rz, D_n, rs, zs, as_, das = active_rows(
-            bs, g, A, D[..., : 2 * H], D[..., 2 * H :], r, z, a, da
-        )
+        dhs, Rs, Ds, zs, as_, das = active_rows(bs, g, R, D, z, a, da)
         g_prev = prev_rows(bs, g)
         back = Product(w_hh.t(), B)  # da -> da W_hh
-        mask = (True, need[6], need[7])
-        gains = []  # per step, the gradients of LN_hh's gain and shift
         for t in range(T - 1, -1, -1):
             a_mean, a_rstd = ctx.stats[t]
             dh = dhs[t]
-            torch.mul(As[t], dh.unsqueeze(1), out=As[t])
-            d_rec = torch.cat([D_rz[t], D_n[t] * rs[t]], dim=1)  # [dr~, dz~, dn~ r]: at LN_hh's output
-            da_t, dg_hh, ds_hh = normalize_backward(d_rec, as_[t], a_mean, a_rstd, g_hh, shift, mask)
-            das[t].copy_(da_t)
-            gains.append((dg_hh, ds_hh))
+            torch.mul(Rs[t], dh.unsqueeze(1), out=Rs[t])  # [dr~, dz~, dn~ r]: at LN_hh's output
+            das[t].copy_(normalize_backward(Ds[t], as_[t], a_mean, a_rstd, g_hh)[0])
             if t:  # dh_{t-1} += dh_t z_t + da_t W_hh
                 g_prev[t].addcmul_(dh, zs[t])
                 back(das[t], add=g_prev[t], out=g_prev[t])
         TB = T * B
+        # LN_hh's gain and shift for all steps at once (its statistics recomputed in one call; a
+        # row past a sequence's end has D = 0 and adds nothing), then D becomes the input side's
+        # gradient, whose n block is dn~ itself: f_n dh.
+        _, a_mean, a_rstd = normalize(a)
+        dg_hh, ds_hh = normalize_backward(D, a, a_mean, a_rstd, g_hh, shift, (False, need[6], need[7]))[1:]
+        D[..., 2 * H :] = zero_padding_(f_n.mul_(g), bs)
         x_mask = (True, need[4], need[5])
         dpx, dg_ih, dshift_x = normalize_backward(D, px, x_mean, x_rstd, g_ih, shift_x, x_mask)
         dx = input_grad(dpx, w_ih) if need[0] else None
         dh0 = torch.addcmul(back(da[0]), dhs[0], zs[0]) if need[1] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[2] else None
         dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, H)]])[0] if need[3] else None
-        dg_hh, ds_hh = (None if v[0] is None else torch.stack(v).sum(0) for v in zip(*gains))  # over steps
         ds_n = None if ds_hh is None else ds_hh[2 * H :]
         return dx, dh0, dw_ih, dw_hh, dg_ih, dshift_x, dg_hh, ds_n, None
 
