@@ -4,6 +4,7 @@ docs/benchmarks.md between markers, stamped with the time and the command that r
 from __future__ import annotations
 
 import datetime
+import gc
 import statistics
 import sys
 import time
@@ -12,18 +13,27 @@ import time
 def time_interleaved(fns: dict, repeats: int, budget_s: float) -> dict:
     """Median seconds per call of each function, the functions taking turns within every repeat
     so that a change in machine load hits all of them alike. Stops early (after 3 repeats) once
-    the time budget is spent."""
+    the time budget is spent. Python's cycle collector is paused while timing, as `timeit` does:
+    a full collection (~90 ms here, with torch's objects on the heap) lands on whichever call
+    happens to trigger it, and would make the medians depend on the order of the calls."""
     for f in fns.values():  # warm-up
         f()
     times = {k: [] for k in fns}
-    start = time.perf_counter()
-    for i in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        if i >= 2 and time.perf_counter() - start > budget_s:
-            break
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for i in range(repeats):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+            if i >= 2 and time.perf_counter() - start > budget_s:
+                break
+    finally:
+        if enabled:
+            gc.enable()
     return {k: statistics.median(v) for k, v in times.items()}
 
 

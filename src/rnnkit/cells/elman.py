@@ -28,6 +28,7 @@ from rnnkit.cells._common import (
     linear,
     next_rows,
     run_kernel,
+    without_cycle_gc,
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product
@@ -50,6 +51,7 @@ class ElmanFused(torch.autograd.Function):
     """Whole-sequence Elman RNN with the hand-derived BPTT backward of the module docstring."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes):
         T, B, _ = x.shape
         act_ = _ACT_[nonlinearity]
@@ -69,6 +71,7 @@ class ElmanFused(torch.autograd.Function):
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
         forbid_double_backward("rnn")
         x, h0, w_ih, w_hh, y = ctx.saved_tensors

@@ -45,6 +45,7 @@ from rnnkit.cells._common import (
     linear,
     prev_rows,
     run_kernel,
+    without_cycle_gc,
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product, weight_grads
@@ -80,6 +81,7 @@ class GRUResetAfter(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[1]
@@ -110,6 +112,7 @@ class GRUResetAfter(torch.autograd.Function):
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
         forbid_double_backward("gru")
         x, h0, w_ih, w_hh, a, n, y = ctx.saved_tensors
@@ -162,6 +165,7 @@ class GRUResetBefore(torch.autograd.Function):
     Two products per step: W_h(r,z) h_{t-1}, then W_hn u_t with u_t = r_t * h_{t-1}."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[1]
@@ -189,6 +193,7 @@ class GRUResetBefore(torch.autograd.Function):
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
         forbid_double_backward("gru")
         x, h0, w_ih, w_hh, gates, u, y = ctx.saved_tensors

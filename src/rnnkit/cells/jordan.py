@@ -53,6 +53,7 @@ from rnnkit.cells._common import (
     run_loop,
     stack_prev,
     weight_grad,
+    without_cycle_gc,
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product
@@ -104,6 +105,7 @@ class JordanFused(torch.autograd.Function):
     """Whole-sequence free-running Jordan network with the BPTT backward of the module docstring."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, y0, w_ih, w_yh, b_h, w_hy, b_y, act, batch_sizes):
         # The input projection is computed into the hidden buffer; each step adds its feedback
         # product in place: a product into its own input needs no copy.
@@ -119,6 +121,7 @@ class JordanFused(torch.autograd.Function):
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_yn):
         forbid_double_backward("jordan")
         x, y0, w_ih, w_yh, w_hy, h, y = ctx.saved_tensors

@@ -50,6 +50,7 @@ from rnnkit.cells._common import (
     linear,
     prev_rows,
     run_kernel,
+    without_cycle_gc,
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product, weight_grads
@@ -93,6 +94,7 @@ class LNGRUFused(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, s_n, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[1]
@@ -130,6 +132,7 @@ class LNGRUFused(torch.autograd.Function):
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
         forbid_double_backward("layer-norm gru")
         x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift = ctx.saved_tensors

@@ -56,6 +56,7 @@ from rnnkit.cells._common import (
     run_kernel,
     stack_prev,
     weight_grad,
+    without_cycle_gc,
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._layernorm import check_layer_norm_args, layer_norm, normalize, normalize_backward
@@ -85,6 +86,7 @@ class LNLSTMFused(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
@@ -129,6 +131,7 @@ class LNLSTMFused(torch.autograd.Function):
         return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn, grad_cn):
         forbid_double_backward("layer-norm lstm")
         x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr = ctx.saved_tensors
@@ -147,34 +150,36 @@ class LNLSTMFused(torch.autograd.Function):
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
         new = torch.zeros_like if bs else torch.empty_like
         dG, da = new(gates), new(a)  # (T, B, 4H): pre-activations; W_hh h_{t-1}
+        dl = new(c)  # (T, B, H): the gradient at LN_c's output, kept for its gain and shift
         dG4 = dG.view(T, B, 4, H)
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}
         dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)
-        gs, Ks, K_os, Es, fs, cs, as_, das, dGs, dG4s, dGos = active_rows(
-            bs, g_h, K, K[:, :, 2], E, f, c, a, da, dG, dG4, dG4[:, :, 2]
+        gs, Ks, K_os, Es, fs, cs, as_, das, dGs, dG4s, dGos, dls = active_rows(
+            bs, g_h, K, K[:, :, 2], E, f, c, a, da, dG, dG4, dG4[:, :, 2], dl
         )
-        carries, dcs3, dcs = active_rows(
-            bs, carry.expand(T, B, H), dc.expand(T, B, 1, H), dc[:, 0].expand(T, B, H)
-        )
+        # the same (B, ...) buffers at every step, cut to the rows still running
+        rows = bs or [B] * T
+        carries, dcs3, dcs = ([v[:n] for n in rows] for v in (carry, dc, dc[:, 0]))
         da_next = next_rows(bs, da)
         back = Product(w_hh.index_select(0, order).t(), B)  # da -> da W_hh
         unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
-        c_mask = (True, need[8], need[9])
-        a_mask = (True, need[7], False)
-        gains = []  # per step, the gradients of LN_hh's gain and LN_c's gain and shift
         for t in range(T - 1, -1, -1):
             a_mean, a_rstd, c_mean, c_rstd = ctx.stats[t]
             # dh_t = g_t + da_{t+1} W_hh, accumulated in place in g
             dh = gs[t] if t == T - 1 else back(da_next[t], add=gs[t], out=gs[t])
             dm = dh if unproject is None else unproject(dh)
-            dc_ln, dg_c, ds_c = normalize_backward(dm * Es[t], cs[t], c_mean, c_rstd, g_c, s_c, c_mask)
+            torch.mul(dm, Es[t], out=dls[t])
+            dc_ln = normalize_backward(dls[t], cs[t], c_mean, c_rstd, g_c)[0]
             torch.add(carries[t], dc_ln, out=dcs[t])  # dc_t (n, H)
             torch.mul(Ks[t], dcs3[t], out=dG4s[t])  # i, f, g blocks (o overwritten next)
             torch.mul(dm, K_os[t], out=dGos[t])
             torch.mul(dcs[t], fs[t], out=carries[t])
-            da_t, dg_hh, _ = normalize_backward(dGs[t], as_[t], a_mean, a_rstd, g_hh_p, None, a_mask)
-            das[t].copy_(da_t)
-            gains.append((dg_hh, dg_c, ds_c))
+            das[t].copy_(normalize_backward(dGs[t], as_[t], a_mean, a_rstd, g_hh_p)[0])
+        # The gains and shifts of LN_c and LN_hh for all steps at once, their statistics recomputed
+        # in one call each (a row past a sequence's end has zero gradients and adds nothing).
+        c_stats, a_stats = normalize(c)[1:], normalize(a)[1:]
+        _, dg_c, ds_c = normalize_backward(dl, c, *c_stats, g_c, s_c, (False, need[8], need[9]))
+        dg_hh = normalize_backward(dG, a, *a_stats, g_hh_p, None, (False, need[7], False))[1]
         TB = T * B
         x_mask = (True, need[5], need[6])
         dpx, dg_ih, dshift = normalize_backward(dG, px, x_mean, x_rstd, g_ih_p, shift_p, x_mask)
@@ -184,12 +189,11 @@ class LNLSTMFused(torch.autograd.Function):
         dh0 = back(da[0]) if need[1] else None
         dc0 = carry if need[2] else None
         dw_hr = weight_grad(g_h, m) if w_hr is not None and need[10] else None
-        total = [None if v[0] is None else torch.stack(v).sum(0) for v in zip(*gains)]  # over steps
         # back to torch's gate order i, f, g, o
         dw_ih, dw_hh, dg_ih, dshift, dg_hh = (
-            None if v is None else v.index_select(0, order) for v in (dw_ih, dw_hh, dg_ih, dshift, total[0])
+            None if v is None else v.index_select(0, order) for v in (dw_ih, dw_hh, dg_ih, dshift, dg_hh)
         )
-        return dx, dh0, dc0, dw_ih, dw_hh, dg_ih, dshift, dg_hh, total[1], total[2], dw_hr, None
+        return dx, dh0, dc0, dw_ih, dw_hh, dg_ih, dshift, dg_hh, dg_c, ds_c, dw_hr, None
 
 
 def ln_lstm(

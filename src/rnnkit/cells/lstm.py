@@ -46,6 +46,7 @@ from rnnkit.cells._common import (
     run_kernel,
     stack_prev,
     weight_grad,
+    without_cycle_gc,
 )
 from rnnkit.cells._gemm import Product
 from rnnkit.cells._module import CellBase
@@ -68,6 +69,7 @@ class LSTMFused(torch.autograd.Function):
     """Whole-sequence LSTM with the hand-derived BPTT backward of the module docstring."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
@@ -103,6 +105,7 @@ class LSTMFused(torch.autograd.Function):
         return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn, grad_cn):
         forbid_double_backward("lstm")
         x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y = ctx.saved_tensors

@@ -33,6 +33,7 @@ from rnnkit.cells._common import (
     prev_rows,
     run_kernel,
     stack_prev,
+    without_cycle_gc,
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._module import CellBase
@@ -57,6 +58,7 @@ class MGUFused(torch.autograd.Function):
     products per step: W_hf h_{t-1}, then W_hn (f_t * h_{t-1})."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes):
         T, B, _ = x.shape
         H = w_hh.shape[1]
@@ -85,6 +87,7 @@ class MGUFused(torch.autograd.Function):
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
         forbid_double_backward("mgu")
         x, h0, w_ih, w_hh, f, fh, n, y = ctx.saved_tensors

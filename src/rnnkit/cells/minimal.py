@@ -48,7 +48,7 @@ from rnnkit._checks import (
     check_tensor,
     shape_str,
 )
-from rnnkit.cells._common import check_batch_sizes, forbid_double_backward, linear
+from rnnkit.cells._common import check_batch_sizes, forbid_double_backward, linear, without_cycle_gc
 from rnnkit.cells._gemm import Product
 from rnnkit.cells.scan import MODES, scan, scan_backward
 from rnnkit.errors import RnnkitValueError
@@ -170,6 +170,7 @@ class MinRNN(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, b_ih, cell, log_space, mode, mask, block):
         T, B, _ = x.shape
         GH, H = w_ih.shape[0], h0.shape[1]
@@ -197,6 +198,7 @@ class MinRNN(torch.autograd.Function):
         return y, h
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_h):
         forbid_double_backward("minimal RNN")
         x, h0, w_ih, y, mask, *pres = ctx.saved_tensors

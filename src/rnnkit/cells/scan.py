@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from rnnkit.cells._common import forbid_double_backward
+from rnnkit.cells._common import forbid_double_backward, without_cycle_gc
 
 MODES = ("parallel", "sequential")
 SEQUENTIAL_BELOW = 32  # shorter scans (and the recursion's last level) run as a plain loop
@@ -157,6 +157,7 @@ class LinearScan(torch.autograd.Function):
     """h = scan(a, b, h0) with the hand-derived backward of the module docstring."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, a, b, h0, mode, chunk_size):
         h = scan(a, b, h0, mode=mode, chunk_size=chunk_size)
         ctx.save_for_backward(a, h0, h)
@@ -164,6 +165,7 @@ class LinearScan(torch.autograd.Function):
         return h
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_h):
         forbid_double_backward("linear scan")
         a, h0, h = ctx.saved_tensors
@@ -176,6 +178,7 @@ class LogLinearScan(torch.autograd.Function):
     paper's sequential minGRU does: h_t = a_t h_{t-1} + b_t with a = exp(log a), b = exp(log b)."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, log_a, log_b, h0, mode, chunk_size):
         a = log_a.exp()
         if mode == "sequential":
@@ -187,6 +190,7 @@ class LogLinearScan(torch.autograd.Function):
         return h
 
     @staticmethod
+    @without_cycle_gc
     def backward(ctx, grad_h):
         forbid_double_backward("log-space linear scan")
         a, log_b, h0, h = ctx.saved_tensors
