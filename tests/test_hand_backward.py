@@ -87,3 +87,53 @@ def test_backward_is_hand_written(case, monkeypatch):
     rnn_ops = [op for op in rec.ops if any(k in op for k in ("lstm", "gru", "rnn", "_thnn"))]
     assert rec.ops, "the dispatch recorder saw no ops: the check itself is broken"
     assert not rnn_ops, f"torch RNN kernels dispatched in backward: {rnn_ops}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernels_pause_the_cycle_collector_and_restore_it(case):
+    import gc
+
+    fn, make, kwargs = CASES[case]
+    seen = []
+    real = torch.mm
+
+    def mm(*args, **kw):  # every kernel's loop runs recurrent products
+        seen.append(gc.isenabled())
+        return real(*args, **kw)
+
+    args = make()
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            seen.clear()
+            torch.mm = mm
+            try:
+                out = fn(*args, **kwargs)
+                (out[0].sum()).backward()
+            finally:
+                torch.mm = real
+            assert gc.isenabled() is enabled  # the caller's state, on or off, comes back
+            assert seen and not any(seen)  # off inside the forward and the backward
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_cycle_collector_comes_back_after_an_error():
+    import gc
+
+    from rnnkit.cells._common import without_cycle_gc
+
+    @without_cycle_gc
+    def fails():
+        assert not gc.isenabled()
+        raise RuntimeError("inside the kernel")
+
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        with pytest.raises(RuntimeError, match="inside the kernel"):
+            fails()
+        assert gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -30,9 +30,9 @@ marking a pre-activation's gradient:
     dG_t = [dc_t g_t i_t(1-i_t), dc_t c_{t-1} f_t(1-f_t), dc_t i_t (1-g_t^2),
             dm_t tanh(LN_c(c_t)) o_t(1-o_t)]                 (pre-activation gradients)
     da_t = LN_hh'(dG_t)
-The LN backward's parameter gradients (sum over rows of dG_t * ahat_t for LN_hh's gain, of
-dl_t * chat_t and dl_t for LN_c's) come out of the same per-step call and are summed after the
-loop. The input side is not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one
+The loop computes only what the recurrence needs; the LN parameters' gradients (sums over all
+rows and steps of dG_t * ahat_t for LN_hh's gain, of dl_t * chat_t and dl_t for LN_c's) come
+after it from one LN backward over all steps each, with dl_t kept from the loop. The input side is not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one
 normalisation before the loop, and after it, dG (its gradient) goes back through LN_ih for all
 steps at once, then dx_t = dp_t W_ih, dW_ih = sum_t dp_t^T x_t and dW_hh = sum_t da_t^T h_{t-1}
 as single GEMMs (dp the gradient at W_ih x_t); every bias and shift outside a product gets
@@ -54,12 +54,11 @@ from rnnkit.cells._common import (
     linear,
     next_rows,
     run_kernel,
-    stack_prev,
     weight_grad,
     without_cycle_gc,
 )
 from rnnkit.cells._gemm import Product, weight_grads
-from rnnkit.cells._layernorm import check_layer_norm_args, layer_norm, normalize, normalize_backward
+from rnnkit.cells._layernorm import EPS, check_layer_norm_args, layer_norm, normalize, normalize_backward
 
 
 def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=None, *, rec_mask=None):
@@ -105,20 +104,22 @@ class LNLSTMFused(torch.autograd.Function):
         m = y if w_hr is None else new(c)  # (T, B, H)
         project = None if w_hr is None else Product(w_hr, B)
         i, f, o, g = gates.split(H, dim=-1)
-        steps = active_rows(batch_sizes, gates, gates[..., : 3 * H], a, i, f, o, g, c, tanh_c, m, y)
+        steps = active_rows(batch_sizes, gates, gates[..., : 3 * H], a, i, f, o, g, c, tanh_c, m)
+        steps.append(steps[-1] if w_hr is None else active_rows(batch_sizes, y)[0])  # y is m
         stats = []  # per step, LN_hh's and LN_c's (mean, 1/sigma), each (n, 1)
         h, c_prev = h0, c0
+        ln = torch.native_layer_norm  # normalize's op, called directly in the loop
         for G_t, sig_t, a_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
             recurrent(h, out=a_t)  # (n, 4H)
-            a_ln, a_mean, a_rstd = normalize(a_t, g_hh_p)
+            a_ln, a_mean, a_rstd = ln(a_t, (4 * H,), g_hh_p, None, EPS)
             G_t.add_(a_ln)  # the pre-activations
             sig_t.sigmoid_()
             g_t.tanh_()
             torch.mul(f_t, c_prev, out=c_t)
             c_t.addcmul_(i_t, g_t)  # c = f * c_{t-1} + i * g
-            c_ln, c_mean, c_rstd = normalize(c_t, g_c, s_c)
+            c_ln, c_mean, c_rstd = ln(c_t, (H,), g_c, s_c, EPS)
             torch.tanh(c_ln, out=tc_t)
             torch.mul(o_t, tc_t, out=m_t)
             if project is not None:
@@ -142,11 +143,17 @@ class LNLSTMFused(torch.autograd.Function):
         i, f, o, g = gates.split(H, dim=-1)
         # Forward-only factors, as in LSTMFused: K (T, B, 4, H) multiplies dc (i, f, g blocks) or
         # dm (o block); E = o (1 - tanh^2) carries dm to LN_c's output.
+        # Written in place, without (T, B, H) temporaries (fresh buffers fault in page by page).
         K = torch.empty(T, B, 4, H, dtype=c.dtype, device=c.device)
         sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
-        torch.mul(sig, 1 - sig, out=K[:, :, :3]).mul_(torch.stack([g, stack_prev(c0, c), tanh_c], dim=2))
-        torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)
-        E = o * (1 - tanh_c * tanh_c)  # (T, B, H)
+        torch.addcmul(sig, sig, sig, value=-1, out=K[:, :, :3])  # sigma (1 - sigma)
+        K[:, :, 0].mul_(g)
+        K[0, :, 1].mul_(c0)  # times c_{t-1}
+        K[1:, :, 1].mul_(c[:-1])
+        K[:, :, 2].mul_(tanh_c)
+        one = c.new_ones(()).expand_as(c)
+        torch.addcmul(one, g, g, value=-1, out=K[:, :, 3]).mul_(i)  # (1 - g^2) i
+        E = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)  # (T, B, H)
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
         new = torch.zeros_like if bs else torch.empty_like
         dG, da = new(gates), new(a)  # (T, B, 4H): pre-activations; W_hh h_{t-1}
@@ -158,23 +165,23 @@ class LNLSTMFused(torch.autograd.Function):
             bs, g_h, K, K[:, :, 2], E, f, c, a, da, dG, dG4, dG4[:, :, 2], dl
         )
         # the same (B, ...) buffers at every step, cut to the rows still running
-        rows = bs or [B] * T
-        carries, dcs3, dcs = ([v[:n] for n in rows] for v in (carry, dc, dc[:, 0]))
+        carries, dcs3, dcs = ([v] * T if bs is None else [v[:n] for n in bs] for v in (carry, dc, dc[:, 0]))
         da_next = next_rows(bs, da)
         back = Product(w_hh.index_select(0, order).t(), B)  # da -> da W_hh
         unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
+        ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
         for t in range(T - 1, -1, -1):
             a_mean, a_rstd, c_mean, c_rstd = ctx.stats[t]
             # dh_t = g_t + da_{t+1} W_hh, accumulated in place in g
             dh = gs[t] if t == T - 1 else back(da_next[t], add=gs[t], out=gs[t])
             dm = dh if unproject is None else unproject(dh)
             torch.mul(dm, Es[t], out=dls[t])
-            dc_ln = normalize_backward(dls[t], cs[t], c_mean, c_rstd, g_c)[0]
+            dc_ln = ln_back(dls[t], cs[t], (H,), c_mean, c_rstd, g_c, None, dx_only)[0]
             torch.add(carries[t], dc_ln, out=dcs[t])  # dc_t (n, H)
             torch.mul(Ks[t], dcs3[t], out=dG4s[t])  # i, f, g blocks (o overwritten next)
             torch.mul(dm, K_os[t], out=dGos[t])
             torch.mul(dcs[t], fs[t], out=carries[t])
-            das[t].copy_(normalize_backward(dGs[t], as_[t], a_mean, a_rstd, g_hh_p)[0])
+            das[t].copy_(ln_back(dGs[t], as_[t], (4 * H,), a_mean, a_rstd, g_hh_p, None, dx_only)[0])
         # The gains and shifts of LN_c and LN_hh for all steps at once, their statistics recomputed
         # in one call each (a row past a sequence's end has zero gradients and adds nothing).
         c_stats, a_stats = normalize(c)[1:], normalize(a)[1:]
