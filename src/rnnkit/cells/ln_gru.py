@@ -29,9 +29,10 @@ the raw recurrent product, and ~ marking a pre-activation's gradient, as `rnnkit
     da_t = LN_hh'([dr~_t, dz~_t, dn~_t r_t])                  (the LN backward of _layernorm)
     dh_{t-1} += dh_t z_t + da_t W_hh
 The loop computes only what the recurrence needs, da_t; LN_hh's gain and shift gradients (sums
-over all rows and steps) come after it from one LN backward over all steps. The input side is not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one
-normalisation before the loop, and after it, [dr~, dz~, dn~]_t (its gradient) goes back through
-LN_ih for all steps at once, then dx_t, dW_ih and dW_hh = sum_t da_t^T h_{t-1} as single GEMMs.
+over all rows and steps) come after it from one LN backward over all steps. The input side is
+not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one normalisation before the loop,
+and after it, [dr~, dz~, dn~]_t (its gradient) goes back through LN_ih for all steps at once,
+then dx_t, dW_ih and dW_hh = sum_t da_t^T h_{t-1} as single GEMMs.
 """
 
 from __future__ import annotations
