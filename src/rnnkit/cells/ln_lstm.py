@@ -34,9 +34,9 @@ The loop computes only what the recurrence needs; the LN parameters' gradients (
 rows and steps of dG_t * ahat_t for LN_hh's gain, of dl_t * chat_t and dl_t for LN_c's) come
 after it from one LN backward over all steps each, with dl_t kept from the loop. The input side
 is not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one normalisation before the
-loop, and after it, dG (its gradient) goes back through LN_ih for all steps at once, then dx_t = dp_t W_ih, dW_ih = sum_t dp_t^T x_t and dW_hh = sum_t da_t^T h_{t-1}
-as single GEMMs (dp the gradient at W_ih x_t); every bias and shift outside a product gets
-sum_t dG_t.
+loop, and after it, dG (its gradient) goes back through LN_ih for all steps at once, then
+dx_t = dp_t W_ih, dW_ih = sum_t dp_t^T x_t and dW_hh = sum_t da_t^T h_{t-1} as single GEMMs (dp
+the gradient at W_ih x_t); every bias and shift outside a product gets sum_t dG_t.
 """
 
 from __future__ import annotations
