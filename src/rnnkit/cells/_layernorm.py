@@ -49,6 +49,17 @@ def normalize_backward(dy, v, mean, rstd, gain, shift=None, mask=(True, False, F
     return torch.ops.aten.native_layer_norm_backward(dy, v, (v.shape[-1],), mean, rstd, gain, shift, mask)
 
 
+def stacked_stats(per_step, v: torch.Tensor, batch_sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1/sigma) of every row of v (T, B, N), each (T, B, 1), for an LN backward over all
+    steps at once after a loop: the loop's per-step pairs `per_step` stacked (two ops, where
+    recomputing them was a full pass over v), or, for packed sequences (whose steps have fewer
+    rows), recomputed in one call, the rows past a sequence's end included."""
+    if batch_sizes is None:
+        mean, rstd = zip(*per_step)
+        return torch.stack(mean), torch.stack(rstd)
+    return normalize(v)[1:]
+
+
 # --- parameters: names, shapes, initialisation ------------------------------------------------
 
 

@@ -55,7 +55,13 @@ from rnnkit.cells._common import (
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product, weight_grads
-from rnnkit.cells._layernorm import check_layer_norm_args, layer_norm, normalize, normalize_backward
+from rnnkit.cells._layernorm import (
+    check_layer_norm_args,
+    layer_norm,
+    normalize,
+    normalize_backward,
+    stacked_stats,
+)
 from rnnkit.errors import RnnkitUnsupportedError
 
 
@@ -169,7 +175,7 @@ class LNGRUFused(torch.autograd.Function):
         # LN_hh's gain and shift for all steps at once (its statistics recomputed in one call; a
         # row past a sequence's end has D = 0 and adds nothing), then D becomes the input side's
         # gradient, whose n block is dn~ itself: f_n dh.
-        _, a_mean, a_rstd = normalize(a)
+        a_mean, a_rstd = stacked_stats(ctx.stats, a, bs)
         dg_hh, ds_hh = normalize_backward(D, a, a_mean, a_rstd, g_hh, shift, (False, need[6], need[7]))[1:]
         D[..., 2 * H :] = zero_padding_(f_n.mul_(g), bs)
         x_mask = (True, need[4], need[5])

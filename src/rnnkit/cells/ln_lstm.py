@@ -58,7 +58,14 @@ from rnnkit.cells._common import (
     without_cycle_gc,
 )
 from rnnkit.cells._gemm import Product, weight_grads
-from rnnkit.cells._layernorm import EPS, check_layer_norm_args, layer_norm, normalize, normalize_backward
+from rnnkit.cells._layernorm import (
+    EPS,
+    check_layer_norm_args,
+    layer_norm,
+    normalize,
+    normalize_backward,
+    stacked_stats,
+)
 
 
 def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=None, *, rec_mask=None):
@@ -184,7 +191,8 @@ class LNLSTMFused(torch.autograd.Function):
             das[t].copy_(ln_back(dGs[t], as_[t], (4 * H,), a_mean, a_rstd, g_hh_p, None, dx_only)[0])
         # The gains and shifts of LN_c and LN_hh for all steps at once, their statistics recomputed
         # in one call each (a row past a sequence's end has zero gradients and adds nothing).
-        c_stats, a_stats = normalize(c)[1:], normalize(a)[1:]
+        a_stats = stacked_stats([s[:2] for s in ctx.stats], a, bs)
+        c_stats = stacked_stats([s[2:] for s in ctx.stats], c, bs)
         _, dg_c, ds_c = normalize_backward(dl, c, *c_stats, g_c, s_c, (False, need[8], need[9]))
         dg_hh = normalize_backward(dG, a, *a_stats, g_hh_p, None, (False, need[7], False))[1]
         TB = T * B
