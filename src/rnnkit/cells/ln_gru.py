@@ -56,6 +56,7 @@ from rnnkit.cells._common import (
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._layernorm import (
+    EPS,
     check_layer_norm_args,
     layer_norm,
     normalize,
@@ -122,11 +123,12 @@ class LNGRUFused(torch.autograd.Function):
         )
         stats = []  # per step, LN_hh's (mean, 1/sigma), each (n, 1)
         h = h0
+        ln = torch.native_layer_norm  # normalize's op, called directly in the loop
         for rzn_t, rz_t, r_t, z_t, hn_t, a_t, n_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
             recurrent(h, out=a_t)  # (n, 3H)
-            a_ln, a_mean, a_rstd = normalize(a_t, g_hh, shift)
+            a_ln, a_mean, a_rstd = ln(a_t, (3 * H,), g_hh, shift, EPS)
             rzn_t.add_(a_ln)  # [xr + hr, xz + hz, hn]
             rz_t.sigmoid_()
             n_t.addcmul_(r_t, hn_t).tanh_()
@@ -160,14 +162,15 @@ class LNGRUFused(torch.autograd.Function):
         D = zero_padding_(R.view(T, B, 3 * H), bs)  # (T, B, 3H)
         da = (torch.zeros_like if bs else torch.empty_like)(a)  # (T, B, 3H)
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
-        dhs, Rs, Ds, zs, as_, das = active_rows(bs, g, R, D, z, a, da)
+        dhs, dh3s, Rs, Ds, zs, as_, das = active_rows(bs, g, g.unsqueeze(2), R, D, z, a, da)
         g_prev = prev_rows(bs, g)
         back = Product(w_hh.t(), B)  # da -> da W_hh
+        ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
         for t in range(T - 1, -1, -1):
             a_mean, a_rstd = ctx.stats[t]
             dh = dhs[t]
-            torch.mul(Rs[t], dh.unsqueeze(1), out=Rs[t])  # [dr~, dz~, dn~ r]: at LN_hh's output
-            das[t].copy_(normalize_backward(Ds[t], as_[t], a_mean, a_rstd, g_hh)[0])
+            torch.mul(Rs[t], dh3s[t], out=Rs[t])  # [dr~, dz~, dn~ r]: at LN_hh's output
+            das[t].copy_(ln_back(Ds[t], as_[t], (3 * H,), a_mean, a_rstd, g_hh, None, dx_only)[0])
             if t:  # dh_{t-1} += dh_t z_t + da_t W_hh
                 g_prev[t].addcmul_(dh, zs[t])
                 back(das[t], add=g_prev[t], out=g_prev[t])
