@@ -33,8 +33,23 @@ def row(B: int, H: int, G: int) -> str:
         f"B={B:3d} H={H:3d} G={G}: addmm (B,H)x(H,{G}H) {gemm:6.1f} us ({flops:5.1f} GFLOP/s), "
         f"tanh_ (B,H) {per_call_us(lambda: a.tanh_()):5.1f} us, "
         f"sigmoid_ (B,H) {per_call_us(lambda: a.sigmoid_()):5.1f} us, "
-        f"mul (B,H) {per_call_us(lambda: torch.mul(a, a, out=a)):4.1f} us"
+        f"mul (B,H) {per_call_us(lambda: torch.mul(a, a, out=a)):4.1f} us, "
+        f"{layer_norm(out)}"
     )
+
+
+def layer_norm(v: torch.Tensor) -> str:
+    """The layer norm of a (B, N) pre-activation with a gain, and its backward (input gradient
+    only), as the LN kernels call them, and the cost of one per-step view (a sequence's unbind)."""
+    N = v.shape[1]
+    gain = torch.ones(N)
+    _, mean, rstd = torch.native_layer_norm(v, (N,), gain, None, 1e-5)
+    back = torch.ops.aten.native_layer_norm_backward
+    fwd = per_call_us(lambda: torch.native_layer_norm(v, (N,), gain, None, 1e-5))
+    bwd = per_call_us(lambda: back(v, v, (N,), mean, rstd, gain, None, (True, False, False)))
+    seq = torch.empty(1000, *v.shape)
+    view = per_call_us(lambda: seq.unbind(0), n=50) / 1000
+    return f"layer norm (B,{N}) {fwd:4.1f} us, its backward {bwd:4.1f} us, a per-step view {view:4.2f} us"
 
 
 def main() -> None:

@@ -11,9 +11,10 @@ Two ways to run, giving the same numbers:
   forward(input, hx=None, *, lengths=None) -> (output, h_n), the whole sequence, by the scan of
     `mode`: "parallel" (default, the blocked scan) or "sequential" (one step after another).
     The default is chosen by measurement on a 2-core CPU, training step, float32: at B=16
-    I=H=256 the parallel scan took 66 ms against 70 ms at T=1,000 and 1.26 s against 1.44 s at
-    T=10,000 (MinGRU; `python benchmarks/bench_scan.py`), and at small batch * hidden, where
-    the loop pays per-op overhead at every step, it is ~10x ahead (the scan alone at T=4096 B=2
+    I=H=256 the two are level (the kernel runs time in pieces of ~170 steps that stay in cache;
+    MinGRU 70 ms either way at T=1,000, 1.01 s against 1.00 s at T=10,000; MinLSTM 1.33 s against
+    1.43 s; `python benchmarks/bench_scan.py`), and at small batch * hidden, where the loop pays
+    per-op overhead at every step, the parallel scan is ~10x ahead (the scan alone at T=4096 B=2
     H=32: 2.2 ms against 25 ms forward).
   step(input, hx=None) -> (output, h), one time step for streaming inference (unidirectional
     layers): input (B, I) or (I,), hx and h (num_layers, B, H) or (num_layers, H). Feeding a
