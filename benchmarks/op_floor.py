@@ -54,6 +54,14 @@ def layer_norm(v: torch.Tensor) -> str:
 
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    # What a full collection of Python's cycle collector costs with torch (and rnnkit) imported:
+    # why the fused kernels pause it (rnnkit.cells._common.without_cycle_gc).
+    import gc
+
+    import rnnkit  # noqa: F401  (its objects are on the heap in real use)
+
+    full = per_call_us(lambda: gc.collect(), n=5) / 1e3
+    print(f"a full cycle collection: {full:.0f} ms over {len(gc.get_objects())} tracked objects")
     for B, H in ((1, 128), (16, 64), (32, 128), (64, 256)):
         for G in (1, 3, 4):
             print(row(B, H, G))

@@ -137,3 +137,26 @@ def test_cycle_collector_comes_back_after_an_error():
         assert gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_every_fused_kernel_is_wrapped():
+    """Each autograd.Function of rnnkit.cells pauses the collector in forward and backward: a
+    kernel added later without it would bring the full collections back."""
+    import importlib
+    import pkgutil
+
+    import rnnkit.cells
+
+    kernels = []
+    for info in pkgutil.iter_modules(rnnkit.cells.__path__):
+        module = importlib.import_module(f"rnnkit.cells.{info.name}")
+        kernels += [
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, torch.autograd.Function)
+            if v.__module__ == module.__name__
+        ]
+    assert len(kernels) >= 10, [k.__name__ for k in kernels]  # the search itself found them
+    for k in kernels:
+        for name in ("forward", "backward"):
+            assert getattr(vars(k)[name].__func__, "__wrapped__", None), f"{k.__name__}.{name}"

@@ -354,6 +354,8 @@ def test_bad_forward_and_step_arguments():
         (lambda: MinGRUCell(3, 5)(x[0], torch.zeros(2, 4)), RnnkitValueError, r"hx must have shape \(2, 5\)"),
         (lambda: min_rnn(x, None, torch.randn(10, 3), cell="rnn"), RnnkitValueError, "cell must be one of"),
         (lambda: min_rnn(x, None, torch.randn(9, 3), cell="gru"), RnnkitValueError, "w_ih must have 2"),
+        (lambda: min_rnn(x, None, torch.randn(10, 3), block=0), RnnkitValueError, "block must be >= 1"),
+        (lambda: min_rnn(x, None, torch.randn(10, 3), block=2.5), RnnkitTypeError, "block must be an int"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):

@@ -175,9 +175,9 @@ class LNGRUFused(torch.autograd.Function):
                 g_prev[t].addcmul_(dh, zs[t])
                 back(das[t], add=g_prev[t], out=g_prev[t])
         TB = T * B
-        # LN_hh's gain and shift for all steps at once (its statistics recomputed in one call; a
-        # row past a sequence's end has D = 0 and adds nothing), then D becomes the input side's
-        # gradient, whose n block is dn~ itself: f_n dh.
+        # LN_hh's gain and shift for all steps at once, from the loop's statistics (a row past a
+        # sequence's end has D = 0 and adds nothing), then D becomes the input side's gradient,
+        # whose n block is dn~ itself: f_n dh.
         a_mean, a_rstd = stacked_stats(ctx.stats, a, bs)
         dg_hh, ds_hh = normalize_backward(D, a, a_mean, a_rstd, g_hh, shift, (False, need[6], need[7]))[1:]
         D[..., 2 * H :] = zero_padding_(f_n.mul_(g), bs)

@@ -189,8 +189,8 @@ class LNLSTMFused(torch.autograd.Function):
             torch.mul(dm, K_os[t], out=dGos[t])
             torch.mul(dcs[t], fs[t], out=carries[t])
             das[t].copy_(ln_back(dGs[t], as_[t], (4 * H,), a_mean, a_rstd, g_hh_p, None, dx_only)[0])
-        # The gains and shifts of LN_c and LN_hh for all steps at once, their statistics recomputed
-        # in one call each (a row past a sequence's end has zero gradients and adds nothing).
+        # The gains and shifts of LN_c and LN_hh for all steps at once, from the loop's statistics
+        # (a row past a sequence's end has zero gradients and adds nothing).
         a_stats = stacked_stats([s[:2] for s in ctx.stats], a, bs)
         c_stats = stacked_stats([s[2:] for s in ctx.stats], c, bs)
         _, dg_c, ds_c = normalize_backward(dl, c, *c_stats, g_c, s_c, (False, need[8], need[9]))
