@@ -21,6 +21,7 @@ import torch
 from rnnkit._checks import check_choice, check_like, check_shape, check_tensor, shape_str
 from rnnkit.cells._gemm import linear as gemm_linear
 from rnnkit.cells._gemm import weight_grads
+from rnnkit.cells._workspace import empty as workspace_empty
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError
 
 IMPLS = ("fused", "loop")
@@ -184,9 +185,10 @@ def add_biases(b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> torch.Te
 
 
 def input_projection(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None):
-    """W_ih x_t + bias for all T steps as one GEMM: (T, B, I) -> (T, B, G*H)."""
+    """W_ih x_t + bias for all T steps as one GEMM: (T, B, I) -> (T, B, G*H), a pooled buffer."""
     T, B, I = x.shape
-    return gemm_linear(x.reshape(T * B, I), w_ih, bias).view(T, B, -1)
+    out = workspace_empty((T * B, w_ih.shape[0]), x)
+    return gemm_linear(x.reshape(T * B, I), w_ih, bias, out=out).view(T, B, -1)
 
 
 def active_rows(batch_sizes: list[int] | None, *seqs: torch.Tensor) -> list[list[torch.Tensor]]:
@@ -241,9 +243,9 @@ def zero_padding_(y: torch.Tensor, batch_sizes: list[int] | None) -> torch.Tenso
 def add_final_grad(grad_y, grad_last, batch_sizes: list[int] | None) -> torch.Tensor:
     """grad_y (T, B, P) plus the gradient of the final state put at each sequence's last step.
 
-    Returns a fresh tensor the backward loop may write into.
+    Returns a fresh (pooled) tensor the backward loop may write into.
     """
-    g = grad_y.clone()
+    g = workspace_empty(grad_y.shape, grad_y).copy_(grad_y)
     if batch_sizes is None:
         g[-1] += grad_last
     else:
@@ -260,10 +262,9 @@ def weight_grad(d_pre: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
 def input_grads(ctx, d_pre_x: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor, x_idx: int, w_idx: int):
     """dL/dx and dL/dW_ih from the gradients of the input pre-activations, as single GEMMs."""
-    T, B, I = x.shape
     dx = dw_ih = None
     if ctx.needs_input_grad[x_idx]:
-        dx = gemm_linear(d_pre_x.reshape(T * B, -1), w_ih.t()).view(T, B, I)
+        dx = input_grad(d_pre_x, w_ih)
     if ctx.needs_input_grad[w_idx]:
         dw_ih = weight_grad(d_pre_x, x)
     return dx, dw_ih
@@ -286,7 +287,8 @@ def gate_weight_grads(ctx, d_pre, x, h0, y, ih_idx: int, hh_idx: int):
 def input_grad(d_pre_x: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
     """dL/dx_t = d_t W_ih for all steps as one GEMM: (T, B, G*H) -> (T, B, I)."""
     T, B, _ = d_pre_x.shape
-    return gemm_linear(d_pre_x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)
+    out = workspace_empty((T * B, w_ih.shape[1]), d_pre_x)
+    return gemm_linear(d_pre_x.reshape(T * B, -1), w_ih.t(), out=out).view(T, B, -1)
 
 
 def bias_grad(ctx, idx: int, d_pre: torch.Tensor) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rnnkit._checks import check_bool, check_like, check_shape, check_tensor
+from rnnkit.cells._workspace import empty as workspace_empty
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError
 
 EPS = 1e-5  # torch.nn.LayerNorm's default, so a step matches torch.nn.functional.layer_norm
@@ -37,16 +38,54 @@ def layer_norm(v: torch.Tensor, ln: tuple) -> torch.Tensor:
     return nn.functional.layer_norm(v, (v.shape[-1],), ln[0], ln[1], EPS)
 
 
-def normalize(v: torch.Tensor, gain=None, shift=None):
-    """(gain * vhat + shift, mean, 1/sigma) over v's last dimension; mean and 1/sigma keep it as 1."""
-    return torch.native_layer_norm(v, (v.shape[-1],), gain, shift, EPS)
+def normalize(v: torch.Tensor, gain=None, shift=None, *, pooled: bool = False):
+    """(gain * vhat + shift, mean, 1/sigma) over v's last dimension; mean and 1/sigma keep it as 1.
+    With `pooled`, the first is a buffer of `rnnkit.cells._workspace` (a whole sequence's),
+    written piece by piece (`_pieces`)."""
+    if not pooled:
+        return torch.native_layer_norm(v, (v.shape[-1],), gain, shift, EPS)
+    n = v.shape[-1]
+    out = workspace_empty(v.shape, v)
+    mean, rstd = (v.new_empty((*v.shape[:-1], 1)) for _ in range(2))
+    for rows, *dsts in _pieces(v, out, mean, rstd):
+        for dst, src in zip(dsts, torch.native_layer_norm(rows, (n,), gain, shift, EPS)):
+            dst.copy_(src)
+    return out, mean, rstd
 
 
-def normalize_backward(dy, v, mean, rstd, gain, shift=None, mask=(True, False, False)):
+def normalize_backward(
+    dy, v, mean, rstd, gain, shift=None, mask=(True, False, False), *, pooled: bool = False
+):
     """(dL/dv, dL/dgain, dL/dshift) from dy = dL/dLN(v) (the module docstring's formulas), rows
     of v independent; `mask` says which of the three to compute (None for the others; dL/dshift
-    needs `shift`, which it does not read otherwise)."""
-    return torch.ops.aten.native_layer_norm_backward(dy, v, (v.shape[-1],), mean, rstd, gain, shift, mask)
+    needs `shift`, which it does not read otherwise). With `pooled`, dL/dv is a pooled buffer,
+    written piece by piece (`_pieces`), and the parameters' sums are summed over the pieces."""
+    n = v.shape[-1]
+    if not (pooled and mask[0]):
+        return torch.ops.aten.native_layer_norm_backward(dy, v, (n,), mean, rstd, gain, shift, mask)
+    dv = workspace_empty(v.shape, v)
+    sums = [None, None]
+    for d, rows, mu, rs, out in _pieces(dy, v, mean, rstd, dv):
+        grads = torch.ops.aten.native_layer_norm_backward(d, rows, (n,), mu, rs, gain, shift, mask)
+        out.copy_(grads[0])
+        sums = [s if g is None else (g if s is None else s.add_(g)) for s, g in zip(sums, grads[1:])]
+    return dv, *sums
+
+
+# Rows per piece when a whole-sequence normalisation writes into a pooled buffer: torch's kernels
+# return fresh tensors (their out= forms allocate one too), and a piece's is small enough (256
+# KiB) for malloc to recycle, where a whole sequence's would be a fresh mapping, faulted page by
+# page (see `rnnkit.cells._workspace`).
+PIECE_ELEMS = 1 << 16
+
+
+def _pieces(*tensors):
+    """Matching blocks of rows of tensors (..., N) (and of their statistics (..., 1)), each block
+    about PIECE_ELEMS elements of the first."""
+    flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
+    step = max(1, PIECE_ELEMS // tensors[0].shape[-1])
+    for r in range(0, flat[0].shape[0], step):
+        yield [t[r : r + step] for t in flat]
 
 
 def stacked_stats(per_step, v: torch.Tensor, batch_sizes) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     active_rows,
     add_final_grad,
@@ -111,13 +112,14 @@ class LNGRUFused(torch.autograd.Function):
         # one normalisation, whose output `rzn` is then the step's buffer: its r, z blocks turn
         # into the gates in place, its n block receives hn_t (which r multiplies).
         px = input_projection(x, w_ih, None)  # (T, B, 3H)
-        rzn, x_mean, x_rstd = normalize(px, g_ih, shift_x)  # (T, B, 3H), (T, B, 1), (T, B, 1)
-        n = rzn[..., 2 * H :].clone()  # (T, B, H): xn, then n in place
+        rzn, x_mean, x_rstd = normalize(px, g_ih, shift_x, pooled=True)  # (T, B, 3H), (T, B, 1) x2
+        n = workspace.empty((T, B, H), x).copy_(rzn[..., 2 * H :])  # (T, B, H): xn, then n in place
         rzn[..., 2 * H :] = 0
         recurrent = Product(w_hh, B)  # h -> W_hh h
-        new = torch.zeros_like if batch_sizes else torch.empty_like
-        a = new(rzn)  # (T, B, 3H): W_hh h_{t-1}, kept for LN_hh's backward
-        y = new(n)  # (T, B, H)
+        a = workspace.empty_like(
+            rzn, zero=bool(batch_sizes)
+        )  # (T, B, 3H): W_hh h_{t-1}, for LN_hh's backward
+        y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
         steps = active_rows(
             batch_sizes, rzn, rzn[..., : 2 * H], rzn[..., :H], rzn[..., H : 2 * H], rzn[..., 2 * H :], a, n, y
         )
@@ -135,8 +137,9 @@ class LNGRUFused(torch.autograd.Function):
             torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
             stats.append((a_mean, a_rstd))
             h = y_t
-        ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift)
-        ctx.kept = (px, x_mean, x_rstd, rzn, a, n, y)
+        # All through save_for_backward: y kept as an attribute of ctx would be a reference
+        # cycle (y -> its grad_fn -> ctx -> y) that only the cycle collector frees.
+        ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift, px, x_mean, x_rstd, rzn, a, n, y)
         ctx.stats, ctx.batch_sizes = stats, batch_sizes
         return y, last_valid(y, batch_sizes)
 
@@ -144,23 +147,22 @@ class LNGRUFused(torch.autograd.Function):
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
         forbid_double_backward("layer-norm gru")
-        x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift = ctx.saved_tensors
-        px, x_mean, x_rstd, rzn, a, n, y = ctx.kept
+        x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift, px, x_mean, x_rstd, rzn, a, n, y = ctx.saved_tensors
         bs, need = ctx.batch_sizes, ctx.needs_input_grad
         T, B, H = y.shape
         r, z, hn = rzn.split(H, dim=2)  # (T, B, H) each
         # The factors multiplying dh_t, for all steps at once outside the loop: R = [dr~, dz~, dn~ r]
         # / dh_t, the gradient at LN_hh's output per unit dh_t, in the order r, z, n; f_n = dn~/dh_t.
-        R = torch.empty(T, B, 3, H, dtype=y.dtype, device=y.device)
+        R = workspace.empty((T, B, 3, H), y)
         f_r, f_z, f_nr = R.unbind(2)
-        f_n = torch.empty_like(y)
+        f_n = workspace.empty_like(y)
         gru_shared_factors_(f_n, f_z, z, n, h0, y)
         torch.mul(f_n, r, out=f_nr)
         torch.mul(f_nr, hn, out=f_r)
         f_r.addcmul_(f_r, r, value=-1)  # dr~/dh = dn~/dh hn r (1 - r)
         # Each step scales its factors by dh_t in place. Rows past a sequence's end must read zero.
         D = zero_padding_(R.view(T, B, 3 * H), bs)  # (T, B, 3H)
-        da = (torch.zeros_like if bs else torch.empty_like)(a)  # (T, B, 3H)
+        da = workspace.empty_like(a, zero=bool(bs))  # (T, B, 3H)
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
         dhs, dh3s, Rs, Ds, zs, as_, das = active_rows(bs, g, g.unsqueeze(2), R, D, z, a, da)
         g_prev = prev_rows(bs, g)
@@ -182,7 +184,7 @@ class LNGRUFused(torch.autograd.Function):
         dg_hh, ds_hh = normalize_backward(D, a, a_mean, a_rstd, g_hh, shift, (False, need[6], need[7]))[1:]
         D[..., 2 * H :] = zero_padding_(f_n.mul_(g), bs)
         x_mask = (True, need[4], need[5])
-        dpx, dg_ih, dshift_x = normalize_backward(D, px, x_mean, x_rstd, g_ih, shift_x, x_mask)
+        dpx, dg_ih, dshift_x = normalize_backward(D, px, x_mean, x_rstd, g_ih, shift_x, x_mask, pooled=True)
         dx = input_grad(dpx, w_ih) if need[0] else None
         dh0 = torch.addcmul(back(da[0]), dhs[0], zs[0]) if need[1] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[2] else None

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     active_rows,
     add_final_grad,
@@ -101,14 +102,12 @@ class LNLSTMFused(torch.autograd.Function):
         # The input side for all steps before the loop: one GEMM (kept for LN_ih's backward) and
         # one normalisation, whose output is then the gates' buffer, turned into gates in place.
         px = input_projection(x, w_ih_p, None)  # (T, B, 4H)
-        gates, x_mean, x_rstd = normalize(px, g_ih_p, shift_p)  # (T, B, 4H), (T, B, 1), (T, B, 1)
+        gates, x_mean, x_rstd = normalize(px, g_ih_p, shift_p, pooled=True)  # (T, B, 4H), (T, B, 1) x2
         recurrent = Product(w_hh.index_select(0, order), B)  # h -> W_hh h
-        new = torch.zeros_like if batch_sizes else torch.empty_like
-        a = new(gates)  # (T, B, 4H): W_hh h_{t-1}, kept for LN_hh's backward
-        c = new(gates[..., :H])  # (T, B, H)
-        tanh_c = new(c)  # (T, B, H): tanh(LN_c(c_t))
-        y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
-        m = y if w_hr is None else new(c)  # (T, B, H)
+        P = H if w_hr is None else w_hr.shape[0]
+        a, c, tanh_c, y = (workspace.empty((T, B, n), x, zero=bool(batch_sizes)) for n in (4 * H, H, H, P))
+        # a: W_hh h_{t-1}, kept for LN_hh's backward; tanh_c: tanh(LN_c(c_t))
+        m = y if w_hr is None else workspace.empty((T, B, H), x, zero=bool(batch_sizes))  # (T, B, H)
         project = None if w_hr is None else Product(w_hr, B)
         i, f, o, g = gates.split(H, dim=-1)
         steps = active_rows(batch_sizes, gates, gates[..., : 3 * H], a, i, f, o, g, c, tanh_c, m)
@@ -133,8 +132,10 @@ class LNLSTMFused(torch.autograd.Function):
                 project(m_t, out=y_t)
             stats.append((a_mean, a_rstd, c_mean, c_rstd))
             h, c_prev = y_t, c_t
-        ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr)
-        ctx.kept = (px, x_mean, x_rstd, gates, a, c, tanh_c, m, y)
+        # All through save_for_backward: y kept as an attribute of ctx would be a reference
+        # cycle (y -> its grad_fn -> ctx -> y) that only the cycle collector frees.
+        kept = (px, x_mean, x_rstd, gates, a, c, tanh_c, m, y)
+        ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr, *kept)
         ctx.stats, ctx.batch_sizes = stats, batch_sizes
         return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
 
@@ -142,8 +143,8 @@ class LNLSTMFused(torch.autograd.Function):
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn, grad_cn):
         forbid_double_backward("layer-norm lstm")
-        x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr = ctx.saved_tensors
-        px, x_mean, x_rstd, gates, a, c, tanh_c, m, y = ctx.kept
+        x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr, *kept = ctx.saved_tensors
+        px, x_mean, x_rstd, gates, a, c, tanh_c, m, y = kept
         bs, need = ctx.batch_sizes, ctx.needs_input_grad
         T, B, H = c.shape
         order = ifog_order(H, c.device)
@@ -151,7 +152,7 @@ class LNLSTMFused(torch.autograd.Function):
         # Forward-only factors, as in LSTMFused: K (T, B, 4, H) multiplies dc (i, f, g blocks) or
         # dm (o block); E = o (1 - tanh^2) carries dm to LN_c's output.
         # Written in place, without (T, B, H) temporaries (fresh buffers fault in page by page).
-        K = torch.empty(T, B, 4, H, dtype=c.dtype, device=c.device)
+        K = workspace.empty((T, B, 4, H), c)
         sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
         torch.addcmul(sig, sig, sig, value=-1, out=K[:, :, :3])  # sigma (1 - sigma)
         K[:, :, 0].mul_(g)
@@ -160,11 +161,14 @@ class LNLSTMFused(torch.autograd.Function):
         K[:, :, 2].mul_(tanh_c)
         one = c.new_ones(()).expand_as(c)
         torch.addcmul(one, g, g, value=-1, out=K[:, :, 3]).mul_(i)  # (1 - g^2) i
-        E = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(o)  # (T, B, H)
+        E = torch.addcmul(one, tanh_c, tanh_c, value=-1, out=workspace.empty_like(c)).mul_(o)  # (T, B, H)
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
-        new = torch.zeros_like if bs else torch.empty_like
-        dG, da = new(gates), new(a)  # (T, B, 4H): pre-activations; W_hh h_{t-1}
-        dl = new(c)  # (T, B, H): the gradient at LN_c's output, kept for its gain and shift
+        dG, da = (
+            workspace.empty_like(a, zero=bool(bs)) for _ in range(2)
+        )  # (T, B, 4H): pre-activations; W_hh h_{t-1}
+        dl = workspace.empty_like(
+            c, zero=bool(bs)
+        )  # (T, B, H): the gradient at LN_c's output, kept for its gain and shift
         dG4 = dG.view(T, B, 4, H)
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}
         dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)
@@ -197,7 +201,7 @@ class LNLSTMFused(torch.autograd.Function):
         dg_hh = normalize_backward(dG, a, *a_stats, g_hh_p, None, (False, need[7], False))[1]
         TB = T * B
         x_mask = (True, need[5], need[6])
-        dpx, dg_ih, dshift = normalize_backward(dG, px, x_mean, x_rstd, g_ih_p, shift_p, x_mask)
+        dpx, dg_ih, dshift = normalize_backward(dG, px, x_mean, x_rstd, g_ih_p, shift_p, x_mask, pooled=True)
         dx = input_grad(dpx, w_ih_p) if need[0] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[3] else None
         dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, -1)]])[0] if need[4] else None
