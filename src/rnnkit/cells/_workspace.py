@@ -22,6 +22,7 @@ allocator already reuses memory. Where this torch lacks the reference count, not
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -91,6 +92,17 @@ def empty(shape, like: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
 def empty_like(t: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
     """`empty(t.shape, t)`: a contiguous buffer of t's shape (the layout of t is not copied)."""
     return empty(t.shape, t, zero=zero)
+
+
+def allocator(zero: bool):
+    """`empty_like` with `zero` fixed: a kernel's `new(t)` for its whole-sequence buffers (zeroed
+    for packed sequences, whose padded rows must read 0)."""
+    return functools.partial(empty_like, zero=zero)
+
+
+def copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t in a pooled buffer (a pooled `t.clone()`)."""
+    return empty(t.shape, t).copy_(t)
 
 
 def limit() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_choice
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     active_rows,
     add_biases,
@@ -80,7 +81,7 @@ class ElmanFused(torch.autograd.Function):
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): dL/dy_t, plus dL/dh_T at the end
         # phi'(z_t) for all steps at once, outside the sequential loop.
         deriv = 1 - y * y if ctx.nonlinearity == "tanh" else (y > 0).to(y.dtype)  # (T, B, H)
-        dz = torch.zeros_like(y) if bs else torch.empty_like(y)  # (T, B, H)
+        dz = workspace.empty_like(y, zero=bool(bs))  # (T, B, H)
         gs, ds, dzs = active_rows(bs, g, deriv, dz)  # per-step views of the active rows
         dzs_next = next_rows(bs, dz)  # dz_{t+1} restricted to the rows active at t
         back = Product(w_hh.t(), B)  # dz -> dz W_hh

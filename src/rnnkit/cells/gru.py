@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     active_rows,
     add_biases,
@@ -91,10 +92,10 @@ class GRUResetAfter(torch.autograd.Function):
         # start as the input projection (so they end as the gates' pre-activations) and its n
         # block as b_hn (so it ends as a_t = W_hn h_{t-1} + b_hn, which r multiplies).
         a = input_projection(x, w_ih, torch.cat([bi[: 2 * H] + bh[: 2 * H], bi[2 * H :]]))
-        n = a[..., 2 * H :].clone()  # (T, B, H): W_in x + b_in, then n in place
+        n = workspace.copy(a[..., 2 * H :])  # (T, B, H): W_in x + b_in, then n in place
         a[..., 2 * H :] = bh[2 * H :]
         recurrent = Product(w_hh, B)  # h -> h W_hh^T, on the faster GEMM backend for this size
-        y = (torch.zeros_like if batch_sizes else torch.empty_like)(n)  # (T, B, H)
+        y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
         steps = active_rows(
             batch_sizes, a, a[..., : 2 * H], a[..., :H], a[..., H : 2 * H], a[..., 2 * H :], n, y
         )
@@ -120,7 +121,7 @@ class GRUResetAfter(torch.autograd.Function):
         T, B, H = y.shape
         r, z, an = a.split(H, dim=2)  # (T, B, H) each
         # The factors multiplying dh_t, for all steps at once outside the loop.
-        A = torch.empty(T, B, 4, H, dtype=y.dtype, device=y.device)  # n, r, z, n r
+        A = workspace.empty((T, B, 4, H), y)  # n, r, z, n r
         a_n, a_r, a_z, a_nr = A.unbind(2)
         gru_shared_factors_(a_n, a_z, z, n, h0, y)
         torch.mul(a_n, r, out=a_nr)  # dn~ r / dh
@@ -173,7 +174,7 @@ class GRUResetBefore(torch.autograd.Function):
         gates = input_projection(x, w_ih, add_biases(b_ih, b_hh))
         gates_rz = Product(w_hh[: 2 * H], B)  # h -> h W_h(r,z)^T
         candidate = Product(w_hh[2 * H :], B)  # u -> u W_hn^T
-        new = torch.zeros_like if batch_sizes else torch.empty_like
+        new = workspace.allocator(zero=bool(batch_sizes))
         u = new(gates[..., :H])  # (T, B, H): r_t * h_{t-1}
         y = new(u)  # (T, B, H)
         steps = active_rows(
@@ -202,7 +203,7 @@ class GRUResetBefore(torch.autograd.Function):
         r, z, n = gates.split(H, dim=2)  # (T, B, H) each
         # The factors, for all steps outside the loop, in torch's order r, z, n: a_r multiplies
         # du_t, a_z and a_n multiply dh_t. Each step overwrites them with [dr~, dz~, dn~].
-        A = torch.empty(T, B, 3, H, dtype=y.dtype, device=y.device)
+        A = workspace.empty((T, B, 3, H), y)
         a_r, a_z, a_n = A.unbind(2)
         gru_shared_factors_(a_n, a_z, z, n, h0, y)
         torch.addcmul(u, u, r, value=-1, out=a_r)  # h_{t-1} r (1 - r) = u - u r

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from rnnkit._checks import check_bool, check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     IMPLS,
     active_rows,
@@ -181,7 +182,7 @@ def _backward_stepwise(dO, y, deriv_h, w_yh, w_hy, act, bs):
     """The BPTT loop of the module docstring. dO (T, B, O) holds g_t and becomes dO_t; returns dA."""
     T, B, _ = dO.shape
     deriv_o = _act_deriv(y, act)  # (T, B, O) or None, outside the sequential loop
-    dA = torch.zeros_like(deriv_h) if bs else torch.empty_like(deriv_h)  # (T, B, H)
+    dA = workspace.empty_like(deriv_h, zero=bool(bs))  # (T, B, H)
     dOs, ys, dAs, dhs = active_rows(bs, dO, y, dA, deriv_h)
     dos = active_rows(bs, deriv_o)[0] if deriv_o is not None else None
     dA_next = next_rows(bs, dA)  # dA_{t+1} on the rows active at t (zero past step t+1's)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     active_rows,
     add_biases,
@@ -79,7 +80,7 @@ class LSTMFused(torch.autograd.Function):
         gates = input_projection(x, w_ih_p, None if bias is None else bias.index_select(0, order))
         recurrent = Product(w_hh.index_select(0, order), B)  # h -> h W_hh^T
         project = None if w_hr is None else Product(w_hr, B)  # m -> m W_hr^T
-        new = torch.zeros_like if batch_sizes else torch.empty_like
+        new = workspace.allocator(zero=bool(batch_sizes))
         c = new(gates[..., :H])  # (T, B, H)
         tanh_c = new(c)  # (T, B, H), kept for backward
         y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
@@ -117,13 +118,13 @@ class LSTMFused(torch.autograd.Function):
         # Factors that depend only on the forward pass, for all steps at once outside the loop:
         # K (T, B, 4, H) = [i(1-i) g, f(1-f) c_{t-1}, o(1-o) tanh(c_t), (1-g^2) i]; the first three
         # multiply dc (i, f, g blocks) or dm (o block), and E = o (1 - tanh^2 c) carries dm to dc.
-        K = torch.empty(T, B, 4, H, dtype=c.dtype, device=c.device)
+        K = workspace.empty((T, B, 4, H), c)
         sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
         torch.mul(sig, 1 - sig, out=K[:, :, :3]).mul_(torch.stack([g, stack_prev(c0, c), tanh_c], dim=2))
         torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)
         E = o * (1 - tanh_c * tanh_c)  # (T, B, H)
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
-        dG = torch.zeros_like(gates) if bs else torch.empty_like(gates)  # (T, B, 4H)
+        dG = workspace.empty_like(gates, zero=bool(bs))  # (T, B, 4H)
         dG4 = dG.view(T, B, 4, H)
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}; rows of sequences not yet reached hold dL/dc_n
         dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     active_rows,
     add_biases,
@@ -70,7 +71,7 @@ class MGUFused(torch.autograd.Function):
         n = input_projection(x, w_ih[H:], b_n)  # (T, B, H)
         gate = Product(w_hh[:H], B)  # h -> W_hf h
         candidate = Product(w_hh[H:], B)  # f*h -> W_hn (f*h)
-        new = torch.zeros_like if batch_sizes else torch.empty_like
+        new = workspace.allocator(zero=bool(batch_sizes))
         fh = new(f)  # (T, B, H): f * h_{t-1}
         y = new(f)
         h = h0
@@ -96,13 +97,13 @@ class MGUFused(torch.autograd.Function):
         h_prev = stack_prev(h0, y)
         # Factors that depend only on the forward pass, for all steps at once outside the loop.
         df_dh = f * (1 - f)  # (T, B, H)
-        A = torch.empty(T, B, 2, H, dtype=y.dtype, device=y.device)  # multiplies dh_t: f~, n~
+        A = workspace.empty((T, B, 2, H), y)  # multiplies dh_t: f~, n~
         torch.mul(n - h_prev, df_dh, out=A[:, :, 0])
         torch.mul(f, 1 - n * n, out=A[:, :, 1])
         A_fh = h_prev * df_dh  # multiplies d(fh) for df~
         one_minus_f = 1 - f
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
-        dG = (torch.zeros if bs else torch.empty)(T, B, 2 * H, dtype=y.dtype, device=y.device)
+        dG = workspace.empty((T, B, 2 * H), y, zero=bool(bs))
         dhs, As, A_fhs, fs, omfs, dGs, dfs, dns = active_rows(
             bs, g, A, A_fh, f, one_minus_f, dG.view(T, B, 2, H), dG[..., :H], dG[..., H:]
         )
