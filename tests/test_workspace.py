@@ -70,6 +70,12 @@ def test_bounded(small_pool):
     assert workspace.held() == (0, 0) and t.shape == (8,)
 
 
+def test_public_names():
+    assert rnnkit.cells.release_workspace is workspace.release
+    assert rnnkit.cells.set_workspace_limit is workspace.set_limit
+    assert rnnkit.cells.workspace_held is workspace.held
+
+
 def test_set_limit_errors():
     with pytest.raises(RnnkitTypeError, match="nbytes must be an int"):
         workspace.set_limit(1.5)

@@ -2,6 +2,9 @@
 hand-derived BPTT backward, and its single-step module (drop-in for torch's cells)."""
 
 from rnnkit.cells._regularize import Masks
+from rnnkit.cells._workspace import held as workspace_held
+from rnnkit.cells._workspace import release as release_workspace
+from rnnkit.cells._workspace import set_limit as set_workspace_limit
 from rnnkit.cells.elman import RNNCell
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.jordan import JordanCell
@@ -18,4 +21,7 @@ __all__ = [
     "MinGRUCell",
     "MinLSTMCell",
     "RNNCell",
+    "release_workspace",
+    "set_workspace_limit",
+    "workspace_held",
 ]
