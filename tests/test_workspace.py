@@ -83,9 +83,15 @@ def test_set_limit_errors():
         workspace.set_limit(-1)
 
 
-def test_meta_and_non_pooled_devices_allocate_plainly():
+def test_meta_and_subclasses_allocate_plainly(small_pool):
     t = workspace.empty((3, 4), torch.empty(0, device="meta"))
     assert t.device.type == "meta" and t.shape == (3, 4)
+
+    class Sub(torch.Tensor):
+        pass
+
+    u = workspace.empty((5,), torch.empty(0).as_subclass(Sub))
+    assert u.shape == (5,) and workspace.held() == (0, 0)
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])

@@ -17,7 +17,8 @@ would have with `torch.empty`.
 The pool is bounded: it holds at most `limit()` bytes, lent and idle together (idle storages
 are dropped, least recently used first, to make room; past the bound a request is a plain
 allocation). `release()` drops every idle storage. Only CPU tensors are pooled: CUDA's caching
-allocator already reuses memory. Where this torch lacks the reference count, nothing is pooled.
+allocator already reuses memory; nor are tensor subclasses. Where this torch lacks the reference
+count, nothing is pooled.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def empty(shape, like: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
     and device: from the pool on CPU, else `torch.empty`."""
     shape = tuple(shape)
     t = None
-    if like.device.type == "cpu" and _use_count is not None and not like.is_meta:
+    # plain CPU tensors only: a tensor subclass (FakeTensor while torch.compile traces, say) has
+    # no real storage to share
+    if type(like) is torch.Tensor and like.device.type == "cpu" and _use_count is not None:
         t = _POOL.lend(shape, like.dtype)
     if t is None:
         t = torch.empty(shape, dtype=like.dtype, device=like.device)
