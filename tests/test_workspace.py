@@ -132,3 +132,15 @@ def test_layer_norm_kernels_free_their_graph_without_the_cycle_collector(cls):
     finally:
         if enabled:
             gc.enable()
+
+
+def test_idle_buffers_make_room_oldest_first(small_pool):
+    like = torch.empty(0)
+    workspace.set_limit(3 * 4096 * 4)
+    bufs = [workspace.empty((4096,), like) for _ in range(3)]
+    ptrs = [b.data_ptr() for b in bufs]
+    del bufs
+    small = workspace.empty((1024,), like)  # fits no idle buffer: the oldest is dropped for it
+    assert workspace.held() == (2 * 4096 * 4 + 1024 * 4, 2 * 4096 * 4)
+    again = [workspace.empty((4096,), like) for _ in range(2)]
+    assert {t.data_ptr() for t in again} == set(ptrs[1:]) and small.shape == (1024,)
