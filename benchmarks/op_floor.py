@@ -1,5 +1,6 @@
 """What bounds a fused kernel written as eager torch ops at small sizes: the cost of each op of a
-step, measured alone. The per-op figures quoted in docs/benchmarks.md come from this script.
+step, measured alone. The per-op figures quoted in docs/benchmarks.md come from this script, as
+do the page faults of a layer-norm LSTM training step with the kernels' buffer pool on and off.
 
     python benchmarks/op_floor.py
 """
@@ -52,6 +53,37 @@ def layer_norm(v: torch.Tensor) -> str:
     return f"layer norm (B,{N}) {fwd:4.1f} us, its backward {bwd:4.1f} us, a per-step view {view:4.2f} us"
 
 
+def pool_faults(T: int = 1000, B: int = 16, H: int = 64, runs: int = 7) -> str:
+    """Page faults and median time of an LN-LSTM training step with the buffer pool on, then off
+    (`rnnkit.cells.set_workspace_limit(0)`). Not interleaved: turning the pool off drops what it
+    holds, so each setting runs as a block after its own warm-up."""
+    import resource
+
+    import rnnkit
+
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(H, H, layer_norm=True)
+    x = torch.randn(T, B, H, requires_grad=True)
+    on = rnnkit.cells._workspace.limit()
+    parts = []
+    for name, limit in (("pool on", on), ("pool off", 0)):
+        rnnkit.cells.set_workspace_limit(limit)
+        faults, times = [], []
+        for i in range(runs + 2):
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            y, (h, _) = m(x)
+            (y.sum() + h.sum()).backward()
+            del y, h
+            if i >= 2:  # after warm-up
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+                times.append(time.perf_counter() - t0)
+        parts.append(
+            f"{name}: {statistics.median(faults):.0f} page faults, {statistics.median(times) * 1e3:.1f} ms"
+        )
+    rnnkit.cells.set_workspace_limit(on)
+    return f"LN-LSTM training step T={T} B={B} H={H}: " + "; ".join(parts)
+
+
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     # What a full collection of Python's cycle collector costs with torch (and rnnkit) imported:
@@ -62,6 +94,7 @@ def main() -> None:
 
     full = per_call_us(lambda: gc.collect(), n=5) / 1e3
     print(f"a full cycle collection: {full:.0f} ms over {len(gc.get_objects())} tracked objects")
+    print(pool_faults())
     for B, H in ((1, 128), (16, 64), (32, 128), (64, 256)):
         for G in (1, 3, 4):
             print(row(B, H, G))

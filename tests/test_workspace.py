@@ -144,3 +144,39 @@ def test_idle_buffers_make_room_oldest_first(small_pool):
     assert workspace.held() == (2 * 4096 * 4 + 1024 * 4, 2 * 4096 * 4)
     again = [workspace.empty((4096,), like) for _ in range(2)]
     assert {t.data_ptr() for t in again} == set(ptrs[1:]) and small.shape == (1024,)
+
+
+POISONED = {
+    "lstm": lambda impl: rnnkit.LSTM(
+        3, 5, 2, bidirectional=True, proj_size=4, dtype=torch.float64, impl=impl
+    ),
+    "gru": lambda impl: rnnkit.GRU(3, 5, 2, bidirectional=True, dtype=torch.float64, impl=impl),
+    "gru_reset_before": lambda impl: rnnkit.GRU(3, 5, reset_after=False, dtype=torch.float64, impl=impl),
+    "rnn": lambda impl: rnnkit.RNN(3, 5, 2, dtype=torch.float64, impl=impl),
+    "mgu": lambda impl: rnnkit.MGU(3, 5, 2, dtype=torch.float64, impl=impl),
+    "ln_lstm": lambda impl: rnnkit.LSTM(3, 5, 2, layer_norm=True, dtype=torch.float64, impl=impl),
+    "ln_gru": lambda impl: rnnkit.GRU(3, 5, 2, layer_norm=True, dtype=torch.float64, impl=impl),
+}
+
+
+@pytest.mark.parametrize("name", list(POISONED))
+@pytest.mark.parametrize("lengths", [None, [7, 5, 3, 1]])
+def test_kernels_never_read_a_lent_buffer_before_writing_it(name, lengths, monkeypatch):
+    """Every pooled buffer is lent full of NaN (what a reused buffer may hold): the fused kernels
+    must still equal the step equations under autograd (impl="loop"), outputs and gradients."""
+    torch.manual_seed(0)
+    fused, loop = POISONED[name]("fused"), POISONED[name]("loop")
+    loop.load_state_dict(fused.state_dict())
+    x = torch.randn(7, 4, 3, dtype=torch.float64)
+    lend = workspace._POOL.lend
+    monkeypatch.setattr(workspace._POOL, "lend", lambda shape, dtype: lend(shape, dtype).fill_(float("nan")))
+    results = []
+    for m in (fused, loop):
+        xi = x.clone().requires_grad_()
+        y, state = m(xi, lengths=lengths)
+        states = list(state) if isinstance(state, tuple) else [state]
+        (y.sum() + sum((s * s).sum() for s in states)).backward()
+        results.append([y, *states, xi.grad, *(p.grad for p in m.parameters())])
+    for got, want in zip(*results):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)

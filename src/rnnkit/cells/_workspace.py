@@ -3,9 +3,10 @@
 Why: on CPU a fresh large buffer is mapped page by page on its first write, and the allocator
 hands freed large blocks straight back to the operating system, so every kernel call paid a
 page fault per 4 KiB of every array it wrote. On this 2-core VM that is ~1-2 us a page: 38,000
-faults, about a third of a layer-norm LSTM training step at T=1000, B=16, H=64 (counted with
-`resource.getrusage`, see docs/benchmarks.md). A loop of per-step autograd ops does not pay it:
-its small blocks are recycled by malloc. Here the kernels take their arrays from a pool instead.
+faults, about a third of a layer-norm LSTM training step at T=1000, B=16, H=64 (`python
+benchmarks/op_floor.py` counts them with the pool on and off). A loop of per-step autograd ops
+does not pay it: its small blocks are recycled by malloc. Here the kernels take their arrays
+from a pool instead.
 
 A buffer is lent as a tensor over a storage the pool keeps, and it is free again exactly when
 nothing else holds that storage: the pool reads the storage's reference count, which every
@@ -55,13 +56,7 @@ class _Pool:
                 if nbytes <= size <= 2 * nbytes and (best is None or size < best.nbytes()) and self._idle(st):
                     best = st
             if best is None:
-                held = sum(st.nbytes() for st in self.storages)
-                for st in [st for st in self.storages if self._idle(st)]:  # oldest first
-                    if held + nbytes <= self.limit:
-                        break
-                    self.storages.remove(st)
-                    held -= st.nbytes()
-                if held + nbytes > self.limit:
+                if self._shrink_to(self.limit - nbytes) + nbytes > self.limit:
                     return None
                 best = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
             else:
@@ -70,9 +65,16 @@ class _Pool:
             # made under the lock: once the tensor exists the storage counts as lent
             return torch.empty(0, dtype=dtype).set_(best, 0, shape)
 
-    def release(self) -> None:
-        with self.lock:
-            self.storages = [st for st in self.storages if not self._idle(st)]
+    def _shrink_to(self, nbytes: int) -> int:
+        """Drop idle storages, least recently lent first, until at most `nbytes` are held (or
+        none idle is left); returns the bytes still held. Called with the lock held."""
+        held = sum(st.nbytes() for st in self.storages)
+        for st in [st for st in self.storages if self._idle(st)]:
+            if held <= nbytes:
+                break
+            self.storages.remove(st)
+            held -= st.nbytes()
+        return held
 
 
 _POOL = _Pool(DEFAULT_LIMIT)
@@ -119,19 +121,15 @@ def set_limit(nbytes: int) -> None:
         raise RnnkitTypeError(f"nbytes must be an int (bytes), got {type(nbytes).__name__}")
     if nbytes < 0:
         raise RnnkitValueError(f"nbytes must be >= 0, got {nbytes}")
-    _POOL.limit = nbytes
     with _POOL.lock:
-        held = sum(st.nbytes() for st in _POOL.storages)
-        for st in [st for st in _POOL.storages if _POOL._idle(st)]:
-            if held <= nbytes:
-                break
-            _POOL.storages.remove(st)
-            held -= st.nbytes()
+        _POOL.limit = nbytes
+        _POOL._shrink_to(nbytes)
 
 
 def release() -> None:
     """Drop every idle buffer, giving its memory back (what is lent stays with its holders)."""
-    _POOL.release()
+    with _POOL.lock:
+        _POOL._shrink_to(0)
 
 
 def held() -> tuple[int, int]:
