@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import rnnkit
+from rnnkit.cells import _layernorm as layernorm
 from rnnkit.cells._layernorm import normalize, normalize_backward
+from rnnkit.cells._record import StepRecord
 from rnnkit.functional import ln_gru, ln_lstm
 
 D = torch.float64
@@ -151,6 +153,65 @@ def test_gradcheck_ln_gru(bias, batch_sizes):
         return ln_gru(*a, ln_ih=t[n : n + 2], ln_hh=t[n + 2 : n + 4], batch_sizes=batch_sizes)
 
     assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("piece", [10**6, 40])  # one piece, and pieces of a few rows or steps
+@pytest.mark.parametrize("strided", [False, True])
+def test_pooled_layer_norm_equals_one_call(piece, strided, monkeypatch):
+    """`normalize` and `normalize_backward` piece by piece (pooled) equal one call of torch's
+    kernel on contiguous copies, for every mask, also where dy and v are blocks of step records
+    (strided: their rows do not flatten to one stride)."""
+    monkeypatch.setattr(layernorm, "PIECE_ELEMS", piece)
+    g = torch.Generator().manual_seed(5)
+    steps, rows, n = 7, 3, 8
+    v, dy = rand(g, steps, rows, n).detach(), rand(g, steps, rows, n).detach()
+    gain, shift = rand(g, n).detach(), rand(g, n).detach()
+    if strided:
+        rec = StepRecord(rows, dy=n, pad=2, v=n)
+        records = torch.randn(steps, rec.size, dtype=D, generator=g)
+        rec.block(records, "dy").copy_(dy)
+        rec.block(records, "v").copy_(v)
+        dy, v = rec.block(records, "dy"), rec.block(records, "v")
+        assert not dy.is_contiguous() and not v.is_contiguous()
+    want = torch.native_layer_norm(v.contiguous(), (n,), gain, shift, 1e-5)
+    for got, w in zip(normalize(v, gain, shift, pooled=True), want):
+        torch.testing.assert_close(got, w, rtol=0, atol=1e-12)
+    mean, rstd = want[1:]
+    for mask in [(True, True, True), (True, False, False), (False, True, True), (False, True, False)]:
+        got = normalize_backward(dy, v, mean, rstd, gain, shift, mask, pooled=True)
+        ref = normalize_backward(dy.contiguous(), v.contiguous(), mean, rstd, gain, shift, mask)
+        for a, b in zip(got, ref):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_step_record_blocks():
+    """Blocks follow each other, each a contiguous (rows, width) matrix, its first rows too."""
+    rec = StepRecord(3, a=2, b=4, c=1)
+    assert rec.size == 3 * (2 + 4 + 1)
+    flat = torch.arange(float(rec.size))
+    assert rec.block(flat, "b").tolist() == flat[6:18].view(3, 4).tolist()
+    assert rec.block(flat, "b", 2).is_contiguous() and rec.block(flat, "b", 2).shape == (2, 4)
+    assert flat[rec.span("b", "c")].tolist() == flat[6:].tolist()
+    records = torch.zeros(5, rec.size)
+    rec.block(records, "c")[2] = 1.0  # (T, B, width) views of a sequence of records
+    assert records[2, 18:21].tolist() == [1.0, 1.0, 1.0] and records.sum() == 3
+
+
+def test_ln_lstm_backward_twice_and_without_grad():
+    """The fused LN-LSTM's backward leaves what it saved intact (a second backward of a retained
+    graph gives the same gradients), and its forward without grad gives the same outputs."""
+    args, kw = lstm_args(seed=2, proj=P)
+    inputs = leaves(args, kw)
+    outs = ln_lstm(*args, **kw, batch_sizes=BATCH_SIZES)
+    loss = sum((o * o.detach().sin()).sum() for o in outs)
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    for a, b in zip(first, torch.autograd.grad(loss, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        for a, b in zip(outs, ln_lstm(*args, **kw, batch_sizes=BATCH_SIZES)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # --- 2. fused == loop == the equations written here -------------------------------------------

@@ -58,16 +58,20 @@ def normalize_backward(
 ):
     """(dL/dv, dL/dgain, dL/dshift) from dy = dL/dLN(v) (the module docstring's formulas), rows
     of v independent; `mask` says which of the three to compute (None for the others; dL/dshift
-    needs `shift`, which it does not read otherwise). With `pooled`, dL/dv is a pooled buffer,
-    written piece by piece (`_pieces`), and the parameters' sums are summed over the pieces."""
+    needs `shift`, which it does not read otherwise). With `pooled`, the work goes piece by piece
+    (`_pieces`): dL/dv into a pooled buffer, the parameters' sums summed over the pieces, and
+    strided dy and v (blocks of a `rnnkit.cells._record.StepRecord`) are read a piece at a time
+    where torch's kernel would copy them whole."""
     n = v.shape[-1]
-    if not (pooled and mask[0]):
-        return torch.ops.aten.native_layer_norm_backward(dy, v, (n,), mean, rstd, gain, shift, mask)
-    dv = workspace_empty(v.shape, v)
+    backward = torch.ops.aten.native_layer_norm_backward
+    if not pooled:
+        return backward(dy, v, (n,), mean, rstd, gain, shift, mask)
+    dv = workspace_empty(v.shape, v) if mask[0] else None
     sums = [None, None]
-    for d, rows, mu, rs, out in _pieces(dy, v, mean, rstd, dv):
-        grads = torch.ops.aten.native_layer_norm_backward(d, rows, (n,), mu, rs, gain, shift, mask)
-        out.copy_(grads[0])
+    for d, rows, mu, rs, *out in _pieces(dy, v, mean, rstd, *([dv] if mask[0] else [])):
+        grads = backward(d, rows, (n,), mu, rs, gain, shift, mask)
+        if out:
+            out[0].copy_(grads[0])
         sums = [s if g is None else (g if s is None else s.add_(g)) for s, g in zip(sums, grads[1:])]
     return dv, *sums
 
@@ -80,12 +84,18 @@ PIECE_ELEMS = 1 << 16
 
 
 def _pieces(*tensors):
-    """Matching blocks of rows of tensors (..., N) (and of their statistics (..., 1)), each block
-    about PIECE_ELEMS elements of the first."""
-    flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
-    step = max(1, PIECE_ELEMS // tensors[0].shape[-1])
+    """Matching blocks of rows of tensors (T, ..., N) (and of their statistics (T, ..., 1)), each
+    block about PIECE_ELEMS elements of the first (or one leading slice, if larger), as (rows, N)
+    matrices. Where a tensor is strided (a block of a step record, whose rows do not flatten to
+    one stride), blocks are whole leading slices, and such a tensor is copied a piece at a time;
+    a tensor written into must be contiguous, so that its pieces are views."""
+    if all(t.is_contiguous() for t in tensors):  # rows of any leading index
+        flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
+        step = max(1, PIECE_ELEMS // tensors[0].shape[-1])
+    else:  # whole leading slices (steps), a few at a time
+        flat, step = tensors, max(1, PIECE_ELEMS // tensors[0][0].numel())
     for r in range(0, flat[0].shape[0], step):
-        yield [t[r : r + step] for t in flat]
+        yield [t[r : r + step].reshape(-1, t.shape[-1]) for t in flat]
 
 
 def stacked_stats(per_step, v: torch.Tensor, batch_sizes) -> tuple[torch.Tensor, torch.Tensor]:

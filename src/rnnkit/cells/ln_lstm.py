@@ -30,13 +30,18 @@ marking a pre-activation's gradient:
     dG_t = [dc_t g_t i_t(1-i_t), dc_t c_{t-1} f_t(1-f_t), dc_t i_t (1-g_t^2),
             dm_t tanh(LN_c(c_t)) o_t(1-o_t)]                 (pre-activation gradients)
     da_t = LN_hh'(dG_t)
-The loop computes only what the recurrence needs; the LN parameters' gradients (sums over all
-rows and steps of dG_t * ahat_t for LN_hh's gain, of dl_t * chat_t and dl_t for LN_c's) come
-after it from one LN backward over all steps each, with dl_t kept from the loop. The input side
-is not recurrent: W_ih x_t for all steps is one GEMM and LN_ih one normalisation before the
-loop, and after it, dG (its gradient) goes back through LN_ih for all steps at once, then
-dx_t = dp_t W_ih, dW_ih = sum_t dp_t^T x_t and dW_hh = sum_t da_t^T h_{t-1} as single GEMMs (dp
-the gradient at W_ih x_t); every bias and shift outside a product gets sum_t dG_t.
+The loop does only what the recurrence needs. What depends on the forward alone is computed
+for all steps at once after the forward loop,
+    K_t = [i_t(1-i_t) g_t, f_t(1-f_t) c_{t-1}, (1-g_t^2) i_t, o_t(1-o_t) tanh(LN_c(c_t))]  (B, 4H)
+    E_t = o_t (1 - tanh^2 LN_c(c_t))                                                      (B, H)
+so that a step of the backward forms dl_t = dm_t E_t and dG_t = K_t * [dc_t, dc_t, dc_t, dm_t].
+The LN parameters' gradients (sums over all rows and steps of dG_t * ahat_t for LN_hh's gain,
+of dl_t * chat_t and dl_t for LN_c's) come after the backward loop from one LN backward over all
+steps each, with dG_t and dl_t kept from the loop. The input side is not recurrent: W_ih x_t for
+all steps is one GEMM and LN_ih one normalisation before the loop, and after it, dG goes back
+through LN_ih for all steps at once, then dx_t = dp_t W_ih, dW_ih = sum_t dp_t^T x_t and dW_hh =
+sum_t da_t^T h_{t-1} as single GEMMs (dp the gradient at W_ih x_t); every bias and shift outside
+a product gets sum_t dG_t.
 """
 
 from __future__ import annotations
@@ -48,15 +53,14 @@ from rnnkit.cells._common import (
     active_rows,
     add_final_grad,
     forbid_double_backward,
-    ifog_order,
     input_grad,
     input_projection,
     last_valid,
     linear,
-    next_rows,
     run_kernel,
     weight_grad,
     without_cycle_gc,
+    zero_padding_,
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._layernorm import (
@@ -67,6 +71,7 @@ from rnnkit.cells._layernorm import (
     normalize_backward,
     stacked_stats,
 )
+from rnnkit.cells._record import StepRecord
 
 
 def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=None, *, rec_mask=None):
@@ -83,136 +88,184 @@ def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=No
     return (m if w_hr is None else linear(m, w_hr, None)), c
 
 
+# The blocks of one step's record (`rnnkit.cells._record`), each (B, width): what the backward
+# reads (K, E, a, c and the gates G, for f) come first, so that it copies one span a step.
+def _record(B: int, H: int, P: int | None) -> StepRecord:
+    """K: the backward's factors [K_i, K_f, K_g, K_o] (4H), E (H), a = W_hh h_{t-1} (4H), c_t (H),
+    G: the gates [i, f, tanh(g~), o] (4H), tc = tanh(LN_c(c_t)) (H), m_t (H), and y_t = W_hr m_t
+    (P) with a projection (P given)."""
+    return StepRecord(B, K=4 * H, E=H, a=4 * H, c=H, G=4 * H, tc=H, m=H, **({} if P is None else {"y": P}))
+
+
 class LNLSTMFused(torch.autograd.Function):
     """Whole-sequence LN-LSTM with the hand-derived BPTT of the module docstring.
 
     `shift` (4H,) is every constant the step adds outside a product: b_ih + b_hh plus the shifts
-    of LN_ih and LN_hh. As in `LSTMFused` the gate blocks run in the order i, f, o, g inside (one
-    sigmoid for three gates); a layer norm is blind to the order of its features, so the rows of
-    W_ih and W_hh and the gains are permuted alike.
+    of LN_ih and LN_hh. Each loop works in a scratch step record (`_record`) and copies it to or
+    from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v) - 1, the same
+    function at less cost (torch's tanh takes ~3x its sigmoid on this CPU: 3.4 against 1.2 us on
+    16 x 64 floats): the LNs in front of a tanh (g~'s block, LN_c) run with doubled gain and
+    shift (exact in floating point), so one sigmoid covers all four gates. The backward reads
+    what it needs from the records; K and E, which depend on the forward alone, are computed for
+    all steps at once after the forward loop (when a backward can follow).
     """
 
     @staticmethod
     @without_cycle_gc
-    def forward(ctx, x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, batch_sizes):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, batch_sizes, train):
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
-        order = ifog_order(H, x.device)
-        w_ih_p, g_ih_p, shift_p, g_hh_p = (v.index_select(0, order) for v in (w_ih, g_ih, shift, g_hh))
+        P = None if w_hr is None else w_hr.shape[0]
+        two = x.new_ones(4 * H)
+        two[2 * H : 3 * H] = 2  # the g~ block, which goes through a tanh
         # The input side for all steps before the loop: one GEMM (kept for LN_ih's backward) and
-        # one normalisation, whose output is then the gates' buffer, turned into gates in place.
-        px = input_projection(x, w_ih_p, None)  # (T, B, 4H)
-        gates, x_mean, x_rstd = normalize(px, g_ih_p, shift_p, pooled=True)  # (T, B, 4H), (T, B, 1) x2
-        recurrent = Product(w_hh.index_select(0, order), B)  # h -> W_hh h
-        P = H if w_hr is None else w_hr.shape[0]
-        a, c, tanh_c, y = (workspace.empty((T, B, n), x, zero=bool(batch_sizes)) for n in (4 * H, H, H, P))
-        # a: W_hh h_{t-1}, kept for LN_hh's backward; tanh_c: tanh(LN_c(c_t))
-        m = y if w_hr is None else workspace.empty((T, B, H), x, zero=bool(batch_sizes))  # (T, B, H)
+        # one normalisation.
+        px = input_projection(x, w_ih, None)  # (T, B, 4H)
+        gx, x_mean, x_rstd = normalize(px, g_ih * two, shift * two, pooled=True)  # (T, B, 4H), (T, B, 1) x2
+        recurrent, g_hh2, g_c2, s_c2 = Product(w_hh, B), g_hh * two, 2 * g_c, 2 * s_c
         project = None if w_hr is None else Product(w_hr, B)
-        i, f, o, g = gates.split(H, dim=-1)
-        steps = active_rows(batch_sizes, gates, gates[..., : 3 * H], a, i, f, o, g, c, tanh_c, m)
-        steps.append(steps[-1] if w_hr is None else active_rows(batch_sizes, y)[0])  # y is m
-        stats = []  # per step, LN_hh's and LN_c's (mean, 1/sigma), each (n, 1)
-        h, c_prev = h0, c0
+        rec = _record(B, H, P)
+        written = rec.span("a", "m" if P is None else "y")  # what a step of the forward writes
+        records = workspace.empty((T, rec.size), x)
+        scratch = x.new_empty(rec.size)
+        step_out = scratch[written]
+        h_name = "m" if P is None else "y"
+        rec.block(scratch, "c").copy_(c0)
+        rec.block(scratch, h_name).copy_(h0)
+        minus_one = x.new_full((), -1.0)
         ln = torch.native_layer_norm  # normalize's op, called directly in the loop
-        for G_t, sig_t, a_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
-            if batch_sizes:  # the sequences still running are the first rows
-                h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
-            recurrent(h, out=a_t)  # (n, 4H)
-            a_ln, a_mean, a_rstd = ln(a_t, (4 * H,), g_hh_p, None, EPS)
-            G_t.add_(a_ln)  # the pre-activations
-            sig_t.sigmoid_()
-            g_t.tanh_()
-            torch.mul(f_t, c_prev, out=c_t)
-            c_t.addcmul_(i_t, g_t)  # c = f * c_{t-1} + i * g
-            c_ln, c_mean, c_rstd = ln(c_t, (H,), g_c, s_c, EPS)
-            torch.tanh(c_ln, out=tc_t)
-            torch.mul(o_t, tc_t, out=m_t)
+        stats, rows = [], None  # per step, LN_hh's and LN_c's (mean, 1/sigma), each (n, 1)
+        for gx_t, rec_t in zip(active_rows(batch_sizes, gx)[0], records[:, written].unbind(0)):
+            if gx_t.shape[0] != rows:  # the sequences still running are the first rows
+                rows = gx_t.shape[0]
+                h, a, c, G, tc, m = (rec.block(scratch, k, rows) for k in (h_name, "a", "c", "G", "tc", "m"))
+                i, f, g, o = G.split(H, dim=1)
+                y = None if P is None else rec.block(scratch, "y", rows)
+            recurrent(h, out=a)  # (n, 4H)
+            a_ln, a_mean, a_rstd = ln(a, (4 * H,), g_hh2, None, EPS)
+            torch.add(gx_t, a_ln, out=G)  # the pre-activations, g~'s doubled
+            G.sigmoid_()
+            torch.add(minus_one, g, alpha=2, out=g)  # tanh(g~)
+            c.mul_(f).addcmul_(i, g)  # c = f * c_{t-1} + i * g
+            c_ln, c_mean, c_rstd = ln(c, (H,), g_c2, s_c2, EPS)  # 2 LN_c(c)
+            torch.sigmoid(c_ln, out=tc)
+            torch.add(minus_one, tc, alpha=2, out=tc)  # tanh(LN_c(c))
+            torch.mul(o, tc, out=m)
             if project is not None:
-                project(m_t, out=y_t)
+                project(m, out=y)
+            rec_t.copy_(step_out)
             stats.append((a_mean, a_rstd, c_mean, c_rstd))
-            h, c_prev = y_t, c_t
+        out = workspace.empty((T, B, H if P is None else P), x)
+        out.copy_(rec.block(records, h_name))
+        zero_padding_(out, batch_sizes)  # a finished sequence's rows hold its last state
+        c = rec.block(records, "c")
+        if train and any(ctx.needs_input_grad):
+            _backward_factors(rec, records, c0, H)
         # All through save_for_backward: y kept as an attribute of ctx would be a reference
         # cycle (y -> its grad_fn -> ctx -> y) that only the cycle collector frees.
-        kept = (px, x_mean, x_rstd, gates, a, c, tanh_c, m, y)
-        ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr, *kept)
+        kept = (px, x_mean, x_rstd, records, out)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, *kept)
         ctx.stats, ctx.batch_sizes = stats, batch_sizes
-        return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
+        return out, last_valid(out, batch_sizes), last_valid(c, batch_sizes)
 
     @staticmethod
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn, grad_cn):
         forbid_double_backward("layer-norm lstm")
-        x, h0, c0, w_ih_p, w_hh, g_ih_p, shift_p, g_hh_p, g_c, s_c, w_hr, *kept = ctx.saved_tensors
-        px, x_mean, x_rstd, gates, a, c, tanh_c, m, y = kept
+        x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, *kept = ctx.saved_tensors
+        px, x_mean, x_rstd, records, y = kept
         bs, need = ctx.batch_sizes, ctx.needs_input_grad
-        T, B, H = c.shape
-        order = ifog_order(H, c.device)
-        i, f, o, g = gates.split(H, dim=-1)
-        # Forward-only factors, as in LSTMFused: K (T, B, 4, H) multiplies dc (i, f, g blocks) or
-        # dm (o block); E = o (1 - tanh^2) carries dm to LN_c's output.
-        # Written in place, without (T, B, H) temporaries (fresh buffers fault in page by page).
-        K = workspace.empty((T, B, 4, H), c)
-        sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
-        torch.addcmul(sig, sig, sig, value=-1, out=K[:, :, :3])  # sigma (1 - sigma)
-        K[:, :, 0].mul_(g)
-        K[0, :, 1].mul_(c0)  # times c_{t-1}
-        K[1:, :, 1].mul_(c[:-1])
-        K[:, :, 2].mul_(tanh_c)
-        one = c.new_ones(()).expand_as(c)
-        torch.addcmul(one, g, g, value=-1, out=K[:, :, 3]).mul_(i)  # (1 - g^2) i
-        E = torch.addcmul(one, tanh_c, tanh_c, value=-1, out=workspace.empty_like(c)).mul_(o)  # (T, B, H)
+        T, B, _ = x.shape
+        H = w_hh.shape[0] // 4
+        rec = _record(B, H, None if w_hr is None else w_hr.shape[0])
+        read = rec.span("K", "G")  # what a step of the backward reads
+        scratch = x.new_empty(rec.size)
+        step_in = scratch[read]
+        # The loop's outputs: dG (pre-activations, 4H) and dl (at LN_c's output, H), kept for the
+        # LN parameters' gradients and LN_ih's backward, in records of their own; da (= d(W_hh
+        # h_{t-1}), 4H) in a buffer of its own, for dW_hh's product.
+        grads = StepRecord(B, dG=4 * H, dl=H)
+        grad_records = workspace.empty((T, grads.size), x)
+        grad_scratch = x.new_zeros(grads.size)  # rows past a sequence's end stay 0
+        da = workspace.empty((T, B, 4 * H), x, zero=bool(bs))
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
-        dG, da = (
-            workspace.empty_like(a, zero=bool(bs)) for _ in range(2)
-        )  # (T, B, 4H): pre-activations; W_hh h_{t-1}
-        dl = workspace.empty_like(
-            c, zero=bool(bs)
-        )  # (T, B, H): the gradient at LN_c's output, kept for its gain and shift
-        dG4 = dG.view(T, B, 4, H)
+        # y is 0 past a sequence's end whatever the weights, and the records' m is not: dW_hr's
+        # product must not see gradients there
+        zero_padding_(g_h, bs)
         carry = grad_cn.clone()  # dc_{t+1} f_{t+1}
-        dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)
-        gs, Ks, K_os, Es, fs, cs, as_, das, dGs, dG4s, dGos, dls = active_rows(
-            bs, g_h, K, K[:, :, 2], E, f, c, a, da, dG, dG4, dG4[:, :, 2], dl
-        )
-        # the same (B, ...) buffers at every step, cut to the rows still running
-        carries, dcs3, dcs = ([v] * T if bs is None else [v[:n] for n in bs] for v in (carry, dc, dc[:, 0]))
-        da_next = next_rows(bs, da)
-        back = Product(w_hh.index_select(0, order).t(), B)  # da -> da W_hh
+        dc, dm = x.new_empty(B, 1, H), x.new_empty(B, H)  # dc_t (also seen as (B, H)); dm_t
+        back = Product(w_hh.t(), B)  # da -> da W_hh
         unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
         ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
-        for t in range(T - 1, -1, -1):
+        steps = zip(
+            range(T - 1, -1, -1),
+            reversed(records[:, read].unbind(0)),
+            reversed(grad_records.unbind(0)),
+            *(reversed(v) for v in active_rows(bs, g_h, da)),
+        )
+        da_next = x.new_zeros(B, 4 * H) if bs is None else None  # da_{t+1}; 0 at the last step
+        rows = None
+        for t, rec_t, grad_t, g_t, da_t in steps:
+            if g_t.shape[0] != rows:  # the sequences still running are the first rows
+                rows = g_t.shape[0]
+                K, E, a, c, G = (rec.block(scratch, k, rows) for k in ("K", "E", "a", "c", "G"))
+                K4, f, Ko = K.unflatten(1, (4, H)), G[:, H : 2 * H], K[:, 3 * H :]
+                dG, dl = grads.block(grad_scratch, "dG", rows), grads.block(grad_scratch, "dl", rows)
+                dG4, dGo = dG.unflatten(1, (4, H)), dG[:, 3 * H :]
+                dc3, dc2, dm_n, carry_n = dc[:rows], dc[:rows, 0], dm[:rows], carry[:rows]
+            step_in.copy_(rec_t)
+            if bs is not None:  # step t+1's gradient on the rows running at t (0 past its own)
+                da_next = da[t + 1, :rows] if t < T - 1 else da_t.new_zeros(da_t.shape)
+            # dh_t = g_t + da_{t+1} W_hh: into dm directly, or kept in g for dW_hr's product
+            if unproject is None:
+                back(da_next, add=g_t, out=dm_n)
+            else:
+                unproject(back(da_next, add=g_t, out=g_t), out=dm_n)
+            torch.mul(dm_n, E, out=dl)
             a_mean, a_rstd, c_mean, c_rstd = ctx.stats[t]
-            # dh_t = g_t + da_{t+1} W_hh, accumulated in place in g
-            dh = gs[t] if t == T - 1 else back(da_next[t], add=gs[t], out=gs[t])
-            dm = dh if unproject is None else unproject(dh)
-            torch.mul(dm, Es[t], out=dls[t])
-            dc_ln = ln_back(dls[t], cs[t], (H,), c_mean, c_rstd, g_c, None, dx_only)[0]
-            torch.add(carries[t], dc_ln, out=dcs[t])  # dc_t (n, H)
-            torch.mul(Ks[t], dcs3[t], out=dG4s[t])  # i, f, g blocks (o overwritten next)
-            torch.mul(dm, K_os[t], out=dGos[t])
-            torch.mul(dcs[t], fs[t], out=carries[t])
-            das[t].copy_(ln_back(dGs[t], as_[t], (4 * H,), a_mean, a_rstd, g_hh_p, None, dx_only)[0])
+            dc_ln = ln_back(dl, c, (H,), c_mean, c_rstd, g_c, None, dx_only)[0]
+            torch.add(carry_n, dc_ln, out=dc2)  # dc_t
+            torch.mul(K4, dc3, out=dG4)  # i, f, g blocks (o overwritten next)
+            torch.mul(dm_n, Ko, out=dGo)
+            torch.mul(dc2, f, out=carry_n)
+            da_next = ln_back(dG, a, (4 * H,), a_mean, a_rstd, g_hh, None, dx_only)[0]
+            da_t.copy_(da_next)
+            grad_t.copy_(grad_scratch)
+        dG, dl = grads.block(grad_records, "dG"), grads.block(grad_records, "dl")  # (T, B, 4H), (T, B, H)
+        a, c = rec.block(records, "a"), rec.block(records, "c")
         # The gains and shifts of LN_c and LN_hh for all steps at once, from the loop's statistics
         # (a row past a sequence's end has zero gradients and adds nothing).
         a_stats = stacked_stats([s[:2] for s in ctx.stats], a, bs)
         c_stats = stacked_stats([s[2:] for s in ctx.stats], c, bs)
-        _, dg_c, ds_c = normalize_backward(dl, c, *c_stats, g_c, s_c, (False, need[8], need[9]))
-        dg_hh = normalize_backward(dG, a, *a_stats, g_hh_p, None, (False, need[7], False))[1]
+        _, dg_c, ds_c = normalize_backward(dl, c, *c_stats, g_c, s_c, (False, need[8], need[9]), pooled=True)
+        dg_hh = normalize_backward(dG, a, *a_stats, g_hh, None, (False, need[7], False), pooled=True)[1]
         TB = T * B
         x_mask = (True, need[5], need[6])
-        dpx, dg_ih, dshift = normalize_backward(dG, px, x_mean, x_rstd, g_ih_p, shift_p, x_mask, pooled=True)
-        dx = input_grad(dpx, w_ih_p) if need[0] else None
+        dpx, dg_ih, dshift = normalize_backward(dG, px, x_mean, x_rstd, g_ih, shift, x_mask, pooled=True)
+        dx = input_grad(dpx, w_ih) if need[0] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[3] else None
         dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, -1)]])[0] if need[4] else None
         dh0 = back(da[0]) if need[1] else None
         dc0 = carry if need[2] else None
-        dw_hr = weight_grad(g_h, m) if w_hr is not None and need[10] else None
-        # back to torch's gate order i, f, g, o
-        dw_ih, dw_hh, dg_ih, dshift, dg_hh = (
-            None if v is None else v.index_select(0, order) for v in (dw_ih, dw_hh, dg_ih, dshift, dg_hh)
-        )
-        return dx, dh0, dc0, dw_ih, dw_hh, dg_ih, dshift, dg_hh, dg_c, ds_c, dw_hr, None
+        dw_hr = weight_grad(g_h, rec.block(records, "m")) if w_hr is not None and need[10] else None
+        return dx, dh0, dc0, dw_ih, dw_hh, dg_ih, dshift, dg_hh, dg_c, ds_c, dw_hr, None, None
+
+
+def _backward_factors(rec: StepRecord, records: torch.Tensor, c0: torch.Tensor, H: int) -> None:
+    """The backward's forward-only factors, for all steps at once, into the records' K and E:
+    K multiplies dc (i, f, g blocks) or dm (o block) into dG, and E = o (1 - tc^2) carries dm to
+    LN_c's output (module docstring). Written in place, without (T, B, H) temporaries."""
+    i, f, g, o = rec.block(records, "G").unflatten(-1, (4, H)).unbind(2)  # g: tanh(g~)
+    K_i, K_f, K_g, K_o = rec.block(records, "K").unflatten(-1, (4, H)).unbind(2)
+    c, tc, E = (rec.block(records, k) for k in ("c", "tc", "E"))
+    one = c.new_ones(()).expand_as(c)
+    torch.addcmul(i, i, i, value=-1, out=K_i).mul_(g)  # i (1 - i) g
+    torch.addcmul(f, f, f, value=-1, out=K_f)  # f (1 - f) c_{t-1}
+    K_f[0].mul_(c0)
+    K_f[1:].mul_(c[:-1])
+    torch.addcmul(one, g, g, value=-1, out=K_g).mul_(i)  # (1 - g^2) i
+    torch.addcmul(o, o, o, value=-1, out=K_o).mul_(tc)  # o (1 - o) tc
+    torch.addcmul(one, tc, tc, value=-1, out=E).mul_(o)  # o (1 - tc^2)
 
 
 def ln_lstm(
@@ -243,7 +296,10 @@ def ln_lstm(
         shift = ln_ih[1] + ln_hh[1]  # every constant added outside a product (module docstring)
         for b in (b_ih, b_hh):
             shift = shift if b is None else shift + b
-        return LNLSTMFused.apply(x, h0, c0, w_ih, w_hh, ln_ih[0], shift, ln_hh[0], ln_c[0], ln_c[1], w_hr, bs)
+        train = torch.is_grad_enabled()  # (inside the Function, needs_input_grad says True anyway)
+        return LNLSTMFused.apply(
+            x, h0, c0, w_ih, w_hh, ln_ih[0], shift, ln_hh[0], ln_c[0], ln_c[1], w_hr, bs, train
+        )
 
     return run_kernel(
         x,
