@@ -18,9 +18,11 @@ import torch
 from rnnkit._checks import check_choice
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
+    SigmoidTanh,
     active_rows,
     add_biases,
     add_final_grad,
+    doubled,
     forbid_double_backward,
     gate_weight_grads,
     input_grad,
@@ -37,7 +39,6 @@ from rnnkit.cells._module import CellBase
 
 NONLINEARITIES = ("tanh", "relu")
 _ACT = {"tanh": torch.tanh, "relu": torch.relu}
-_ACT_ = {"tanh": torch.tanh_, "relu": torch.relu_}
 
 
 def elman_step(x_t, state, w_ih, w_hh, b_ih, b_hh, nonlinearity: str = "tanh", *, rec_mask=None):
@@ -55,17 +56,20 @@ class ElmanFused(torch.autograd.Function):
     @without_cycle_gc
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes):
         T, B, _ = x.shape
-        act_ = _ACT_[nonlinearity]
-        recurrent = Product(w_hh, B)  # h -> h W_hh^T, on the faster GEMM backend for this size
+        bias = add_biases(b_ih, b_hh)
+        tanh_ = SigmoidTanh(x) if nonlinearity == "tanh" else None
+        # with tanh, the products make 2z (tanh(z) = 2 sigmoid(2z) - 1, `SigmoidTanh`)
+        w_ih_z, w_hh_z, bias = (v if tanh_ is None else doubled(v) for v in (w_ih, w_hh, bias))
+        recurrent = Product(w_hh_z, B)  # h -> h W_hh^T, on the faster GEMM backend for this size
         # The input projection is computed into the output buffer, and each step adds its
         # recurrent product in place: a product into its own input needs no copy.
-        y = input_projection(x, w_ih, add_biases(b_ih, b_hh))  # (T, B, H)
+        y = input_projection(x, w_ih_z, bias)  # (T, B, H)
         h = h0
         for (y_t,) in zip(*active_rows(batch_sizes, y)):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
             recurrent(h, add=y_t, out=y_t)
-            h = act_(y_t)
+            h = y_t.relu_() if tanh_ is None else tanh_(y_t.sigmoid_())
         zero_padding_(y, batch_sizes)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y)
         ctx.nonlinearity, ctx.batch_sizes = nonlinearity, batch_sizes

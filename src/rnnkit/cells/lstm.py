@@ -24,7 +24,8 @@ and after the loop, as single GEMMs over all steps: dW_ih = sum_t dG_t^T x_t,
 dW_hh = sum_t dG_t^T h_{t-1}, db = sum_t dG_t, dx_t = dG_t W_ih.
 
 Inside the fused kernel the gate blocks are reordered to i, f, o, g, so that one sigmoid covers
-three gates and one tanh the fourth; gradients are put back in torch's order after the loop.
+the gates (and g's tanh, computed from a sigmoid); gradients are put back in torch's order after
+the loop.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import torch
 
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
+    SigmoidTanh,
     active_rows,
     add_biases,
     add_final_grad,
+    doubled,
     forbid_double_backward,
     gate_weight_grads,
     ifog_order,
@@ -77,8 +80,14 @@ class LSTMFused(torch.autograd.Function):
         order = ifog_order(H, x.device)
         bias = add_biases(b_ih, b_hh)
         w_ih_p = w_ih.index_select(0, order)  # (4H, I), blocks i, f, o, g
-        gates = input_projection(x, w_ih_p, None if bias is None else bias.index_select(0, order))
-        recurrent = Product(w_hh.index_select(0, order), B)  # h -> h W_hh^T
+        # Both tanh are computed as 2 sigmoid(2v) - 1 (`SigmoidTanh`). g's pre-activation is made
+        # doubled (its rows times 2), so one sigmoid covers all four blocks; the loop keeps 2 g_t
+        # and so 2 c_t (c's update is linear), whose sigmoid then gives tanh(c_t). Both are
+        # halved after the loop (exact).
+        tanh_, tanh2_ = SigmoidTanh(x), SigmoidTanh(x, scale=2.0)
+        bias_p = None if bias is None else doubled(bias.index_select(0, order), 3 * H)
+        gates = input_projection(x, doubled(w_ih_p, 3 * H), bias_p)
+        recurrent = Product(doubled(w_hh.index_select(0, order), 3 * H), B)  # h -> h W_hh^T
         project = None if w_hr is None else Product(w_hr, B)  # m -> m W_hr^T
         new = workspace.allocator(zero=bool(batch_sizes))
         c = new(gates[..., :H])  # (T, B, H)
@@ -86,21 +95,23 @@ class LSTMFused(torch.autograd.Function):
         y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
         m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
         i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) views; activations once computed
-        steps = active_rows(batch_sizes, gates, gates[..., : 3 * H], i, f, o, g, c, tanh_c, m, y)
-        h, c_prev = h0, c0
-        for G_t, sig_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
+        steps = active_rows(batch_sizes, gates, i, f, o, g, c, tanh_c, m, y)
+        h, c_prev = h0, 2 * c0
+        for G_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
             recurrent(h, add=G_t, out=G_t)  # (n, 4H) pre-activations, in place
-            sig_t.sigmoid_()  # i, f, o in one call: why the blocks are reordered
-            g_t.tanh_()
+            G_t.sigmoid_()  # i, f, o and g's in one call: why the blocks are reordered
+            tanh2_(g_t)  # 2 g
             torch.mul(f_t, c_prev, out=c_t)
-            c_t.addcmul_(i_t, g_t)  # c = f * c_{t-1} + i * g
-            torch.tanh(c_t, out=tc_t)
+            c_t.addcmul_(i_t, g_t)  # 2 c = f * 2 c_{t-1} + i * 2 g
+            tanh_(torch.sigmoid(c_t, out=tc_t))  # tanh(c)
             torch.mul(o_t, tc_t, out=m_t)
             if project is not None:
                 project(m_t, out=y_t)
             h, c_prev = y_t, c_t
+        g.mul_(0.5)
+        c.mul_(0.5)
         ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y)
         ctx.batch_sizes = batch_sizes
         return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
