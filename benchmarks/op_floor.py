@@ -1,6 +1,7 @@
 """What bounds a fused kernel written as eager torch ops at small sizes: the cost of each op of a
 step, measured alone. The per-op figures quoted in docs/benchmarks.md come from this script, as
-do the page faults of a layer-norm LSTM training step with the kernels' buffer pool on and off.
+do the page faults of a layer-norm LSTM training step with the kernels' buffer pool on and off,
+and torch's tanh against the sigmoid form the kernels use.
 
     python benchmarks/op_floor.py
 """
@@ -49,8 +50,25 @@ def layer_norm(v: torch.Tensor) -> str:
     fwd = per_call_us(lambda: torch.native_layer_norm(v, (N,), gain, None, 1e-5))
     bwd = per_call_us(lambda: back(v, v, (N,), mean, rstd, gain, None, (True, False, False)))
     seq = torch.empty(1000, *v.shape)
-    view = per_call_us(lambda: seq.unbind(0), n=50) / 1000
+    with torch.no_grad():  # as inside a kernel (an autograd.Function runs with grad mode off)
+        view = per_call_us(lambda: seq.unbind(0), n=50) / 1000
     return f"layer norm (B,{N}) {fwd:4.1f} us, its backward {bwd:4.1f} us, a per-step view {view:4.2f} us"
+
+
+def tanh_costs(shapes=((16, 64), (32, 128), (64, 256), (128, 512))) -> str:
+    """torch's tanh against 2 sigmoid(2v) - 1 (a sigmoid and one add, as the fused kernels compute
+    it, `rnnkit.cells._common.SigmoidTanh`; the 2v comes free from doubled weights), out of place
+    on fresh operands each call."""
+    from rnnkit.cells._common import SigmoidTanh
+
+    parts = []
+    for B, H in shapes:
+        v, out = torch.randn(B, H) * 2, torch.empty(B, H)
+        tanh_ = SigmoidTanh(v)
+        t = per_call_us(lambda v=v, out=out: torch.tanh(v, out=out))
+        s = per_call_us(lambda v=v, out=out, tanh_=tanh_: tanh_(torch.sigmoid(v, out=out)))
+        parts.append(f"{B}x{H} {t:.1f} us vs {s:.1f} us")
+    return "tanh against sigmoid + add: " + ", ".join(parts)
 
 
 def pool_faults(T: int = 1000, B: int = 16, H: int = 64, runs: int = 7) -> str:
@@ -95,6 +113,7 @@ def main() -> None:
     full = per_call_us(lambda: gc.collect(), n=5) / 1e3
     print(f"a full cycle collection: {full:.0f} ms over {len(gc.get_objects())} tracked objects")
     print(pool_faults())
+    print(tanh_costs())
     for B, H in ((1, 128), (16, 64), (32, 128), (64, 256)):
         for G in (1, 3, 4):
             print(row(B, H, G))
