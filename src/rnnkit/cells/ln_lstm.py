@@ -50,8 +50,10 @@ import torch
 
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
+    SigmoidTanh,
     active_rows,
     add_final_grad,
+    doubled,
     forbid_double_backward,
     input_grad,
     input_projection,
@@ -102,12 +104,12 @@ class LNLSTMFused(torch.autograd.Function):
 
     `shift` (4H,) is every constant the step adds outside a product: b_ih + b_hh plus the shifts
     of LN_ih and LN_hh. Each loop works in a scratch step record (`_record`) and copies it to or
-    from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v) - 1, the same
-    function at less cost (torch's tanh takes ~3x its sigmoid on this CPU: 3.4 against 1.2 us on
-    16 x 64 floats): the LNs in front of a tanh (g~'s block, LN_c) run with doubled gain and
-    shift (exact in floating point), so one sigmoid covers all four gates. The backward reads
-    what it needs from the records; K and E, which depend on the forward alone, are computed for
-    all steps at once after the forward loop (when a backward can follow).
+    from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v) - 1
+    (`SigmoidTanh`, cheaper than torch's tanh on CPU): the LNs in front of a tanh (g~'s block,
+    LN_c) run with doubled gain and shift (exact in floating point), so one sigmoid covers all
+    four gates. The backward reads what it needs from the records; K and E, which depend on the
+    forward alone, are computed for all steps at once after the forward loop (when a backward
+    can follow).
     """
 
     @staticmethod
@@ -116,13 +118,13 @@ class LNLSTMFused(torch.autograd.Function):
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
         P = None if w_hr is None else w_hr.shape[0]
-        two = x.new_ones(4 * H)
-        two[2 * H : 3 * H] = 2  # the g~ block, which goes through a tanh
+        tanh_ = SigmoidTanh(x)  # g~'s block and LN_c's output are made doubled
         # The input side for all steps before the loop: one GEMM (kept for LN_ih's backward) and
         # one normalisation.
         px = input_projection(x, w_ih, None)  # (T, B, 4H)
-        gx, x_mean, x_rstd = normalize(px, g_ih * two, shift * two, pooled=True)  # (T, B, 4H), (T, B, 1) x2
-        recurrent, g_hh2, g_c2, s_c2 = Product(w_hh, B), g_hh * two, 2 * g_c, 2 * s_c
+        g_ih2, shift2 = doubled(g_ih, 2 * H, 3 * H), doubled(shift, 2 * H, 3 * H)
+        gx, x_mean, x_rstd = normalize(px, g_ih2, shift2, pooled=True)  # (T, B, 4H), (T, B, 1) x2
+        recurrent, g_hh2, g_c2, s_c2 = Product(w_hh, B), doubled(g_hh, 2 * H, 3 * H), 2 * g_c, 2 * s_c
         project = None if w_hr is None else Product(w_hr, B)
         rec = _record(B, H, P)
         written = rec.span("a", "m" if P is None else "y")  # what a step of the forward writes
@@ -132,7 +134,6 @@ class LNLSTMFused(torch.autograd.Function):
         h_name = "m" if P is None else "y"
         rec.block(scratch, "c").copy_(c0)
         rec.block(scratch, h_name).copy_(h0)
-        minus_one = x.new_full((), -1.0)
         ln = torch.native_layer_norm  # normalize's op, called directly in the loop
         stats, rows = [], None  # per step, LN_hh's and LN_c's (mean, 1/sigma), each (n, 1)
         for gx_t, rec_t in zip(active_rows(batch_sizes, gx)[0], records[:, written].unbind(0)):
@@ -145,11 +146,11 @@ class LNLSTMFused(torch.autograd.Function):
             a_ln, a_mean, a_rstd = ln(a, (4 * H,), g_hh2, None, EPS)
             torch.add(gx_t, a_ln, out=G)  # the pre-activations, g~'s doubled
             G.sigmoid_()
-            torch.add(minus_one, g, alpha=2, out=g)  # tanh(g~)
+            tanh_(g)  # tanh(g~)
             c.mul_(f).addcmul_(i, g)  # c = f * c_{t-1} + i * g
             c_ln, c_mean, c_rstd = ln(c, (H,), g_c2, s_c2, EPS)  # 2 LN_c(c)
             torch.sigmoid(c_ln, out=tc)
-            torch.add(minus_one, tc, alpha=2, out=tc)  # tanh(LN_c(c))
+            tanh_(tc)  # tanh(LN_c(c))
             torch.mul(o, tc, out=m)
             if project is not None:
                 project(m, out=y)
