@@ -18,11 +18,10 @@ import torch
 from rnnkit._checks import check_choice
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_biases,
     add_final_grad,
-    doubled,
     forbid_double_backward,
     gate_weight_grads,
     input_grad,
@@ -57,9 +56,9 @@ class ElmanFused(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes):
         T, B, _ = x.shape
         bias = add_biases(b_ih, b_hh)
-        tanh_ = SigmoidTanh(x) if nonlinearity == "tanh" else None
-        # with tanh, the products make 2z (tanh(z) = 2 sigmoid(2z) - 1, `SigmoidTanh`)
-        w_ih_z, w_hh_z, bias = (v if tanh_ is None else doubled(v) for v in (w_ih, w_hh, bias))
+        tanh_ = Tanh(x) if nonlinearity == "tanh" else None
+        # with tanh, the products make what `Tanh` wants (2z on CPU)
+        w_ih_z, w_hh_z, bias = (v if tanh_ is None else tanh_.prep(v) for v in (w_ih, w_hh, bias))
         recurrent = Product(w_hh_z, B)  # h -> h W_hh^T, on the faster GEMM backend for this size
         # The input projection is computed into the output buffer, and each step adds its
         # recurrent product in place: a product into its own input needs no copy.
@@ -69,7 +68,7 @@ class ElmanFused(torch.autograd.Function):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
             recurrent(h, add=y_t, out=y_t)
-            h = y_t.relu_() if tanh_ is None else tanh_(y_t.sigmoid_())
+            h = y_t.relu_() if tanh_ is None else tanh_(y_t)
         zero_padding_(y, batch_sizes)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y)
         ctx.nonlinearity, ctx.batch_sizes = nonlinearity, batch_sizes

@@ -35,11 +35,10 @@ import torch
 from rnnkit._checks import check_bool
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_biases,
     add_final_grad,
-    doubled,
     forbid_double_backward,
     gru_shared_factors_,
     input_grad,
@@ -90,16 +89,17 @@ class GRUResetAfter(torch.autograd.Function):
         H = w_hh.shape[1]
         zeros = x.new_zeros(3 * H)
         bi, bh = (zeros if b_ih is None else b_ih), (zeros if b_hh is None else b_hh)
-        # n's pre-activation is made doubled (the n rows of W_ih, W_hh and the biases times 2),
-        # for tanh(v) = 2 sigmoid(2v) - 1 (`SigmoidTanh`).
-        tanh_ = SigmoidTanh(x)
+        # n's pre-activation is made as `Tanh` wants it (doubled on CPU: the n rows of W_ih, W_hh
+        # and the biases times 2; k below).
+        tanh_ = Tanh(x)
         # One buffer a (T, B, 3H) receives every step's W_hh h_{t-1} in place: its r, z blocks
         # start as the input projection (so they end as the gates' pre-activations) and its n
-        # block as 2 b_hn (so it ends as 2 a_t = 2 (W_hn h_{t-1} + b_hn), which r multiplies).
-        a = input_projection(x, doubled(w_ih, 2 * H), torch.cat([bi[: 2 * H] + bh[: 2 * H], 2 * bi[2 * H :]]))
-        n = workspace.copy(a[..., 2 * H :])  # (T, B, H): 2 (W_in x + b_in), then n in place
-        a[..., 2 * H :] = 2 * bh[2 * H :]
-        recurrent = Product(doubled(w_hh, 2 * H), B)  # h -> h W_hh^T, on the faster GEMM backend
+        # block as k b_hn (so it ends as k a_t = k (W_hn h_{t-1} + b_hn), which r multiplies).
+        b = torch.cat([bi[: 2 * H] + bh[: 2 * H], tanh_.prep(bi[2 * H :])])
+        a = input_projection(x, tanh_.prep(w_ih, 2 * H), b)
+        n = workspace.copy(a[..., 2 * H :])  # (T, B, H): k (W_in x + b_in), then n in place
+        a[..., 2 * H :] = tanh_.prep(bh[2 * H :])
+        recurrent = Product(tanh_.prep(w_hh, 2 * H), B)  # h -> h W_hh^T, on the faster GEMM backend
         y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
         steps = active_rows(
             batch_sizes, a, a[..., : 2 * H], a[..., :H], a[..., H : 2 * H], a[..., 2 * H :], n, y
@@ -110,10 +110,10 @@ class GRUResetAfter(torch.autograd.Function):
                 h = h[: y_t.shape[0]]
             recurrent(h, add=a_t, out=a_t)
             rz_t.sigmoid_()
-            tanh_(n_t.addcmul_(r_t, an_t).sigmoid_())
+            tanh_(n_t.addcmul_(r_t, an_t))
             torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
             h = y_t
-        a[..., 2 * H :] *= 0.5  # a_t itself, for the backward (exact)
+        tanh_.undo_(a[..., 2 * H :])  # a_t itself, for the backward (exact)
         ctx.save_for_backward(x, h0, w_ih, w_hh, a, n, y)
         ctx.batch_sizes = batch_sizes
         return y, last_valid(y, batch_sizes)
@@ -177,11 +177,11 @@ class GRUResetBefore(torch.autograd.Function):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         # (T, B, 3H), all biases folded in; each step turns its r, z, n blocks into the gates.
-        # n's pre-activation is made doubled, for tanh(v) = 2 sigmoid(2v) - 1 (`SigmoidTanh`).
-        tanh_ = SigmoidTanh(x)
-        gates = input_projection(x, doubled(w_ih, 2 * H), doubled(add_biases(b_ih, b_hh), 2 * H))
+        # n's pre-activation is made as `Tanh` wants it (doubled on CPU).
+        tanh_ = Tanh(x)
+        gates = input_projection(x, tanh_.prep(w_ih, 2 * H), tanh_.prep(add_biases(b_ih, b_hh), 2 * H))
         gates_rz = Product(w_hh[: 2 * H], B)  # h -> h W_h(r,z)^T
-        candidate = Product(2 * w_hh[2 * H :], B)  # u -> 2 u W_hn^T
+        candidate = Product(tanh_.prep(w_hh[2 * H :]), B)  # u -> u W_hn^T (times k)
         new = workspace.allocator(zero=bool(batch_sizes))
         u = new(gates[..., :H])  # (T, B, H): r_t * h_{t-1}
         y = new(u)  # (T, B, H)
@@ -194,7 +194,7 @@ class GRUResetBefore(torch.autograd.Function):
                 h = h[: y_t.shape[0]]
             gates_rz(h, add=rz_t, out=rz_t).sigmoid_()
             torch.mul(r_t, h, out=u_t)
-            tanh_(candidate(u_t, add=n_t, out=n_t).sigmoid_())
+            tanh_(candidate(u_t, add=n_t, out=n_t))
             torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
             h = y_t
         ctx.save_for_backward(x, h0, w_ih, w_hh, gates, u, y)

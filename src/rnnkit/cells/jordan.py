@@ -40,11 +40,10 @@ from rnnkit._checks import check_bool, check_choice, check_like, check_positive_
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     IMPLS,
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_final_grad,
     check_batch_sizes,
-    doubled,
     forbid_double_backward,
     gate_weight_grads,
     input_grad,
@@ -112,13 +111,13 @@ class JordanFused(torch.autograd.Function):
     def forward(ctx, x, y0, w_ih, w_yh, b_h, w_hy, b_y, act, batch_sizes):
         # The input projection is computed into the hidden buffer; each step adds its feedback
         # product in place: a product into its own input needs no copy. The hidden layer's
-        # pre-activation is made doubled, for tanh(v) = 2 sigmoid(2v) - 1 (`SigmoidTanh`): W_ih,
-        # b_h and W_yh times 2 (exact).
-        h = input_projection(x, 2 * w_ih, doubled(b_h))  # (T, B, H)
+        # pre-activation is made as `Tanh` wants it (W_ih, b_h and W_yh doubled on CPU).
+        tanh_ = Tanh(x)
+        h = input_projection(x, tanh_.prep(w_ih), tanh_.prep(b_h))  # (T, B, H)
         if folds(act, w_ih.shape[0], w_hy.shape[0]):
-            y = _forward_folded(h, y0, 2 * w_yh, w_hy, b_y, batch_sizes)
+            y = _forward_folded(h, y0, tanh_.prep(w_yh), w_hy, b_y, tanh_, batch_sizes)
         else:
-            y = _forward_stepwise(h, y0, 2 * w_yh, w_hy, b_y, act, batch_sizes)
+            y = _forward_stepwise(h, y0, tanh_.prep(w_yh), w_hy, b_y, act, tanh_, batch_sizes)
         zero_padding_(h, batch_sizes)
         zero_padding_(y, batch_sizes)
         ctx.save_for_backward(x, y0, w_ih, w_yh, w_hy, h, y)
@@ -150,11 +149,10 @@ class JordanFused(torch.autograd.Function):
         return dx, dy0, dw_ih, dw_yh, db_h, dw_hy, db_y, None, None
 
 
-def _forward_stepwise(h, y0, w_yh, w_hy, b_y, act, bs):
-    """The steps as written: h (T, B, H) holds 2 (W_ih x_t + b_h) and becomes h_t, with w_yh
-    given doubled (`JordanFused.forward`); returns y (T, B, O)."""
+def _forward_stepwise(h, y0, w_yh, w_hy, b_y, act, tanh_, bs):
+    """The steps as written: h (T, B, H) holds W_ih x_t + b_h and becomes h_t, h and w_yh made
+    for `tanh_` (`JordanFused.forward`); returns y (T, B, O)."""
     T, B, _ = h.shape
-    tanh_ = SigmoidTanh(h)
     feedback = Product(w_yh, B)  # y -> y W_yh^T
     output = Product(w_hy, B)  # h -> h W_hy^T
     act_ = _ACT_[act]
@@ -164,25 +162,24 @@ def _forward_stepwise(h, y0, w_yh, w_hy, b_y, act, bs):
     prevs = prev_rows(bs, y)  # y_{t-1} on the rows active at t
     prevs[0] = y0
     for h_t, y_t, y_prev in zip(hs, ys, prevs):
-        tanh_(feedback(y_prev, add=h_t, out=h_t).sigmoid_())
+        tanh_(feedback(y_prev, add=h_t, out=h_t))
         act_(output(h_t, add=y_t, out=y_t))
     return y
 
 
-def _forward_folded(h, y0, w_yh, w_hy, b_y, bs):
+def _forward_folded(h, y0, w_yh, w_hy, b_y, tanh_, bs):
     """Identity output, y_{t-1} substituted (see `folds`): for t >= 1
     h_t = tanh(W_ih x_t + b_h + W_yh b_y + (W_yh W_hy) h_{t-1}), one product per step, and then
-    all outputs y = W_hy h + b_y as one GEMM after the loop. h and w_yh doubled, as
+    all outputs y = W_hy h + b_y as one GEMM after the loop. h, w_yh and tanh_ as
     `_forward_stepwise`."""
     B = h.shape[1]
-    tanh_ = SigmoidTanh(h)
     recurrent = Product(w_yh @ w_hy, B)  # h -> h (W_yh W_hy)^T
-    tanh_(h[0].addmm_(y0, w_yh.t()).sigmoid_())  # step 0 is fed y0 itself
+    tanh_(h[0].addmm_(y0, w_yh.t()))  # step 0 is fed y0 itself
     if b_y is not None and h.shape[0] > 1:
         h[1:].add_(w_yh @ b_y)  # (H,): the output bias, seen through W_yh
     hs, prevs = active_rows(bs, h)[0], prev_rows(bs, h)
     for h_t, h_prev in zip(hs[1:], prevs[1:]):
-        tanh_(recurrent(h_prev, add=h_t, out=h_t).sigmoid_())
+        tanh_(recurrent(h_prev, add=h_t, out=h_t))
     return input_projection(h, w_hy, b_y)  # (T, B, O)
 
 

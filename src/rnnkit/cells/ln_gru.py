@@ -42,10 +42,9 @@ import torch
 from rnnkit._checks import check_bool
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_final_grad,
-    doubled,
     forbid_double_backward,
     gru_shared_factors_,
     input_grad,
@@ -110,15 +109,15 @@ class LNGRUFused(torch.autograd.Function):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         shift = torch.cat([s_n.new_zeros(2 * H), s_n])  # (3H,): LN_hh's shift inside the loop
-        # n's pre-activation is made doubled (the n blocks of both LNs' gains and shifts times 2),
-        # for tanh(v) = 2 sigmoid(2v) - 1 (`SigmoidTanh`).
-        tanh_ = SigmoidTanh(x)
+        # n's pre-activation is made as `Tanh` wants it (the n blocks of both LNs' gains and
+        # shifts doubled on CPU: k below).
+        tanh_ = Tanh(x)
         # The input side for all steps before the loop: one GEMM (kept for LN_ih's backward) and
         # one normalisation, whose output `rzn` is then the step's buffer: its r, z blocks turn
-        # into the gates in place, its n block receives 2 hn_t (which r multiplies).
+        # into the gates in place, its n block receives k hn_t (which r multiplies).
         px = input_projection(x, w_ih, None)  # (T, B, 3H)
-        rzn, x_mean, x_rstd = normalize(px, doubled(g_ih, 2 * H), doubled(shift_x, 2 * H), pooled=True)
-        n = workspace.empty((T, B, H), x).copy_(rzn[..., 2 * H :])  # (T, B, H): 2 xn, then n in place
+        rzn, x_mean, x_rstd = normalize(px, tanh_.prep(g_ih, 2 * H), tanh_.prep(shift_x, 2 * H), pooled=True)
+        n = workspace.empty((T, B, H), x).copy_(rzn[..., 2 * H :])  # (T, B, H): k xn, then n in place
         rzn[..., 2 * H :] = 0
         recurrent = Product(w_hh, B)  # h -> W_hh h
         a = workspace.empty_like(
@@ -131,19 +130,19 @@ class LNGRUFused(torch.autograd.Function):
         stats = []  # per step, LN_hh's (mean, 1/sigma), each (n, 1)
         h = h0
         ln = torch.native_layer_norm  # normalize's op, called directly in the loop
-        g_hh2, shift2 = doubled(g_hh, 2 * H), doubled(shift, 2 * H)
+        g_hh2, shift2 = tanh_.prep(g_hh, 2 * H), tanh_.prep(shift, 2 * H)
         for rzn_t, rz_t, r_t, z_t, hn_t, a_t, n_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h = h[: y_t.shape[0]]
             recurrent(h, out=a_t)  # (n, 3H)
             a_ln, a_mean, a_rstd = ln(a_t, (3 * H,), g_hh2, shift2, EPS)
-            rzn_t.add_(a_ln)  # [xr + hr, xz + hz, 2 hn]
+            rzn_t.add_(a_ln)  # [xr + hr, xz + hz, k hn]
             rz_t.sigmoid_()
-            tanh_(n_t.addcmul_(r_t, hn_t).sigmoid_())
+            tanh_(n_t.addcmul_(r_t, hn_t))
             torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
             stats.append((a_mean, a_rstd))
             h = y_t
-        rzn[..., 2 * H :] *= 0.5  # hn itself, for the backward (exact)
+        tanh_.undo_(rzn[..., 2 * H :])  # hn itself, for the backward (exact)
         # All through save_for_backward: y kept as an attribute of ctx would be a reference
         # cycle (y -> its grad_fn -> ctx -> y) that only the cycle collector frees.
         ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift, px, x_mean, x_rstd, rzn, a, n, y)

@@ -50,7 +50,7 @@ import torch
 
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_final_grad,
     doubled,
@@ -104,10 +104,10 @@ class LNLSTMFused(torch.autograd.Function):
 
     `shift` (4H,) is every constant the step adds outside a product: b_ih + b_hh plus the shifts
     of LN_ih and LN_hh. Each loop works in a scratch step record (`_record`) and copies it to or
-    from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v) - 1
-    (`SigmoidTanh`, cheaper than torch's tanh on CPU): the LNs in front of a tanh (g~'s block,
-    LN_c) run with doubled gain and shift (exact in floating point), so one sigmoid covers all
-    four gates. The backward reads what it needs from the records; K and E, which depend on the
+    from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v) - 1 (`Tanh`,
+    cheaper than torch's tanh on CPU): the LNs in front of a tanh run with doubled gain and shift
+    (exact in floating point; g~'s block always, so one sigmoid covers all four gates; LN_c's on
+    CPU). The backward reads what it needs from the records; K and E, which depend on the
     forward alone, are computed for all steps at once after the forward loop (when a backward
     can follow).
     """
@@ -118,13 +118,14 @@ class LNLSTMFused(torch.autograd.Function):
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
         P = None if w_hr is None else w_hr.shape[0]
-        tanh_ = SigmoidTanh(x)  # g~'s block and LN_c's output are made doubled
+        tanh_ = Tanh(x)  # g~'s block is made doubled, LN_c's output as `Tanh` wants it
         # The input side for all steps before the loop: one GEMM (kept for LN_ih's backward) and
         # one normalisation.
         px = input_projection(x, w_ih, None)  # (T, B, 4H)
         g_ih2, shift2 = doubled(g_ih, 2 * H, 3 * H), doubled(shift, 2 * H, 3 * H)
         gx, x_mean, x_rstd = normalize(px, g_ih2, shift2, pooled=True)  # (T, B, 4H), (T, B, 1) x2
-        recurrent, g_hh2, g_c2, s_c2 = Product(w_hh, B), doubled(g_hh, 2 * H, 3 * H), 2 * g_c, 2 * s_c
+        recurrent, g_hh2 = Product(w_hh, B), doubled(g_hh, 2 * H, 3 * H)
+        g_c2, s_c2 = tanh_.prep(g_c), tanh_.prep(s_c)
         project = None if w_hr is None else Product(w_hr, B)
         rec = _record(B, H, P)
         written = rec.span("a", "m" if P is None else "y")  # what a step of the forward writes
@@ -146,11 +147,10 @@ class LNLSTMFused(torch.autograd.Function):
             a_ln, a_mean, a_rstd = ln(a, (4 * H,), g_hh2, None, EPS)
             torch.add(gx_t, a_ln, out=G)  # the pre-activations, g~'s doubled
             G.sigmoid_()
-            tanh_(g)  # tanh(g~)
+            tanh_.from_sigmoid(g)  # tanh(g~)
             c.mul_(f).addcmul_(i, g)  # c = f * c_{t-1} + i * g
-            c_ln, c_mean, c_rstd = ln(c, (H,), g_c2, s_c2, EPS)  # 2 LN_c(c)
-            torch.sigmoid(c_ln, out=tc)
-            tanh_(tc)  # tanh(LN_c(c))
+            c_ln, c_mean, c_rstd = ln(c, (H,), g_c2, s_c2, EPS)  # k LN_c(c)
+            tanh_.into(c_ln, out=tc)  # tanh(LN_c(c))
             torch.mul(o, tc, out=m)
             if project is not None:
                 project(m, out=y)

@@ -34,7 +34,7 @@ import torch
 
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_biases,
     add_final_grad,
@@ -80,11 +80,11 @@ class LSTMFused(torch.autograd.Function):
         order = ifog_order(H, x.device)
         bias = add_biases(b_ih, b_hh)
         w_ih_p = w_ih.index_select(0, order)  # (4H, I), blocks i, f, o, g
-        # Both tanh are computed as 2 sigmoid(2v) - 1 (`SigmoidTanh`). g's pre-activation is made
-        # doubled (its rows times 2), so one sigmoid covers all four blocks; the loop keeps 2 g_t
-        # and so 2 c_t (c's update is linear), whose sigmoid then gives tanh(c_t). Both are
-        # halved after the loop (exact).
-        tanh_, tanh2_ = SigmoidTanh(x), SigmoidTanh(x, scale=2.0)
+        # g's pre-activation is made doubled (its rows times 2), so that one sigmoid covers all
+        # four blocks and tanh(g~) = 2 sigmoid(2 g~) - 1 (`Tanh.from_sigmoid`). Where `Tanh` takes
+        # tanh from a sigmoid (CPU: k = 2), the loop keeps k g_t and so k c_t (c's update is
+        # linear), whose sigmoid then gives tanh(c_t); both are divided by k after it (exact).
+        tanh_ = Tanh(x)
         bias_p = None if bias is None else doubled(bias.index_select(0, order), 3 * H)
         gates = input_projection(x, doubled(w_ih_p, 3 * H), bias_p)
         recurrent = Product(doubled(w_hh.index_select(0, order), 3 * H), B)  # h -> h W_hh^T
@@ -96,22 +96,22 @@ class LSTMFused(torch.autograd.Function):
         m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
         i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) views; activations once computed
         steps = active_rows(batch_sizes, gates, i, f, o, g, c, tanh_c, m, y)
-        h, c_prev = h0, 2 * c0
+        h, c_prev = h0, tanh_.prep(c0)
         for G_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
             if batch_sizes:  # the sequences still running are the first rows
                 h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
             recurrent(h, add=G_t, out=G_t)  # (n, 4H) pre-activations, in place
             G_t.sigmoid_()  # i, f, o and g's in one call: why the blocks are reordered
-            tanh2_(g_t)  # 2 g
+            tanh_.from_sigmoid(g_t, tanh_.k)  # k g
             torch.mul(f_t, c_prev, out=c_t)
-            c_t.addcmul_(i_t, g_t)  # 2 c = f * 2 c_{t-1} + i * 2 g
-            tanh_(torch.sigmoid(c_t, out=tc_t))  # tanh(c)
+            c_t.addcmul_(i_t, g_t)  # k c = f * k c_{t-1} + i * k g
+            tanh_.into(c_t, out=tc_t)  # tanh(c)
             torch.mul(o_t, tc_t, out=m_t)
             if project is not None:
                 project(m_t, out=y_t)
             h, c_prev = y_t, c_t
-        g.mul_(0.5)
-        c.mul_(0.5)
+        tanh_.undo_(g)
+        tanh_.undo_(c)
         ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y)
         ctx.batch_sizes = batch_sizes
         return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)

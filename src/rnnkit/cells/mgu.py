@@ -23,11 +23,10 @@ import torch
 
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
-    SigmoidTanh,
+    Tanh,
     active_rows,
     add_biases,
     add_final_grad,
-    doubled,
     forbid_double_backward,
     input_grad,
     input_projection,
@@ -69,12 +68,11 @@ class MGUFused(torch.autograd.Function):
         b_f, b_n = (None, None) if bias is None else bias.split(H)
         # The projections are computed into the buffers of f and n, and each step adds its
         # recurrent product in place: a product into its own input needs no copy.
-        # n's pre-activation is made doubled, for tanh(v) = 2 sigmoid(2v) - 1 (`SigmoidTanh`)
-        tanh_ = SigmoidTanh(x)
+        tanh_ = Tanh(x)  # n's pre-activation is made as it wants it (doubled on CPU)
         f = input_projection(x, w_ih[:H], b_f)  # (T, B, H)
-        n = input_projection(x, 2 * w_ih[H:], doubled(b_n))  # (T, B, H)
+        n = input_projection(x, tanh_.prep(w_ih[H:]), tanh_.prep(b_n))  # (T, B, H)
         gate = Product(w_hh[:H], B)  # h -> W_hf h
-        candidate = Product(2 * w_hh[H:], B)  # f*h -> 2 W_hn (f*h)
+        candidate = Product(tanh_.prep(w_hh[H:]), B)  # f*h -> W_hn (f*h) (times k)
         new = workspace.allocator(zero=bool(batch_sizes))
         fh = new(f)  # (T, B, H): f * h_{t-1}
         y = new(f)
@@ -84,7 +82,7 @@ class MGUFused(torch.autograd.Function):
                 h = h[: y_t.shape[0]]
             gate(h, add=f_t, out=f_t).sigmoid_()
             torch.mul(f_t, h, out=fh_t)
-            tanh_(candidate(fh_t, add=n_t, out=n_t).sigmoid_())
+            tanh_(candidate(fh_t, add=n_t, out=n_t))
             torch.lerp(h, n_t, f_t, out=y_t)  # (1 - f) h + f n
             h = y_t
         ctx.save_for_backward(x, h0, w_ih, w_hh, f, fh, n, y)
