@@ -1,7 +1,8 @@
 """What bounds a fused kernel written as eager torch ops at small sizes: the cost of each op of a
 step, measured alone. The per-op figures quoted in docs/benchmarks.md come from this script, as
 do the page faults of a layer-norm LSTM training step with the kernels' buffer pool on and off,
-and torch's tanh against the sigmoid form the kernels use.
+torch's tanh against the sigmoid form the kernels use, and whether a second thread hides a
+kernel's whole-sequence work behind its loop.
 
     python benchmarks/op_floor.py
 """
@@ -71,6 +72,53 @@ def tanh_costs(shapes=((16, 64), (32, 128), (64, 256), (128, 512))) -> str:
     return "tanh against sigmoid + add: " + ", ".join(parts)
 
 
+def second_thread(T: int = 1000, B: int = 16, H: int = 64, runs: int = 5) -> str:
+    """A step loop of small ops (an LN-LSTM backward step's kinds) and the whole-sequence work a
+    kernel does after it (an LN backward over all steps, three (T*B)-row GEMMs), run one after
+    the other and then with the whole-sequence work on a second thread during the loop: whether
+    the second core can hide it (ms, medians)."""
+    import threading
+
+    a, w, b = torch.randn(B, 4 * H), torch.randn(4 * H, H), torch.randn(B, H)
+    o = torch.empty(B, H)
+    gain = torch.ones(4 * H)
+    _, mean, rstd = torch.native_layer_norm(a, (4 * H,), gain, None, 1e-5)
+    back = torch.ops.aten.native_layer_norm_backward
+
+    def loop():
+        for _ in range(T):
+            torch.addmm(o, a, w, out=o)
+            back(a, a, (4 * H,), mean, rstd, gain, None, (True, False, False))
+            for _ in range(6):
+                torch.mul(b, o, out=o)
+
+    D, X, Y = torch.randn(T * B, 4 * H), torch.randn(T * B, 4 * H), torch.randn(T * B, H)
+    _, xm, xr = torch.native_layer_norm(X, (4 * H,), gain, None, 1e-5)
+
+    def bulk():
+        d = back(D, X, (4 * H,), xm, xr, gain, None, (True, True, False))[0]
+        torch.mm(d, w), torch.mm(d.t(), Y), torch.mm(D.t(), Y)
+
+    def overlapped():
+        worker = threading.Thread(target=bulk)
+        worker.start()
+        loop()
+        worker.join()
+
+    fns = {"loop": loop, "bulk": bulk, "both": lambda: (loop(), bulk()), "threads": overlapped}
+    times = {name: [] for name in fns}
+    for _ in range(runs + 1):  # the first round warms up
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    ms = {name: statistics.median(t[1:]) for name, t in times.items()}
+    return (
+        f"loop {ms['loop']:.1f} ms, whole-sequence work {ms['bulk']:.1f} ms: one after the other "
+        f"{ms['both']:.1f} ms, on a second thread {ms['threads']:.1f} ms"
+    )
+
+
 def pool_faults(T: int = 1000, B: int = 16, H: int = 64, runs: int = 7) -> str:
     """Page faults and median time of an LN-LSTM training step with the buffer pool on, then off
     (`rnnkit.cells.set_workspace_limit(0)`). Not interleaved: turning the pool off drops what it
@@ -114,6 +162,7 @@ def main() -> None:
     print(f"a full cycle collection: {full:.0f} ms over {len(gc.get_objects())} tracked objects")
     print(pool_faults())
     print(tanh_costs())
+    print(second_thread())
     for B, H in ((1, 128), (16, 64), (32, 128), (64, 256)):
         for G in (1, 3, 4):
             print(row(B, H, G))

@@ -65,6 +65,10 @@ def rand(g, *shape):
 def kernel_case(name):
     """(function, positional args, keywords) for each kernel with a tanh, float64."""
     g = torch.Generator().manual_seed(1)
+    if name.startswith("jordan"):  # O = 4 < H folds the output into the recurrence; O = 8 not
+        O = 4 if name == "jordan_folded" else 8
+        args = [rand(g, T, B, I), rand(g, B, O), rand(g, H, I), rand(g, H, O), rand(g, H)]
+        return F.jordan, [*args, rand(g, O, H), rand(g, O)], {}
     gates = {"rnn_tanh": 1, "gru": 3, "gru_before": 3, "mgu": 2, "lstm": 4, "ln_lstm": 4, "ln_gru": 3}[name]
     states = [rand(g, B, H)] + ([rand(g, B, H)] if "lstm" in name else [])
     args = [rand(g, T, B, I), *states, rand(g, gates * H, I), rand(g, gates * H, H)]
@@ -81,7 +85,10 @@ def kernel_case(name):
     return fn, args, kw
 
 
-@pytest.mark.parametrize("name", ["rnn_tanh", "gru", "gru_before", "mgu", "lstm", "ln_lstm", "ln_gru"])
+KERNELS = ["rnn_tanh", "gru", "gru_before", "mgu", "lstm", "ln_lstm", "ln_gru", "jordan_folded", "jordan"]
+
+
+@pytest.mark.parametrize("name", KERNELS)
 def test_kernels_with_torch_tanh_equal_the_loop(name, monkeypatch):
     """The fused kernels as they run where tanh is torch's (CUDA), here on CPU: fused = loop to
     1e-10 in float64, outputs and gradients, with and without lengths."""

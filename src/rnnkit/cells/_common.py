@@ -349,8 +349,7 @@ def recurrent_weight_grad(d_pre: torch.Tensor, first: torch.Tensor, y: torch.Ten
     return grad
 
 
-# --- pieces a family's plain and layer-normalised kernels share (cells.ln_lstm, cells.ln_gru) ---
-
+# --- tanh on CPU, from a sigmoid (every fused kernel with a tanh) -----------------------------
 
 # Device types on which the fused kernels take tanh from a sigmoid (`Tanh`). Elsewhere (CUDA)
 # torch's tanh costs what its sigmoid does and every op is a kernel launch, so they call tanh.
@@ -408,6 +407,9 @@ def doubled(v: torch.Tensor | None, start: int = 0, stop: int | None = None) -> 
     out = v.clone()
     out[start:stop] *= 2
     return out
+
+
+# --- pieces a family's plain and layer-normalised kernels share (cells.ln_lstm, cells.ln_gru) ---
 
 
 def ifog_order(H: int, device) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """A step's arrays laid out in one flat row, for loops over time whose steps are cheap.
 
 Why: in a kernel's loop every per-step array is a view of a whole-sequence buffer (x[t], c[t],
-the gate blocks of G[t], ...), and on CPU making and dropping a view costs about as much as a
-small op (~1 us here). The layer-norm LSTM's loops read or write some twenty such arrays a
-step; its views cost a quarter of a training step at T=1000, B=16, H=64 (measured by giving
-every step step 0's views: 105 -> 78 ms). With a record, a loop works in one scratch row
-through views made once, and moves a whole step to or from the sequence buffer with one copy.
+the gate blocks of G[t], ...), made before the loop and dropped after it; inside a kernel (grad
+mode off) a view costs ~0.4 us (`python benchmarks/op_floor.py`, "a per-step view"). The
+layer-norm LSTM's loops read or write ~24 such arrays a step, ~10 ms a call at T=1000. With a
+record, a loop works in one scratch row through views made once, and moves a whole step to or
+from the sequence buffer with one copy (1.5-2 us at B=16 H=64). Net, side by side: 113-119 ->
+103-108 ms a training step at T=1000 B=16 H=64 (docs/benchmarks.md says how it was run). Kernels
+whose steps touch few arrays (the LN-GRU, the plain cells) would gain nothing: a copy replaces
+only the views it saves.
 
 Layout: the blocks follow each other, each a contiguous (B, width) matrix (block-major), so
 that any block is a contiguous operand (torch's layer-norm kernels copy strided ones) and so are
