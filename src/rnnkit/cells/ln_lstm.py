@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells import _native
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     Tanh,
@@ -124,49 +125,34 @@ class LNLSTMFused(torch.autograd.Function):
         px = input_projection(x, w_ih, None)  # (T, B, 4H)
         g_ih2, shift2 = doubled(g_ih, 2 * H, 3 * H), doubled(shift, 2 * H, 3 * H)
         gx, x_mean, x_rstd = normalize(px, g_ih2, shift2, pooled=True)  # (T, B, 4H), (T, B, 1) x2
-        recurrent, g_hh2 = Product(w_hh, B), doubled(g_hh, 2 * H, 3 * H)
-        g_c2, s_c2 = tanh_.prep(g_c), tanh_.prep(s_c)
-        project = None if w_hr is None else Product(w_hr, B)
+        g_hh2, g_c2, s_c2 = doubled(g_hh, 2 * H, 3 * H), tanh_.prep(g_c), tanh_.prep(s_c)
         rec = _record(B, H, P)
-        written = rec.span("a", "m" if P is None else "y")  # what a step of the forward writes
-        records = workspace.empty((T, rec.size), x)
-        scratch = x.new_empty(rec.size)
-        step_out = scratch[written]
-        h_name = "m" if P is None else "y"
-        rec.block(scratch, "c").copy_(c0)
-        rec.block(scratch, h_name).copy_(h0)
-        ln = torch.native_layer_norm  # normalize's op, called directly in the loop
-        stats, rows = [], None  # per step, LN_hh's and LN_c's (mean, 1/sigma), each (n, 1)
-        for gx_t, rec_t in zip(active_rows(batch_sizes, gx)[0], records[:, written].unbind(0)):
-            if gx_t.shape[0] != rows:  # the sequences still running are the first rows
-                rows = gx_t.shape[0]
-                h, a, c, G, tc, m = (rec.block(scratch, k, rows) for k in (h_name, "a", "c", "G", "tc", "m"))
-                i, f, g, o = G.split(H, dim=1)
-                y = None if P is None else rec.block(scratch, "y", rows)
-            recurrent(h, out=a)  # (n, 4H)
-            a_ln, a_mean, a_rstd = ln(a, (4 * H,), g_hh2, None, EPS)
-            torch.add(gx_t, a_ln, out=G)  # the pre-activations, g~'s doubled
-            G.sigmoid_()
-            tanh_.from_sigmoid(g)  # tanh(g~)
-            c.mul_(f).addcmul_(i, g)  # c = f * c_{t-1} + i * g
-            c_ln, c_mean, c_rstd = ln(c, (H,), g_c2, s_c2, EPS)  # k LN_c(c)
-            tanh_.into(c_ln, out=tc)  # tanh(LN_c(c))
-            torch.mul(o, tc, out=m)
-            if project is not None:
-                project(m, out=y)
-            rec_t.copy_(step_out)
-            stats.append((a_mean, a_rstd, c_mean, c_rstd))
+        train = train and any(ctx.needs_input_grad)
+        native = _native.ops(x) if tanh_.via_sigmoid else None  # (it computes tanh that way)
+        # the compiled loop writes only active rows; the padding is read later, so zeroed
+        records = workspace.empty((T, rec.size), x, zero=native is not None and bool(batch_sizes))
+        if native is not None:
+            stats = x.new_zeros(4, T, B)  # LN_hh's and LN_c's (mean, 1/sigma), every row and step
+            native.ln_lstm_forward(
+                gx, w_hh.t().contiguous(), g_hh2, g_c2, s_c2, h0.contiguous(), c0.contiguous(),
+                None if w_hr is None else w_hr.t().contiguous(), batch_sizes or [], records, stats,
+                _offsets(rec), EPS, train,
+            )  # fmt: skip
+        else:
+            stats = _forward_steps(
+                rec, records, gx, h0, c0, w_hh, g_hh2, g_c2, s_c2, w_hr, batch_sizes, tanh_
+            )
+            if train:
+                _backward_factors(rec, records, c0, H)
         out = workspace.empty((T, B, H if P is None else P), x)
-        out.copy_(rec.block(records, h_name))
+        out.copy_(rec.block(records, "m" if P is None else "y"))
         zero_padding_(out, batch_sizes)  # a finished sequence's rows hold its last state
         c = rec.block(records, "c")
-        if train and any(ctx.needs_input_grad):
-            _backward_factors(rec, records, c0, H)
         # All through save_for_backward: y kept as an attribute of ctx would be a reference
         # cycle (y -> its grad_fn -> ctx -> y) that only the cycle collector frees.
         kept = (px, x_mean, x_rstd, records, out)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, *kept)
-        ctx.stats, ctx.batch_sizes = stats, batch_sizes
+        ctx.stats, ctx.batch_sizes, ctx.native = stats, batch_sizes, native
         return out, last_valid(out, batch_sizes), last_valid(c, batch_sizes)
 
     @staticmethod
@@ -175,69 +161,41 @@ class LNLSTMFused(torch.autograd.Function):
         forbid_double_backward("layer-norm lstm")
         x, h0, c0, w_ih, w_hh, g_ih, shift, g_hh, g_c, s_c, w_hr, *kept = ctx.saved_tensors
         px, x_mean, x_rstd, records, y = kept
-        bs, need = ctx.batch_sizes, ctx.needs_input_grad
+        bs, need, native = ctx.batch_sizes, ctx.needs_input_grad, ctx.native
         T, B, _ = x.shape
         H = w_hh.shape[0] // 4
         rec = _record(B, H, None if w_hr is None else w_hr.shape[0])
-        read = rec.span("K", "G")  # what a step of the backward reads
-        scratch = x.new_empty(rec.size)
-        step_in = scratch[read]
         # The loop's outputs: dG (pre-activations, 4H) and dl (at LN_c's output, H), kept for the
         # LN parameters' gradients and LN_ih's backward, in records of their own; da (= d(W_hh
-        # h_{t-1}), 4H) in a buffer of its own, for dW_hh's product.
+        # h_{t-1}), 4H) in a buffer of its own, for dW_hh's product. Rows past a sequence's end
+        # stay 0.
         grads = StepRecord(B, dG=4 * H, dl=H)
-        grad_records = workspace.empty((T, grads.size), x)
-        grad_scratch = x.new_zeros(grads.size)  # rows past a sequence's end stay 0
+        grad_records = workspace.empty((T, grads.size), x, zero=native is not None and bool(bs))
         da = workspace.empty((T, B, 4 * H), x, zero=bool(bs))
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
         # y is 0 past a sequence's end whatever the weights, and the records' m is not: dW_hr's
         # product must not see gradients there
         zero_padding_(g_h, bs)
-        carry = grad_cn.clone()  # dc_{t+1} f_{t+1}
-        dc, dm = x.new_empty(B, 1, H), x.new_empty(B, H)  # dc_t (also seen as (B, H)); dm_t
-        back = Product(w_hh.t(), B)  # da -> da W_hh
-        unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
-        ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
-        steps = zip(
-            range(T - 1, -1, -1),
-            reversed(records[:, read].unbind(0)),
-            reversed(grad_records.unbind(0)),
-            *(reversed(v) for v in active_rows(bs, g_h, da)),
-        )
-        da_next = x.new_zeros(B, 4 * H) if bs is None else None  # da_{t+1}; 0 at the last step
-        rows = None
-        for t, rec_t, grad_t, g_t, da_t in steps:
-            if g_t.shape[0] != rows:  # the sequences still running are the first rows
-                rows = g_t.shape[0]
-                K, E, a, c, G = (rec.block(scratch, k, rows) for k in ("K", "E", "a", "c", "G"))
-                K4, f, Ko = K.unflatten(1, (4, H)), G[:, H : 2 * H], K[:, 3 * H :]
-                dG, dl = grads.block(grad_scratch, "dG", rows), grads.block(grad_scratch, "dl", rows)
-                dG4, dGo = dG.unflatten(1, (4, H)), dG[:, 3 * H :]
-                dc3, dc2, dm_n, carry_n = dc[:rows], dc[:rows, 0], dm[:rows], carry[:rows]
-            step_in.copy_(rec_t)
-            if bs is not None:  # step t+1's gradient on the rows running at t (0 past its own)
-                da_next = da[t + 1, :rows] if t < T - 1 else da_t.new_zeros(da_t.shape)
-            # dh_t = g_t + da_{t+1} W_hh: into dm directly, or kept in g for dW_hr's product
-            if unproject is None:
-                back(da_next, add=g_t, out=dm_n)
-            else:
-                unproject(back(da_next, add=g_t, out=g_t), out=dm_n)
-            torch.mul(dm_n, E, out=dl)
-            a_mean, a_rstd, c_mean, c_rstd = ctx.stats[t]
-            dc_ln = ln_back(dl, c, (H,), c_mean, c_rstd, g_c, None, dx_only)[0]
-            torch.add(carry_n, dc_ln, out=dc2)  # dc_t
-            torch.mul(K4, dc3, out=dG4)  # i, f, g blocks (o overwritten next)
-            torch.mul(dm_n, Ko, out=dGo)
-            torch.mul(dc2, f, out=carry_n)
-            da_next = ln_back(dG, a, (4 * H,), a_mean, a_rstd, g_hh, None, dx_only)[0]
-            da_t.copy_(da_next)
-            grad_t.copy_(grad_scratch)
+        carry = grad_cn.contiguous().clone()  # dc_{t+1} f_{t+1}; dc_0 after the loop
+        if native is not None:
+            native.ln_lstm_backward(
+                records, ctx.stats, g_h, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
+                g_hh.contiguous(), g_c.contiguous(), bs or [], _offsets(rec),
+                [grads.blocks["dG"][0], grads.blocks["dl"][0]], grad_records, da, carry,
+            )  # fmt: skip
+            a_stats, c_stats = ctx.stats.unsqueeze(-1)[:2], ctx.stats.unsqueeze(-1)[2:]
+        else:
+            _backward_steps(
+                rec, records, grads, grad_records, da, g_h, carry, w_hh, w_hr, g_hh, g_c, ctx.stats, bs
+            )
         dG, dl = grads.block(grad_records, "dG"), grads.block(grad_records, "dl")  # (T, B, 4H), (T, B, H)
         a, c = rec.block(records, "a"), rec.block(records, "c")
-        # The gains and shifts of LN_c and LN_hh for all steps at once, from the loop's statistics
-        # (a row past a sequence's end has zero gradients and adds nothing).
-        a_stats = stacked_stats([s[:2] for s in ctx.stats], a, bs)
-        c_stats = stacked_stats([s[2:] for s in ctx.stats], c, bs)
+        if native is None:
+            # the loop's statistics stacked (a row past a sequence's end has zero gradients and
+            # adds nothing)
+            a_stats = stacked_stats([s[:2] for s in ctx.stats], a, bs)
+            c_stats = stacked_stats([s[2:] for s in ctx.stats], c, bs)
+        # The gains and shifts of LN_c and LN_hh for all steps at once
         _, dg_c, ds_c = normalize_backward(dl, c, *c_stats, g_c, s_c, (False, need[8], need[9]), pooled=True)
         dg_hh = normalize_backward(dG, a, *a_stats, g_hh, None, (False, need[7], False), pooled=True)[1]
         TB = T * B
@@ -246,10 +204,105 @@ class LNLSTMFused(torch.autograd.Function):
         dx = input_grad(dpx, w_ih) if need[0] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[3] else None
         dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, -1)]])[0] if need[4] else None
-        dh0 = back(da[0]) if need[1] else None
+        dh0 = Product(w_hh.t(), B)(da[0]) if need[1] else None
         dc0 = carry if need[2] else None
         dw_hr = weight_grad(g_h, rec.block(records, "m")) if w_hr is not None and need[10] else None
         return dx, dh0, dc0, dw_ih, dw_hh, dg_ih, dshift, dg_hh, dg_c, ds_c, dw_hr, None, None
+
+
+def _offsets(rec: StepRecord) -> list[int]:
+    """The record's block offsets in the order the compiled loops take them (y: -1 if absent)."""
+    return [rec.blocks[k][0] if k in rec.blocks else -1 for k in ("K", "E", "a", "c", "G", "tc", "m", "y")]
+
+
+def _forward_steps(rec, records, gx, h0, c0, w_hh, g_hh2, g_c2, s_c2, w_hr, batch_sizes, tanh_) -> list:
+    """The forward loop in eager ops (the compiled one's reference): each step into `records`;
+    returns LN_hh's and LN_c's statistics, per step (mean, 1/sigma, mean, 1/sigma), each (n, 1).
+    It works in a scratch record and copies each step out once."""
+    B, H = gx.shape[1], gx.shape[2] // 4
+    P = None if w_hr is None else w_hr.shape[0]
+    recurrent = Product(w_hh, B)
+    project = None if w_hr is None else Product(w_hr, B)
+    written = rec.span("a", "m" if P is None else "y")  # what a step of the forward writes
+    scratch = gx.new_empty(rec.size)
+    step_out = scratch[written]
+    h_name = "m" if P is None else "y"
+    rec.block(scratch, "c").copy_(c0)
+    rec.block(scratch, h_name).copy_(h0)
+    ln = torch.native_layer_norm  # normalize's op, called directly in the loop
+    stats, rows = [], None
+    for gx_t, rec_t in zip(active_rows(batch_sizes, gx)[0], records[:, written].unbind(0)):
+        if gx_t.shape[0] != rows:  # the sequences still running are the first rows
+            rows = gx_t.shape[0]
+            h, a, c, G, tc, m = (rec.block(scratch, k, rows) for k in (h_name, "a", "c", "G", "tc", "m"))
+            i, f, g, o = G.split(H, dim=1)
+            y = None if P is None else rec.block(scratch, "y", rows)
+        recurrent(h, out=a)  # (n, 4H)
+        a_ln, a_mean, a_rstd = ln(a, (4 * H,), g_hh2, None, EPS)
+        torch.add(gx_t, a_ln, out=G)  # the pre-activations, g~'s doubled
+        G.sigmoid_()
+        tanh_.from_sigmoid(g)  # tanh(g~)
+        c.mul_(f).addcmul_(i, g)  # c = f * c_{t-1} + i * g
+        c_ln, c_mean, c_rstd = ln(c, (H,), g_c2, s_c2, EPS)  # k LN_c(c)
+        tanh_.into(c_ln, out=tc)  # tanh(LN_c(c))
+        torch.mul(o, tc, out=m)
+        if project is not None:
+            project(m, out=y)
+        rec_t.copy_(step_out)
+        stats.append((a_mean, a_rstd, c_mean, c_rstd))
+    return stats
+
+
+def _backward_steps(
+    rec, records, grads, grad_records, da, g_h, carry, w_hh, w_hr, g_hh, g_c, stats, bs
+) -> None:
+    """The backward loop in eager ops (the compiled one's reference): dG and dl into
+    `grad_records`, da into `da`, dc_0 into `carry` (module docstring). It reads each step's
+    record into a scratch one with one copy."""
+    T, B, _ = da.shape
+    H = da.shape[2] // 4
+    read = rec.span("K", "G")  # what a step of the backward reads
+    scratch = da.new_empty(rec.size)
+    step_in = scratch[read]
+    grad_scratch = da.new_zeros(grads.size)  # rows past a sequence's end stay 0
+    dc, dm = da.new_empty(B, 1, H), da.new_empty(B, H)  # dc_t (also seen as (B, H)); dm_t
+    back = Product(w_hh.t(), B)  # da -> da W_hh
+    unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
+    ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
+    steps = zip(
+        range(T - 1, -1, -1),
+        reversed(records[:, read].unbind(0)),
+        reversed(grad_records.unbind(0)),
+        *(reversed(v) for v in active_rows(bs, g_h, da)),
+    )
+    da_next = da.new_zeros(B, 4 * H) if bs is None else None  # da_{t+1}; 0 at the last step
+    rows = None
+    for t, rec_t, grad_t, g_t, da_t in steps:
+        if g_t.shape[0] != rows:  # the sequences still running are the first rows
+            rows = g_t.shape[0]
+            K, E, a, c, G = (rec.block(scratch, k, rows) for k in ("K", "E", "a", "c", "G"))
+            K4, f, Ko = K.unflatten(1, (4, H)), G[:, H : 2 * H], K[:, 3 * H :]
+            dG, dl = grads.block(grad_scratch, "dG", rows), grads.block(grad_scratch, "dl", rows)
+            dG4, dGo = dG.unflatten(1, (4, H)), dG[:, 3 * H :]
+            dc3, dc2, dm_n, carry_n = dc[:rows], dc[:rows, 0], dm[:rows], carry[:rows]
+        step_in.copy_(rec_t)
+        if bs is not None:  # step t+1's gradient on the rows running at t (0 past its own)
+            da_next = da[t + 1, :rows] if t < T - 1 else da_t.new_zeros(da_t.shape)
+        # dh_t = g_t + da_{t+1} W_hh: into dm directly, or kept in g for dW_hr's product
+        if unproject is None:
+            back(da_next, add=g_t, out=dm_n)
+        else:
+            unproject(back(da_next, add=g_t, out=g_t), out=dm_n)
+        torch.mul(dm_n, E, out=dl)
+        a_mean, a_rstd, c_mean, c_rstd = stats[t]
+        dc_ln = ln_back(dl, c, (H,), c_mean, c_rstd, g_c, None, dx_only)[0]
+        torch.add(carry_n, dc_ln, out=dc2)  # dc_t
+        torch.mul(K4, dc3, out=dG4)  # i, f, g blocks (o overwritten next)
+        torch.mul(dm_n, Ko, out=dGo)
+        torch.mul(dc2, f, out=carry_n)
+        da_next = ln_back(dG, a, (4 * H,), a_mean, a_rstd, g_hh, None, dx_only)[0]
+        da_t.copy_(da_next)
+        grad_t.copy_(grad_scratch)
 
 
 def _backward_factors(rec: StepRecord, records: torch.Tensor, c0: torch.Tensor, H: int) -> None:

@@ -1,0 +1,125 @@
+"""Compiled loops over time for CPU (`native/*.cpp`), built on this machine on first use.
+
+Why: at small sizes a step of a fused kernel's Python loop costs its ~20 eager ops (1-7 us each,
+`python benchmarks/op_floor.py`), not its arithmetic. A compiled loop makes a step one GEMM and
+one pass over each row. Only the loops are compiled; everything done for all steps at once
+(input projection, weight gradients, layer-norm parameter gradients) stays in the Python kernel,
+which also keeps its own loops as the reference and as the path wherever the compiled one does
+not apply (another device or dtype, no compiler).
+
+Built with torch's C++ extension tools (a C++17 compiler and ninja), for this machine's CPU
+(-march=native: the binary's name carries a digest of the source, flags, torch version and CPU,
+so a cache shared between machines cannot load the wrong one), into torch's extension cache
+(TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions by default): ~30 s once, then a load. If the
+build fails, rnnkit warns once and runs the Python loops; set RNNKIT_NATIVE=0 to never try.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).with_name("native") / "ln_lstm.cpp"]
+# -fno-math-errno lets the loops call the vector variants of exp (the source says why not
+# -ffast-math); -fopenmp-simd honours their `omp simd` pragmas without an OpenMP runtime.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
+DTYPES = (torch.float32, torch.float64)
+
+_lock = threading.Lock()
+_forced_off = False  # tests.set by `disabled()`
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for src in SOURCES:
+        h.update(src.read_bytes())
+    h.update(" ".join(CFLAGS).encode())
+    h.update(torch.__version__.encode())
+    h.update(platform.machine().encode())
+    try:  # the CPU's feature flags: -march=native builds for exactly these
+        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+        h.update((flags[0] if flags else "").encode())
+    except OSError:
+        h.update(platform.processor().encode())
+    return h.hexdigest()[:12]
+
+
+@functools.cache
+def _build():
+    """torch.ops.rnnkit after building (or loading) the library, or None (with one warning)."""
+    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        name = f"rnnkit_native_{_digest()}"
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        with _build_lock(build_dir):
+            cpp_extension.load(
+                name=name,
+                sources=[str(s) for s in SOURCES],
+                extra_cflags=CFLAGS,
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=False,
+            )
+        return torch.ops.rnnkit
+    except Exception as e:  # no compiler, no ninja, a failed build: the Python loops serve
+        warnings.warn(
+            f"rnnkit: compiled CPU loops unavailable ({type(e).__name__}: ...{str(e).strip()[-400:]}); "
+            "using the Python loops, which give the same results more slowly. Set RNNKIT_NATIVE=0 "
+            "to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One build at a time across processes, by a lock the OS drops when its holder dies.
+
+    torch's own lock is a file that exists while a build runs; a build killed half way (an
+    interrupted first call) leaves it behind, and every later load waits on it forever. Under
+    this lock nobody else is building, so such a file is stale and removed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(build_dir / "rnnkit.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ops(like: torch.Tensor):
+    """The compiled ops for kernels whose buffers are like `like`, or None where they do not
+    apply (not CPU, not float32/float64, disabled, or the build failed)."""
+    if _forced_off or like.device.type != "cpu" or like.dtype not in DTYPES:
+        return None
+    with _lock:  # one build per process, even from several threads
+        return _build()
+
+
+class disabled:
+    """Context manager: the Python loops everywhere inside (the tests' reference path)."""
+
+    def __enter__(self):
+        global _forced_off
+        self._before, _forced_off = _forced_off, True
+
+    def __exit__(self, *exc):
+        global _forced_off
+        _forced_off = self._before
