@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name("native") / "ln_lstm.cpp"]
+_DIR = Path(__file__).with_name("native")
+SOURCES = [_DIR / "ln_lstm.cpp", _DIR / "ln_gru.cpp"]
+HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (the source says why not
 # -ffast-math); -fopenmp-simd honours their `omp simd` pragmas without an OpenMP runtime.
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
@@ -39,7 +41,7 @@ _forced_off = False  # tests.set by `disabled()`
 
 def _digest() -> str:
     h = hashlib.sha256()
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
     h.update(" ".join(CFLAGS).encode())
     h.update(torch.__version__.encode())

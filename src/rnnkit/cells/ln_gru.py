@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
+from rnnkit.cells import _native
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     Tanh,
@@ -119,34 +120,34 @@ class LNGRUFused(torch.autograd.Function):
         rzn, x_mean, x_rstd = normalize(px, tanh_.prep(g_ih, 2 * H), tanh_.prep(shift_x, 2 * H), pooled=True)
         n = workspace.empty((T, B, H), x).copy_(rzn[..., 2 * H :])  # (T, B, H): k xn, then n in place
         rzn[..., 2 * H :] = 0
-        recurrent = Product(w_hh, B)  # h -> W_hh h
         a = workspace.empty_like(
             rzn, zero=bool(batch_sizes)
         )  # (T, B, 3H): W_hh h_{t-1}, for LN_hh's backward
         y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
-        steps = active_rows(
-            batch_sizes, rzn, rzn[..., : 2 * H], rzn[..., :H], rzn[..., H : 2 * H], rzn[..., 2 * H :], a, n, y
-        )
-        stats = []  # per step, LN_hh's (mean, 1/sigma), each (n, 1)
-        h = h0
-        ln = torch.native_layer_norm  # normalize's op, called directly in the loop
         g_hh2, shift2 = tanh_.prep(g_hh, 2 * H), tanh_.prep(shift, 2 * H)
-        for rzn_t, rz_t, r_t, z_t, hn_t, a_t, n_t, y_t in zip(*steps):
-            if batch_sizes:  # the sequences still running are the first rows
-                h = h[: y_t.shape[0]]
-            recurrent(h, out=a_t)  # (n, 3H)
-            a_ln, a_mean, a_rstd = ln(a_t, (3 * H,), g_hh2, shift2, EPS)
-            rzn_t.add_(a_ln)  # [xr + hr, xz + hz, k hn]
-            rz_t.sigmoid_()
-            tanh_(n_t.addcmul_(r_t, hn_t))
-            torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
-            stats.append((a_mean, a_rstd))
-            h = y_t
+        native = _native.ops(x) if tanh_.via_sigmoid else None  # (it computes tanh that way)
+        if native is not None:
+            stats = x.new_zeros(2, T, B)  # LN_hh's (mean, 1/sigma), every row and step
+            native.ln_gru_forward(
+                rzn,
+                n,
+                a,
+                y,
+                h0.contiguous(),
+                w_hh.t().contiguous(),
+                g_hh2,
+                shift2,
+                batch_sizes or [],
+                stats,
+                EPS,
+            )
+        else:
+            stats = _forward_steps(rzn, n, a, y, h0, w_hh, g_hh2, shift2, batch_sizes, tanh_)
         tanh_.undo_(rzn[..., 2 * H :])  # hn itself, for the backward (exact)
         # All through save_for_backward: y kept as an attribute of ctx would be a reference
         # cycle (y -> its grad_fn -> ctx -> y) that only the cycle collector frees.
         ctx.save_for_backward(x, h0, w_ih, w_hh, g_ih, shift_x, g_hh, shift, px, x_mean, x_rstd, rzn, a, n, y)
-        ctx.stats, ctx.batch_sizes = stats, batch_sizes
+        ctx.stats, ctx.batch_sizes, ctx.native = stats, batch_sizes, native
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
@@ -170,33 +171,71 @@ class LNGRUFused(torch.autograd.Function):
         D = zero_padding_(R.view(T, B, 3 * H), bs)  # (T, B, 3H)
         da = workspace.empty_like(a, zero=bool(bs))  # (T, B, 3H)
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
-        dhs, dh3s, Rs, Ds, zs, as_, das = active_rows(bs, g, g.unsqueeze(2), R, D, z, a, da)
-        g_prev = prev_rows(bs, g)
-        back = Product(w_hh.t(), B)  # da -> da W_hh
-        ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
-        for t in range(T - 1, -1, -1):
-            a_mean, a_rstd = ctx.stats[t]
-            dh = dhs[t]
-            torch.mul(Rs[t], dh3s[t], out=Rs[t])  # [dr~, dz~, dn~ r]: at LN_hh's output
-            das[t].copy_(ln_back(Ds[t], as_[t], (3 * H,), a_mean, a_rstd, g_hh, None, dx_only)[0])
-            if t:  # dh_{t-1} += dh_t z_t + da_t W_hh
-                g_prev[t].addcmul_(dh, zs[t])
-                back(das[t], add=g_prev[t], out=g_prev[t])
+        if ctx.native is not None:
+            ctx.native.ln_gru_backward(
+                D, g, rzn, a, ctx.stats, w_hh.contiguous(), g_hh.contiguous(), bs or [], da
+            )
+            a_mean, a_rstd = ctx.stats.unsqueeze(-1)
+        else:
+            _backward_steps(R, D, g, z, a, da, w_hh, g_hh, ctx.stats, bs)
+            # the loop's statistics stacked (a row past a sequence's end has D = 0 and adds nothing)
+            a_mean, a_rstd = stacked_stats(ctx.stats, a, bs)
         TB = T * B
-        # LN_hh's gain and shift for all steps at once, from the loop's statistics (a row past a
-        # sequence's end has D = 0 and adds nothing), then D becomes the input side's gradient,
+        # LN_hh's gain and shift for all steps at once, then D becomes the input side's gradient,
         # whose n block is dn~ itself: f_n dh.
-        a_mean, a_rstd = stacked_stats(ctx.stats, a, bs)
         dg_hh, ds_hh = normalize_backward(D, a, a_mean, a_rstd, g_hh, shift, (False, need[6], need[7]))[1:]
         D[..., 2 * H :] = zero_padding_(f_n.mul_(g), bs)
         x_mask = (True, need[4], need[5])
         dpx, dg_ih, dshift_x = normalize_backward(D, px, x_mean, x_rstd, g_ih, shift_x, x_mask, pooled=True)
         dx = input_grad(dpx, w_ih) if need[0] else None
-        dh0 = torch.addcmul(back(da[0]), dhs[0], zs[0]) if need[1] else None
+        dh0 = torch.addcmul(Product(w_hh.t(), B)(da[0]), g[0], z[0]) if need[1] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[2] else None
         dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, H)]])[0] if need[3] else None
         ds_n = None if ds_hh is None else ds_hh[2 * H :]
         return dx, dh0, dw_ih, dw_hh, dg_ih, dshift_x, dg_hh, ds_n, None
+
+
+def _forward_steps(rzn, n, a, y, h0, w_hh, g_hh2, shift2, batch_sizes, tanh_) -> list:
+    """The forward loop in eager ops (the compiled one's reference), in place on the buffers of
+    `LNGRUFused.forward`; returns LN_hh's statistics per step, (mean, 1/sigma), each (n, 1)."""
+    B, H = y.shape[1], y.shape[2]
+    recurrent = Product(w_hh, B)  # h -> W_hh h
+    steps = active_rows(
+        batch_sizes, rzn, rzn[..., : 2 * H], rzn[..., :H], rzn[..., H : 2 * H], rzn[..., 2 * H :], a, n, y
+    )
+    stats = []
+    h = h0
+    ln = torch.native_layer_norm  # normalize's op, called directly in the loop
+    for rzn_t, rz_t, r_t, z_t, hn_t, a_t, n_t, y_t in zip(*steps):
+        if batch_sizes:  # the sequences still running are the first rows
+            h = h[: y_t.shape[0]]
+        recurrent(h, out=a_t)  # (n, 3H)
+        a_ln, a_mean, a_rstd = ln(a_t, (3 * H,), g_hh2, shift2, EPS)
+        rzn_t.add_(a_ln)  # [xr + hr, xz + hz, k hn]
+        rz_t.sigmoid_()
+        tanh_(n_t.addcmul_(r_t, hn_t))
+        torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
+        stats.append((a_mean, a_rstd))
+        h = y_t
+    return stats
+
+
+def _backward_steps(R, D, g, z, a, da, w_hh, g_hh, stats, bs) -> None:
+    """The backward loop in eager ops (the compiled one's reference): R scaled by dh_t into D (a
+    view of it), LN_hh's backward into da, dh_t accumulated in g (`LNGRUFused.backward`)."""
+    T, B, H = g.shape
+    dhs, dh3s, Rs, Ds, zs, as_, das = active_rows(bs, g, g.unsqueeze(2), R, D, z, a, da)
+    g_prev = prev_rows(bs, g)
+    back = Product(w_hh.t(), B)  # da -> da W_hh
+    ln_back, dx_only = torch.ops.aten.native_layer_norm_backward, (True, False, False)
+    for t in range(T - 1, -1, -1):
+        a_mean, a_rstd = stats[t]
+        dh = dhs[t]
+        torch.mul(Rs[t], dh3s[t], out=Rs[t])  # [dr~, dz~, dn~ r]: at LN_hh's output
+        das[t].copy_(ln_back(Ds[t], as_[t], (3 * H,), a_mean, a_rstd, g_hh, None, dx_only)[0])
+        if t:  # dh_{t-1} += dh_t z_t + da_t W_hh
+            g_prev[t].addcmul_(dh, zs[t])
+            back(das[t], add=g_prev[t], out=g_prev[t])
 
 
 def ln_gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, ln_ih, ln_hh, batch_sizes=None, impl="fused"):

@@ -16,71 +16,16 @@
 //   * batch_sizes: empty, or as in PackedSequence; rows past a sequence's end are not written
 //     (the caller zeroes the buffers whose padding is read later).
 
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
-#include <cmath>
-#include <optional>
-
-#if defined(__GLIBC__) && defined(__x86_64__)
-// glibc's vector variants of exp (libmvec), so that `omp simd` loops vectorise their exps; the
-// declaration is what math.h gives under -ffast-math, which this file does not want.
-extern "C" {
-__attribute__((simd("notinbranch"))) float expf(float) noexcept;
-__attribute__((simd("notinbranch"))) double exp(double) noexcept;
-}
-#endif
+#include "common.h"
 
 namespace {
 
-inline float exp_(float v) { return expf(v); }
-inline double exp_(double v) { return exp(v); }
-
-template <typename T>
-struct Moments {
-  T mean, rstd;
-};
-
-// mean and 1/sqrt(biased var + eps) of v[0:n], in two passes as torch's layer norm.
-template <typename T>
-inline Moments<T> moments(const T* v, int64_t n, double eps) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += v[j];
-  const T mean = s / T(n);
-  T q = 0;
-#pragma omp simd reduction(+ : q)
-  for (int64_t j = 0; j < n; ++j) q += (v[j] - mean) * (v[j] - mean);
-  return {mean, T(1) / std::sqrt(q / T(n) + T(eps))};
-}
-
-// The two sums of the LN backward (rnnkit/cells/_layernorm.py): mean(dy gain) and
-// mean(dy gain vhat), vhat = (v - mean) / sigma.
-template <typename T>
-inline std::pair<T, T> ln_sums(const T* dy, const T* v, const T* gain, Moments<T> m, int64_t n) {
-  T s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-  for (int64_t j = 0; j < n; ++j) {
-    const T gy = dy[j] * gain[j];
-    s1 += gy;
-    s2 += gy * (v[j] - m.mean) * m.rstd;
-  }
-  return {s1 / T(n), s2 / T(n)};
-}
+using namespace rnnkit_native;
 
 struct Layout {
   int64_t K, E, a, c, G, tc, m, y;
   explicit Layout(at::IntArrayRef o) : K(o[0]), E(o[1]), a(o[2]), c(o[3]), G(o[4]), tc(o[5]), m(o[6]), y(o[7]) {}
 };
-
-// rows x width matrix over memory the caller's tensor owns (a block of a record, or rows of a
-// buffer): one TensorImpl, where narrow + view would make three.
-template <typename T>
-inline at::Tensor matrix(T* p, int64_t rows, int64_t width, const at::TensorOptions& opt) {
-  return at::from_blob(p, {rows, width}, opt);
-}
-
-inline int64_t rows_at(at::IntArrayRef bs, int64_t t, int64_t B) { return bs.empty() ? B : bs[t]; }
 
 template <typename T>
 void forward_impl(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tensor& g_hh, const at::Tensor& g_c,
@@ -218,17 +163,11 @@ void backward_impl(const at::Tensor& records, const at::Tensor& stats, at::Tenso
   }
 }
 
-template <typename... Ts>
-void check_buffers(const Ts&... ts) {
-  const bool ok = ((ts.device().is_cpu() && ts.is_contiguous()) && ...);
-  TORCH_CHECK(ok, "rnnkit native ln_lstm: every buffer must be a contiguous CPU tensor");
-}
-
 void ln_lstm_forward(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tensor& g_hh, const at::Tensor& g_c,
                      const at::Tensor& s_c, const at::Tensor& h0, const at::Tensor& c0,
                      const std::optional<at::Tensor>& w_hr_t, at::IntArrayRef batch_sizes, at::Tensor records,
                      at::Tensor stats, at::IntArrayRef offsets, double eps, bool train) {
-  check_buffers(gx, g_hh, g_c, s_c, c0, records, stats);
+  check_buffers("rnnkit ln_lstm_forward", gx, g_hh, g_c, s_c, c0, records, stats);
   TORCH_CHECK(offsets.size() == 8, "rnnkit native ln_lstm: 8 record offsets expected");
   at::AutoDispatchBelowADInplaceOrView guard;  // plain tensors only: skip autograd's dispatch
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_lstm_forward", [&] {
@@ -241,7 +180,7 @@ void ln_lstm_backward(const at::Tensor& records, const at::Tensor& stats, at::Te
                       const std::optional<at::Tensor>& w_hr, const at::Tensor& g_hh, const at::Tensor& g_c,
                       at::IntArrayRef batch_sizes, at::IntArrayRef offsets, at::IntArrayRef grad_offsets,
                       at::Tensor grad_records, at::Tensor da, at::Tensor carry) {
-  check_buffers(records, stats, g_h, g_hh, g_c, grad_records, da, carry);
+  check_buffers("rnnkit ln_lstm_backward", records, stats, g_h, g_hh, g_c, grad_records, da, carry);
   TORCH_CHECK(offsets.size() == 8 && grad_offsets.size() == 2, "rnnkit native ln_lstm: bad record offsets");
   at::AutoDispatchBelowADInplaceOrView guard;
   AT_DISPATCH_FLOATING_TYPES(da.scalar_type(), "ln_lstm_backward", [&] {
@@ -252,7 +191,7 @@ void ln_lstm_backward(const at::Tensor& records, const at::Tensor& stats, at::Te
 
 }  // namespace
 
-TORCH_LIBRARY(rnnkit, m) {
+TORCH_LIBRARY_FRAGMENT(rnnkit, m) {
   m.def(
       "ln_lstm_forward(Tensor gx, Tensor w_hh_t, Tensor g_hh, Tensor g_c, Tensor s_c, Tensor h0, Tensor c0, "
       "Tensor? w_hr_t, int[] batch_sizes, Tensor(a!) records, Tensor(b!) stats, int[] offsets, float eps, "
