@@ -3,7 +3,9 @@
 For each config and cell, in one process and interleaved (so machine load hits all alike), a
 training step (forward + backward of y.sum() + h_n.sum()), float32, median of several runs after a
 warm-up:
-  ours    rnnkit.LSTM / GRU(layer_norm=True), impl="fused" (the hand-derived BPTT)
+  ours    rnnkit.LSTM / GRU(layer_norm=True), impl="fused" (the hand-derived BPTT), with its
+          compiled CPU loops (`rnnkit.cells._native`) where they could be built
+  py      the same kernel with its Python loops (`_native.disabled()`): what the compiled loops gain
   naive   the loop a user writes: `for x_t in x.unbind(0)`, the step equations with
           torch.nn.functional.layer_norm, torch.stack of the outputs, autograd for the backward
   torch   torch.nn.LSTM / GRU of the same sizes, which has no layer normalisation: what LN costs
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 import rnnkit
 from _harness import stamped, time_interleaved, write_section
+from rnnkit.cells import _native
 
 CONFIGS = [(1000, 16, 64), (100, 64, 256)]  # (T, B, I=H); the first is the target
 TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -76,7 +79,11 @@ def runners(cell: str, T: int, B: int, H: int) -> dict:
 
         return run
 
-    fns = {"ours": lambda: ours(x), "naive": lambda: naive(cell, x, params)}
+    def python_loops():
+        with _native.disabled():  # the backward follows the forward's choice
+            return ours(x)
+
+    fns = {"ours": lambda: ours(x), "py": python_loops, "naive": lambda: naive(cell, x, params)}
     fns.update({"torch": lambda: ref(x), "plain": lambda: plain(x)})
     return {name: train(f) for name, f in fns.items()}
 
@@ -91,21 +98,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     configs = [(50, 8, 32)] if args.quick else CONFIGS
     repeats, budget = (3, 1.0) if args.quick else (7, 20.0)
-    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, training step"
+    compiled = "on" if _native.ops(torch.zeros(1)) is not None else "off (could not be built)"
+    header = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, training step; "
+        f"compiled loops {compiled}"
+    )
     print(header)
     cols = (
-        "| cell | T | B | I=H | LN fused ms | LN naive ms | torch (no LN) ms | rnnkit (no LN) ms "
-        "| vs naive | vs torch |"
+        "| cell | T | B | I=H | LN fused ms | Python loops ms | LN naive ms | torch (no LN) ms "
+        "| rnnkit (no LN) ms | vs naive | vs torch |"
     )
-    lines = [cols, "|" + "---|" * 10]
+    lines = [cols, "|" + "---|" * 11]
     print(cols)
     for T, B, H in configs:
         for cell in ("lstm", "gru"):
             t = time_interleaved(runners(cell, T, B, H), repeats, budget)
             ms = {k: f"{v * 1e3:.1f}" for k, v in t.items()}
             row = (
-                f"| ln-{cell} | {T} | {B} | {H} | {ms['ours']} | {ms['naive']} | {ms['torch']} | "
-                f"{ms['plain']} | {t['naive'] / t['ours']:.2f}x | {t['torch'] / t['ours']:.2f}x |"
+                f"| ln-{cell} | {T} | {B} | {H} | {ms['ours']} | {ms['py']} | {ms['naive']} | "
+                f"{ms['torch']} | {ms['plain']} | {t['naive'] / t['ours']:.2f}x | "
+                f"{t['torch'] / t['ours']:.2f}x |"
             )
             print(row, flush=True)
             lines.append(row)

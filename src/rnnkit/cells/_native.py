@@ -30,9 +30,11 @@ import torch
 _DIR = Path(__file__).with_name("native")
 SOURCES = [_DIR / "ln_lstm.cpp", _DIR / "ln_gru.cpp"]
 HEADERS = [_DIR / "common.h"]
-# -fno-math-errno lets the loops call the vector variants of exp (the source says why not
-# -ffast-math); -fopenmp-simd honours their `omp simd` pragmas without an OpenMP runtime.
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
+# -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
+# -ffast-math); -fopenmp for their `omp simd` pragmas and torch's at::parallel_for, whose OpenMP
+# runtime is then torch's own (libgomp.so.1, already loaded by torch, is reused by its soname).
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 DTYPES = (torch.float32, torch.float64)
 
 _lock = threading.Lock()
@@ -69,6 +71,7 @@ def _build():
                 name=name,
                 sources=[str(s) for s in SOURCES],
                 extra_cflags=CFLAGS,
+                extra_ldflags=LDFLAGS,
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,

@@ -32,7 +32,7 @@ void forward_impl(at::Tensor& rzn, at::Tensor& n_buf, at::Tensor& a_buf, at::Ten
     const T* hp = t > 0 ? yp + (t - 1) * B * H : h0p;  // h_{t-1}, rows first
     at::Tensor a_t = matrix(ap + t * B * G3, n, G3, opt);
     at::mm_out(a_t, matrix(const_cast<T*>(hp), n, H, opt), w_hh_t);  // a = W_hh h_{t-1}
-    for (int64_t r = 0; r < n; ++r) {
+    for_rows(n, G3, [&](int64_t r) {
       const int64_t row = t * B + r;
       const T* a = ap + row * G3;
       T *G = rznp + row * G3, *nn = np + row * H, *y = yp + row * H;
@@ -52,7 +52,7 @@ void forward_impl(at::Tensor& rzn, at::Tensor& n_buf, at::Tensor& a_buf, at::Ten
       }
       st[row] = m.mean;
       st[T_ * B + row] = m.rstd;
-    }
+    });
   }
 }
 
@@ -66,7 +66,7 @@ void backward_impl(at::Tensor& R, at::Tensor& g, const at::Tensor& rzn, const at
   const T *rznp = rzn.data_ptr<T>(), *ap = a_buf.data_ptr<T>(), *st = stats.data_ptr<T>(), *ghh = g_hh.data_ptr<T>();
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = rows_at(bs, t, B);
-    for (int64_t r = 0; r < n; ++r) {
+    for_rows(n, G3, [&](int64_t r) {
       const int64_t row = t * B + r;
       const T *dh = gp + row * H, *a = ap + row * G3, *z = rznp + row * G3 + H;
       T *D = Rp + row * G3, *dar = dap + row * G3;
@@ -85,7 +85,7 @@ void backward_impl(at::Tensor& R, at::Tensor& g, const at::Tensor& rzn, const at
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) prev[j] += dh[j] * z[j];
       }
-    }
+    });
     if (t > 0) {
       at::Tensor prev = matrix(gp + (t - 1) * B * H, n, H, opt);
       at::addmm_out(prev, prev, matrix(dap + t * B * G3, n, G3, opt), w_hh);

@@ -48,7 +48,7 @@ void forward_impl(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tens
     at::Tensor h_prev = t > 0 ? matrix(prev + oh, n, P, opt) : h0;
     at::Tensor a_out = matrix(r_t + L.a, n, G4, opt);
     at::mm_out(a_out, h_prev, w_hh_t);  // a = W_hh h_{t-1}
-    for (int64_t r = 0; r < n; ++r) {
+    for_rows(n, G4, [&](int64_t r) {
       const T* a = r_t + L.a + r * G4;
       const T* gxr = gxp + (t * B + r) * G4;
       T* G = r_t + L.G + r * G4;
@@ -90,7 +90,7 @@ void forward_impl(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tens
       s[T_ * B] = ma.rstd;
       s[2 * T_ * B] = mc.mean;
       s[3 * T_ * B] = mc.rstd;
-    }
+    });
     if (project) {
       at::Tensor y = matrix(r_t + L.y, n, P, opt);
       at::mm_out(y, matrix(r_t + L.m, n, H, opt), *w_hr_t);
@@ -136,7 +136,7 @@ void backward_impl(const at::Tensor& records, const at::Tensor& stats, at::Tenso
       at::mm_out(dm_n, g_t, *w_hr);
       dm = dm_p;
     }
-    for (int64_t r = 0; r < n; ++r) {
+    for_rows(n, G4, [&](int64_t r) {
       const T *K = r_t + L.K + r * G4, *E = r_t + L.E + r * H, *a = r_t + L.a + r * G4;
       const T *c = r_t + L.c + r * H, *f = r_t + L.G + r * G4 + H;
       const T* dmr = dm + r * H;
@@ -159,7 +159,7 @@ void backward_impl(const at::Tensor& records, const at::Tensor& stats, at::Tenso
 #pragma omp simd
       for (int64_t j = 0; j < G4; ++j)
         dar[j] = ma.rstd * (dG[j] * ghh[j] - a1 - (a[j] - ma.mean) * ma.rstd * a2);
-    }
+    });
   }
 }
 
