@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 _DIR = Path(__file__).with_name("native")
-SOURCES = [_DIR / "ln_lstm.cpp", _DIR / "ln_gru.cpp"]
+SOURCES = [_DIR / "lstm.cpp", _DIR / "ln_lstm.cpp", _DIR / "ln_gru.cpp"]
 HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
 # -ffast-math); -fopenmp for their `omp simd` pragmas and torch's at::parallel_for, whose OpenMP
@@ -45,7 +45,7 @@ def _digest() -> str:
     h = hashlib.sha256()
     for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(platform.machine().encode())
     try:  # the CPU's feature flags: -march=native builds for exactly these
@@ -70,8 +70,10 @@ def _build():
             cpp_extension.load(
                 name=name,
                 sources=[str(s) for s in SOURCES],
-                extra_cflags=CFLAGS,
-                extra_ldflags=LDFLAGS,
+                # copies: torch extends the lists it is given, and a second build in the process
+                # with other flags would load a second library, whose op registration aborts
+                extra_cflags=list(CFLAGS),
+                extra_ldflags=list(LDFLAGS),
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,

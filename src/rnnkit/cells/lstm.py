@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells import _native
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     Tanh,
@@ -81,39 +82,27 @@ class LSTMFused(torch.autograd.Function):
         bias = add_biases(b_ih, b_hh)
         w_ih_p = w_ih.index_select(0, order)  # (4H, I), blocks i, f, o, g
         # g's pre-activation is made doubled (its rows times 2), so that one sigmoid covers all
-        # four blocks and tanh(g~) = 2 sigmoid(2 g~) - 1 (`Tanh.from_sigmoid`). Where `Tanh` takes
-        # tanh from a sigmoid (CPU: k = 2), the loop keeps k g_t and so k c_t (c's update is
-        # linear), whose sigmoid then gives tanh(c_t); both are divided by k after it (exact).
+        # four blocks and tanh(g~) = 2 sigmoid(2 g~) - 1 (`Tanh.from_sigmoid`).
         tanh_ = Tanh(x)
         bias_p = None if bias is None else doubled(bias.index_select(0, order), 3 * H)
         gates = input_projection(x, doubled(w_ih_p, 3 * H), bias_p)
-        recurrent = Product(doubled(w_hh.index_select(0, order), 3 * H), B)  # h -> h W_hh^T
-        project = None if w_hr is None else Product(w_hr, B)  # m -> m W_hr^T
+        w_hh_p2 = doubled(w_hh.index_select(0, order), 3 * H)
         new = workspace.allocator(zero=bool(batch_sizes))
         c = new(gates[..., :H])  # (T, B, H)
         tanh_c = new(c)  # (T, B, H), kept for backward
         y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
         m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
-        i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) views; activations once computed
-        steps = active_rows(batch_sizes, gates, i, f, o, g, c, tanh_c, m, y)
-        h, c_prev = h0, tanh_.prep(c0)
-        for G_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
-            if batch_sizes:  # the sequences still running are the first rows
-                h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
-            recurrent(h, add=G_t, out=G_t)  # (n, 4H) pre-activations, in place
-            G_t.sigmoid_()  # i, f, o and g's in one call: why the blocks are reordered
-            tanh_.from_sigmoid(g_t, tanh_.k)  # k g
-            torch.mul(f_t, c_prev, out=c_t)
-            c_t.addcmul_(i_t, g_t)  # k c = f * k c_{t-1} + i * k g
-            tanh_.into(c_t, out=tc_t)  # tanh(c)
-            torch.mul(o_t, tc_t, out=m_t)
-            if project is not None:
-                project(m_t, out=y_t)
-            h, c_prev = y_t, c_t
-        tanh_.undo_(g)
-        tanh_.undo_(c)
+        native = _native.ops(x) if tanh_.via_sigmoid else None  # (it computes tanh that way)
+        if native is not None:  # the same loop, compiled (native/lstm.cpp); g and c unscaled
+            w_hr_t = None if w_hr is None else w_hr.t().contiguous()
+            native.lstm_forward(
+                gates, w_hh_p2.t().contiguous(), h0.contiguous(), c0.contiguous(), w_hr_t, batch_sizes or [],
+                c, tanh_c, m, y,
+            )  # fmt: skip
+        else:
+            _forward_steps(gates, h0, c0, w_hh_p2, w_hr, batch_sizes, c, tanh_c, m, y, tanh_)
         ctx.save_for_backward(x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y)
-        ctx.batch_sizes = batch_sizes
+        ctx.batch_sizes, ctx.native = batch_sizes, native
         return y, last_valid(y, batch_sizes), last_valid(c, batch_sizes)
 
     @staticmethod
@@ -125,44 +114,17 @@ class LSTMFused(torch.autograd.Function):
         T, B, H = c.shape
         order = ifog_order(H, x.device)
         w_hh_p = w_hh.index_select(0, order)
-        i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) activations
-        # Factors that depend only on the forward pass, for all steps at once outside the loop:
-        # K (T, B, 4, H) = [i(1-i) g, f(1-f) c_{t-1}, o(1-o) tanh(c_t), (1-g^2) i]; the first three
-        # multiply dc (i, f, g blocks) or dm (o block), and E = o (1 - tanh^2 c) carries dm to dc.
-        K = workspace.empty((T, B, 4, H), c)
-        sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
-        torch.mul(sig, 1 - sig, out=K[:, :, :3]).mul_(torch.stack([g, stack_prev(c0, c), tanh_c], dim=2))
-        torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)
-        E = o * (1 - tanh_c * tanh_c)  # (T, B, H)
         g_h = add_final_grad(grad_y, grad_hn, bs)  # (T, B, P): dL/dy_t, plus dL/dh_T
         dG = workspace.empty_like(gates, zero=bool(bs))  # (T, B, 4H)
-        dG4 = dG.view(T, B, 4, H)
-        carry = grad_cn.clone()  # dc_{t+1} f_{t+1}; rows of sequences not yet reached hold dL/dc_n
-        dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)
-        gs, Ks, K_os, Es, fs, dG4s, dGos, carries, dcs3, dcs = active_rows(
-            bs,
-            g_h,
-            K,
-            K[:, :, 2],
-            E,
-            f,
-            dG4,
-            dG4[:, :, 2],
-            carry.expand(T, B, H),
-            dc.expand(T, B, 1, H),
-            dc[:, 0].expand(T, B, H),
-        )
-        dG_next = next_rows(bs, dG)
+        carry = grad_cn.contiguous().clone()  # dc_{t+1} f_{t+1}; rows not yet reached: dL/dc_n
+        if ctx.native is not None:
+            ctx.native.lstm_backward(
+                gates, c, c0.contiguous(), tanh_c, g_h, w_hh_p.contiguous(),
+                None if w_hr is None else w_hr.contiguous(), bs or [], dG, carry,
+            )  # fmt: skip
+        else:
+            _backward_steps(gates, c, c0, tanh_c, g_h, w_hh_p, w_hr, bs, dG, carry)
         back = Product(w_hh_p.t(), B)  # dG -> dG W_hh
-        unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
-        for t in range(T - 1, -1, -1):
-            # dh_t = g_t + dG_{t+1} W_hh, accumulated in place in g (which then holds dh_t)
-            dh = gs[t] if t == T - 1 else back(dG_next[t], add=gs[t], out=gs[t])
-            dm = dh if unproject is None else unproject(dh)
-            torch.addcmul(carries[t], dm, Es[t], out=dcs[t])  # dc_t (n, H)
-            torch.mul(Ks[t], dcs3[t], out=dG4s[t])  # i, f, g blocks (o overwritten next)
-            torch.mul(dm, K_os[t], out=dGos[t])
-            torch.mul(dcs[t], fs[t], out=carries[t])
         dx = input_grad(dG, w_ih_p) if ctx.needs_input_grad[0] else None
         dw_ih, dw_hh = gate_weight_grads(ctx, dG, x, h0, y, 3, 4)
         dh0 = back(dG[0]) if ctx.needs_input_grad[1] else None
@@ -173,6 +135,75 @@ class LSTMFused(torch.autograd.Function):
         db = dG.sum((0, 1)).index_select(0, order) if any(ctx.needs_input_grad[5:7]) else None
         dw_hr = weight_grad(g_h, m) if w_hr is not None and ctx.needs_input_grad[7] else None
         return dx, dh0, dc0, dw_ih, dw_hh, db, db, dw_hr, None
+
+
+def _forward_steps(gates, h0, c0, w_hh_p2, w_hr, batch_sizes, c, tanh_c, m, y, tanh_) -> None:
+    """The forward loop in eager ops (the compiled one's reference), in place on the buffers of
+    `LSTMFused.forward` (gate blocks i, f, o, g; g's rows of W_hh doubled in w_hh_p2). Where
+    `Tanh` takes tanh from a sigmoid (CPU: k = 2), the loop keeps k g_t and so k c_t (c's update
+    is linear), whose sigmoid then gives tanh(c_t); both are divided by k after it (exact)."""
+    B, H = c.shape[1], c.shape[2]
+    recurrent = Product(w_hh_p2, B)  # h -> h W_hh^T
+    project = None if w_hr is None else Product(w_hr, B)  # m -> m W_hr^T
+    i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) views; activations once computed
+    steps = active_rows(batch_sizes, gates, i, f, o, g, c, tanh_c, m, y)
+    h, c_prev = h0, tanh_.prep(c0)
+    for G_t, i_t, f_t, o_t, g_t, c_t, tc_t, m_t, y_t in zip(*steps):
+        if batch_sizes:  # the sequences still running are the first rows
+            h, c_prev = h[: G_t.shape[0]], c_prev[: G_t.shape[0]]
+        recurrent(h, add=G_t, out=G_t)  # (n, 4H) pre-activations, in place
+        G_t.sigmoid_()  # i, f, o and g's in one call: why the blocks are reordered
+        tanh_.from_sigmoid(g_t, tanh_.k)  # k g
+        torch.mul(f_t, c_prev, out=c_t)
+        c_t.addcmul_(i_t, g_t)  # k c = f * k c_{t-1} + i * k g
+        tanh_.into(c_t, out=tc_t)  # tanh(c)
+        torch.mul(o_t, tc_t, out=m_t)
+        if project is not None:
+            project(m_t, out=y_t)
+        h, c_prev = y_t, c_t
+    tanh_.undo_(g)
+    tanh_.undo_(c)
+
+
+def _backward_steps(gates, c, c0, tanh_c, g_h, w_hh_p, w_hr, bs, dG, carry) -> None:
+    """The backward loop in eager ops (the compiled one's reference): dh_t accumulated in g_h,
+    the pre-activations' gradients into dG, dL/dc_0 left in carry (module docstring)."""
+    T, B, H = c.shape
+    i, f, o, g = gates.split(H, dim=-1)  # (T, B, H) activations
+    # Factors that depend only on the forward pass, for all steps at once outside the loop:
+    # K (T, B, 4, H) = [i(1-i) g, f(1-f) c_{t-1}, o(1-o) tanh(c_t), (1-g^2) i]; the first three
+    # multiply dc (i, f, g blocks) or dm (o block), and E = o (1 - tanh^2 c) carries dm to dc.
+    K = workspace.empty((T, B, 4, H), c)
+    sig = gates[..., : 3 * H].unflatten(-1, (3, H))  # (T, B, 3, H): i, f, o
+    torch.mul(sig, 1 - sig, out=K[:, :, :3]).mul_(torch.stack([g, stack_prev(c0, c), tanh_c], dim=2))
+    torch.mul(g, g, out=K[:, :, 3]).neg_().add_(1).mul_(i)
+    E = o * (1 - tanh_c * tanh_c)  # (T, B, H)
+    dG4 = dG.view(T, B, 4, H)
+    dc = torch.empty(B, 1, H, dtype=c.dtype, device=c.device)  # dc_t, also seen as (B, H)
+    gs, Ks, K_os, Es, fs, dG4s, dGos, carries, dcs3, dcs = active_rows(
+        bs,
+        g_h,
+        K,
+        K[:, :, 2],
+        E,
+        f,
+        dG4,
+        dG4[:, :, 2],
+        carry.expand(T, B, H),
+        dc.expand(T, B, 1, H),
+        dc[:, 0].expand(T, B, H),
+    )
+    dG_next = next_rows(bs, dG)
+    back = Product(w_hh_p.t(), B)  # dG -> dG W_hh
+    unproject = None if w_hr is None else Product(w_hr.t(), B)  # dh -> dh W_hr
+    for t in range(T - 1, -1, -1):
+        # dh_t = g_t + dG_{t+1} W_hh, accumulated in place in g (which then holds dh_t)
+        dh = gs[t] if t == T - 1 else back(dG_next[t], add=gs[t], out=gs[t])
+        dm = dh if unproject is None else unproject(dh)
+        torch.addcmul(carries[t], dm, Es[t], out=dcs[t])  # dc_t (n, H)
+        torch.mul(Ks[t], dcs3[t], out=dG4s[t])  # i, f, g blocks (o overwritten next)
+        torch.mul(dm, K_os[t], out=dGos[t])
+        torch.mul(dcs[t], fs[t], out=carries[t])
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=None, impl="fused"):
