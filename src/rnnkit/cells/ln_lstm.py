@@ -203,7 +203,8 @@ class LNLSTMFused(torch.autograd.Function):
         dpx, dg_ih, dshift = normalize_backward(dG, px, x_mean, x_rstd, g_ih, shift, x_mask, pooled=True)
         dx = input_grad(dpx, w_ih) if need[0] else None
         dw_ih = weight_grads(dpx.view(TB, -1), [[x.reshape(TB, -1)]])[0] if need[3] else None
-        dw_hh = weight_grads(da.view(TB, -1), [[h0, y[:-1].reshape(TB - B, y.shape[-1])]])[0] if need[4] else None
+        h_prev = [h0, y[:-1].reshape(TB - B, y.shape[-1])]  # h_{t-1} for every step
+        dw_hh = weight_grads(da.view(TB, -1), [h_prev])[0] if need[4] else None
         dh0 = Product(w_hh.t(), B)(da[0]) if need[1] else None
         dc0 = carry if need[2] else None
         dw_hr = weight_grad(g_h, rec.block(records, "m")) if w_hr is not None and need[10] else None
