@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
+from rnnkit.cells import _native
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     Tanh,
@@ -99,23 +100,16 @@ class GRUResetAfter(torch.autograd.Function):
         a = input_projection(x, tanh_.prep(w_ih, 2 * H), b)
         n = workspace.copy(a[..., 2 * H :])  # (T, B, H): k (W_in x + b_in), then n in place
         a[..., 2 * H :] = tanh_.prep(bh[2 * H :])
-        recurrent = Product(tanh_.prep(w_hh, 2 * H), B)  # h -> h W_hh^T, on the faster GEMM backend
+        w_hh_k = tanh_.prep(w_hh, 2 * H)
         y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
-        steps = active_rows(
-            batch_sizes, a, a[..., : 2 * H], a[..., :H], a[..., H : 2 * H], a[..., 2 * H :], n, y
-        )
-        h = h0
-        for a_t, rz_t, r_t, z_t, an_t, n_t, y_t in zip(*steps):
-            if batch_sizes:  # the sequences still running are the first rows
-                h = h[: y_t.shape[0]]
-            recurrent(h, add=a_t, out=a_t)
-            rz_t.sigmoid_()
-            tanh_(n_t.addcmul_(r_t, an_t))
-            torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
-            h = y_t
+        native = _native.ops(x, (B, w_hh_k)) if tanh_.via_sigmoid else None  # (it computes tanh that way)
+        if native is not None:  # the same loop, compiled (native/gru.cpp)
+            native.gru_forward(a, n, y, h0.contiguous(), w_hh_k.t().contiguous(), batch_sizes or [])
+        else:
+            _reset_after_forward_steps(a, n, y, h0, w_hh_k, batch_sizes, tanh_)
         tanh_.undo_(a[..., 2 * H :])  # a_t itself, for the backward (exact)
         ctx.save_for_backward(x, h0, w_ih, w_hh, a, n, y)
-        ctx.batch_sizes = batch_sizes
+        ctx.batch_sizes, ctx.native = batch_sizes, native
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
@@ -136,16 +130,12 @@ class GRUResetAfter(torch.autograd.Function):
         # there is no second (T, B, 4H) buffer; rows past a sequence's end must then read zero.
         D = zero_padding_(A.view(T, B, 4 * H), bs)  # (T, B, 4H): n, r, z | r, z, n r
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
-        dhs, As, zs, D_hh = active_rows(bs, g, A, z, D[..., H:])
-        g_prev = prev_rows(bs, g)
+        if ctx.native is not None:
+            ctx.native.gru_backward(D, g, a, w_hh.contiguous(), bs or [])
+        else:
+            _reset_after_backward_steps(A, D, g, z, w_hh, bs)
         back = Product(w_hh.t(), B)  # [dr~, dz~, dn~ r] -> that W_hh
-        for t in range(T - 1, 0, -1):
-            dh = dhs[t]
-            torch.mul(As[t], dh.unsqueeze(1), out=As[t])
-            # dh_{t-1} += dh_t z_t + [dr~, dz~, dn~ r] W_hh
-            g_prev[t].addcmul_(dh, zs[t])
-            back(D_hh[t], add=g_prev[t], out=g_prev[t])
-        torch.mul(As[0], dhs[0].unsqueeze(1), out=As[0])
+        D_hh0 = D[0, :, H:]
         need = ctx.needs_input_grad
         dx = dh0 = dw_ih = dw_hh = None
         if need[0]:
@@ -153,7 +143,7 @@ class GRUResetAfter(torch.autograd.Function):
             # place (a strided slice would miss the faster GEMM backend; a copy costs more).
             dx = input_grad(D, torch.cat([w_ih.roll(H, 0), w_ih.new_zeros(H, w_ih.shape[1])]))
         if need[1]:
-            dh0 = torch.addcmul(back(D_hh[0]), dhs[0], zs[0])
+            dh0 = torch.addcmul(back(D_hh0), g[0], z[0])
         if need[2] or need[3]:
             # One product for both, (4H, I + H): W_ih takes rows n, r, z against x, W_hh rows
             # r, z, n r against h_{t-1} (a quarter computed in vain costs less than two passes).
@@ -165,6 +155,40 @@ class GRUResetAfter(torch.autograd.Function):
         db_ih = sums[: 3 * H].roll(-H, 0) if need[4] else None
         db_hh = sums[H:] if need[5] else None
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
+
+
+def _reset_after_forward_steps(a, n, y, h0, w_hh_k, batch_sizes, tanh_) -> None:
+    """`GRUResetAfter`'s forward loop in eager ops (the compiled one's reference), in place on its
+    buffers: a's r, z blocks become the gates and its n block k a_t; n becomes n_t, y h_t."""
+    B, H = y.shape[1], y.shape[2]
+    recurrent = Product(w_hh_k, B)  # h -> h W_hh^T, on the faster GEMM backend
+    steps = active_rows(batch_sizes, a, a[..., : 2 * H], a[..., :H], a[..., H : 2 * H], a[..., 2 * H :], n, y)
+    h = h0
+    for a_t, rz_t, r_t, z_t, an_t, n_t, y_t in zip(*steps):
+        if batch_sizes:  # the sequences still running are the first rows
+            h = h[: y_t.shape[0]]
+        recurrent(h, add=a_t, out=a_t)
+        rz_t.sigmoid_()
+        tanh_(n_t.addcmul_(r_t, an_t))
+        torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
+        h = y_t
+
+
+def _reset_after_backward_steps(A, D, g, z, w_hh, bs) -> None:
+    """`GRUResetAfter`'s backward loop in eager ops (the compiled one's reference): A (T, B, 4, H)
+    scaled by dh_t in place (D, its (T, B, 4H) view, then holds the gradients), dh_t
+    accumulated in g."""
+    T, B, H = g.shape
+    dhs, As, zs, D_hh = active_rows(bs, g, A, z, D[..., H:])
+    g_prev = prev_rows(bs, g)
+    back = Product(w_hh.t(), B)  # [dr~, dz~, dn~ r] -> that W_hh
+    for t in range(T - 1, 0, -1):
+        dh = dhs[t]
+        torch.mul(As[t], dh.unsqueeze(1), out=As[t])
+        # dh_{t-1} += dh_t z_t + [dr~, dz~, dn~ r] W_hh
+        g_prev[t].addcmul_(dh, zs[t])
+        back(D_hh[t], add=g_prev[t], out=g_prev[t])
+    torch.mul(As[0], dhs[0].unsqueeze(1), out=As[0])
 
 
 class GRUResetBefore(torch.autograd.Function):
