@@ -1,11 +1,13 @@
-"""The compiled CPU loops of the layer-norm LSTM (`rnnkit.cells._native`, `native/ln_lstm.cpp`):
-against the Python loops they replace and against the step equations, gradcheck, that they are
-used where they should be (and only there), the fallback when they cannot be built, and the build
-lock.
+"""The compiled CPU loops (`rnnkit.cells._native`, `native/*.cpp`) of the layer-norm LSTM, the
+layer-norm GRU, the LSTM and the GRU (torch's form): against the Python loops they replace and against the step
+equations, gradcheck, that they are used where they should be (and only there), the fallback when
+they cannot be built, and the build lock.
 
-Every test that compares the compiled loops with something asserts, through `calls`, that the
-compiled ops really ran (forward and backward), so that none of them passes by comparing the
-Python loops with themselves."""
+The kernels are listed once, in KERNELS, and each test runs over them (over the cases that apply:
+projections only where a kernel has one). Every test that compares the compiled loops with
+something asserts, through `calls`, that the kernel's own compiled ops really ran (forward and
+backward) and no other kernel's, so that none of them passes by comparing the Python loops with
+themselves."""
 
 import functools
 import os
@@ -14,6 +16,8 @@ import sys
 import threading
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -21,21 +25,88 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils import cpp_extension
 
 import rnnkit
+from rnnkit import functional
 from rnnkit.cells import _native
-from rnnkit.cells.ln_lstm import ln_lstm
 
 D = torch.float64
 I, H, P = 3, 6, 4
 
+# --- the kernels ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel with compiled loops, as these tests call it."""
+
+    name: str  # its function in rnnkit.functional, and its ops' prefix: {name}_forward, _backward
+    gates: int  # W_ih has gates * H rows
+    cell_state: bool  # an LSTM's c: arguments x, h0, c0, W_ih, W_hh, ...; else x, h0, W_ih, ...
+    layer_norms: tuple  # (keyword, size / H) of each LN's (gain, shift)
+    projection: bool  # takes w_hr
+    train_flag: bool  # its compiled forward is told whether to keep the backward's factors
+    layer: Callable  # (input_size, hidden_size, **kw) -> the rnnkit layer that runs it
+
+    def __call__(self, args, kw, batch_sizes=None, impl="fused"):
+        return getattr(functional, self.name)(*args, **kw, batch_sizes=batch_sizes, impl=impl)
+
+    @property
+    def ops(self):
+        return f"{self.name}_forward", f"{self.name}_backward"
+
+    @property
+    def outputs(self):
+        """How many tensors it returns: y, h_n (and c_n)."""
+        return 3 if self.cell_state else 2
+
+    @property
+    def w_hh(self):
+        """W_hh's index in the positional arguments."""
+        return 4 if self.cell_state else 3
+
+    def __str__(self):
+        return self.name
+
+
+LN_LSTM, LN_GRU = (
+    functools.partial(rnnkit.LSTM, layer_norm=True),
+    functools.partial(rnnkit.GRU, layer_norm=True),
+)
+KERNELS = {  # Kernel(name, gates, cell_state, layer_norms, projection, train_flag, layer)
+    k.name: k
+    for k in [
+        Kernel("ln_lstm", 4, True, (("ln_ih", 4), ("ln_hh", 4), ("ln_c", 1)), True, True, LN_LSTM),
+        Kernel("ln_gru", 3, False, (("ln_ih", 3), ("ln_hh", 3)), False, False, LN_GRU),
+        Kernel("lstm", 4, True, (), True, False, rnnkit.LSTM),
+        Kernel("gru", 3, False, (), False, False, rnnkit.GRU),  # torch's form (reset_after=True)
+    ]
+}
+
+
+def kernels():
+    """A parameter for each kernel."""
+    return [pytest.param(k, id=k.name) for k in KERNELS.values()]
+
+
+def applies(kernel, proj):
+    """Whether `kernel` takes `proj` (None or 0: no projection)."""
+    return not proj or kernel.projection
+
+
+def kernel_projs(*projs):
+    """(kernel, proj) parameters: every kernel with each of `projs` (None or 0: no projection),
+    a projection only for the kernels that have one."""
+    return [pytest.param(k, p, id=f"{k}-proj={p}") for k in KERNELS.values() for p in projs if applies(k, p)]
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def make(T=5, B=4, proj=None, *, dtype=D, seed=0, bias=True, strided=False):
-    """(positional args, keywords) of `ln_lstm`: x, h0, c0, w_ih, w_hh, b_ih, b_hh and ln_ih,
-    ln_hh, ln_c, w_hr, all random leaves requiring grad (LN gains near 1, shifts away from 0, so
-    that a swapped gain or shift shows). `strided`: every leaf a non-contiguous view."""
+def make(kernel, T=5, B=4, proj=None, *, dtype=D, seed=0, bias=True, strided=False):
+    """(positional args, keywords) of `kernel`: x, h0, (c0,) w_ih, w_hh, b_ih, b_hh and its LNs'
+    (gain, shift) pairs and w_hr, all random leaves requiring grad (LN gains near 1, shifts away
+    from 0, so that a swapped gain or shift shows). `strided`: every leaf a non-contiguous view."""
     g = torch.Generator().manual_seed(seed)
-    out = proj or H
+    out, G = proj or H, kernel.gates * H
 
     def rand(*shape, scale=0.5, offset=0.0):
         if strided and len(shape) == 1:  # every other element of a longer vector
@@ -48,28 +119,35 @@ def make(T=5, B=4, proj=None, *, dtype=D, seed=0, bias=True, strided=False):
         assert v.is_contiguous() != strided
         return v.to(dtype).detach().requires_grad_()
 
-    args = [rand(T, B, I), rand(B, out), rand(B, H), rand(4 * H, I), rand(4 * H, out)]
-    args += [rand(4 * H), rand(4 * H)] if bias else [None, None]
-    kw = {
-        "ln_ih": (rand(4 * H, scale=0.2, offset=1), rand(4 * H)),
-        "ln_hh": (rand(4 * H, scale=0.2, offset=1), rand(4 * H)),
-        "ln_c": (rand(H, scale=0.2, offset=1), rand(H)),
-        "w_hr": rand(proj, H) if proj else None,
-    }
+    args = [rand(T, B, I), rand(B, out)] + ([rand(B, H)] if kernel.cell_state else [])
+    args += [rand(G, I), rand(G, out)]
+    args += [rand(G), rand(G)] if bias else [None, None]
+    kw = {name: (rand(n * H, scale=0.2, offset=1), rand(n * H)) for name, n in kernel.layer_norms}
+    if kernel.projection:
+        kw["w_hr"] = rand(proj, H) if proj else None
     return args, kw
 
 
 def leaves(args, kw):
-    """Every input and parameter that is a tensor: x, h0, c0, weights, biases, the three LN
-    (gain, shift) pairs, w_hr."""
+    """Every input and parameter that is a tensor requiring grad: x, h0, (c0,) weights, biases,
+    the LN (gain, shift) pairs, w_hr; in the order `map_tensors` visits them."""
     flat = list(args) + [t for v in kw.values() for t in (v if isinstance(v, tuple) else (v,))]
     return [t for t in flat if t is not None and t.requires_grad]
 
 
+def map_tensors(f, args, kw):
+    """args and kw with f applied to each tensor (those in (gain, shift) pairs too)."""
+
+    def m(v):
+        return tuple(map(m, v)) if isinstance(v, tuple) else (v if v is None else f(v))
+
+    return [m(a) for a in args], {k: m(v) for k, v in kw.items()}
+
+
 def outputs_and_grads(outs, inputs, loss="weighted"):
-    """(y, h_n, c_n, dL/d every input): "weighted" sums each output times fixed random weights
-    (contiguous, all-different gradients at every output), "sum" is y.sum() + ... (expanded,
-    zero-stride gradients), "y" uses y alone (h_n and c_n get no gradient)."""
+    """(the outputs y, h_n (, c_n), dL/d every input): "weighted" sums each output times fixed
+    random weights (contiguous, all-different gradients at every output), "sum" is y.sum() + ...
+    (expanded, zero-stride gradients), "y" uses y alone (the final states get no gradient)."""
     if loss == "weighted":
         g = torch.Generator().manual_seed(123)
         total = sum((o * torch.randn(o.shape, generator=g, dtype=D).to(o.dtype)).sum() for o in outs)
@@ -86,6 +164,10 @@ def assert_all_close(got, want, **tol):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"item {k}: {m}")
 
 
+# the ops whose last argument is `train`, counted as train=True / train=False
+TRAIN_FLAG_OPS = {k.ops[0] for k in KERNELS.values() if k.train_flag}
+
+
 class _Counting:
     """torch.ops.rnnkit with a count of the calls of each op (and the `train` flags passed)."""
 
@@ -97,7 +179,7 @@ class _Counting:
 
         def counted(*args, **kwargs):
             self._counts[name] += 1
-            if name == "ln_lstm_forward":
+            if name in TRAIN_FLAG_OPS:
                 self._counts[f"train={args[-1]}"] += 1
             return op(*args, **kwargs)
 
@@ -106,17 +188,26 @@ class _Counting:
 
 @pytest.fixture
 def calls(monkeypatch):
-    """A Counter of the compiled ops' calls; fails the test at once if they are unavailable."""
+    """A Counter of the compiled ops' calls, by op name; fails the test at once if they are
+    unavailable."""
     require_native()
     counts = Counter()
     real = _native.ops
 
-    def ops(like):
-        lib = real(like)
+    def ops(like, *args, **kwargs):
+        lib = real(like, *args, **kwargs)
         return None if lib is None else _Counting(lib, counts)
 
     monkeypatch.setattr(_native, "ops", ops)
     return counts
+
+
+def ran(calls, kernel):
+    """(calls of `kernel`'s compiled forward, of its backward), asserting that no other kernel's
+    compiled op ran."""
+    others = {op: calls[op] for k in KERNELS.values() if k is not kernel for op in k.ops}
+    assert not any(others.values()), f"{kernel} ran other kernels' ops: {calls}"
+    return tuple(calls[op] for op in kernel.ops)
 
 
 def require_native():
@@ -143,111 +234,141 @@ def compiled_and_python(run):
 
 # --- 1. compiled loops == Python loops --------------------------------------------------------
 
+PACKED = [4, 4, 3, 1, 1]
 CASES = {  # name: (T, B, proj, batch_sizes, make's keywords)
     "plain": (5, 4, None, None, {}),
-    "packed": (5, 4, None, [4, 4, 3, 1, 1], {}),
+    "packed": (5, 4, None, PACKED, {}),
     "proj": (5, 4, P, None, {}),
-    "proj_packed": (5, 4, P, [4, 4, 3, 1, 1], {}),
+    "proj_packed": (5, 4, P, PACKED, {}),
     "B1": (5, 1, None, None, {}),
     "B1_proj": (5, 1, P, None, {}),
     "T1": (1, 4, None, None, {}),
+    "T1_packed": (1, 4, None, [4], {}),
     "T1_proj_packed": (1, 4, P, [4], {}),
     "tail_of_single_rows": (6, 3, None, [3, 1, 1, 1, 1, 1], {}),
     "tail_of_single_rows_proj": (6, 3, P, [3, 2, 1, 1, 1, 1], {}),
     "no_bias": (5, 4, None, [4, 3, 3, 2, 1], {"bias": False}),
-    "strided_inputs": (5, 4, P, [4, 4, 3, 1, 1], {"strided": True}),
+    "no_bias_proj": (5, 4, P, None, {"bias": False}),
+    "strided_inputs": (5, 4, None, PACKED, {"strided": True}),
+    "strided_inputs_proj": (5, 4, P, PACKED, {"strided": True}),
     "proj_wider_than_hidden": (4, 3, 2 * H, [3, 2, 2, 1], {}),
 }
 
 
-def cases(*names):
-    """Parameters for the CASES named (all by default)."""
-    return list(names or CASES)
+def kernel_cases(*names):
+    """(kernel, case) parameters: the CASES named (all by default) for every kernel, those with a
+    projection only for the kernels that have one."""
+    return [
+        pytest.param(k, c, id=f"{k}-{c}")
+        for k in KERNELS.values()
+        for c in names or CASES
+        if applies(k, CASES[c][2])
+    ]
+
+
+def make_case(kernel, case, **kw):
+    """(args, keywords, batch_sizes) of CASES[case] for `kernel`."""
+    T, B, proj, bs, opts = CASES[case]
+    return (*make(kernel, T, B, proj, **opts, **kw), bs)
 
 
 @pytest.mark.parametrize("loss", ["weighted", "sum", "y"])
-@pytest.mark.parametrize("case", cases())
-def test_compiled_equals_python_float64(case, loss, calls):
-    """float64: y, h_n, c_n and the gradient of every input and parameter (x, h0, c0, W_ih, W_hh,
-    both biases, the three LN gains and shifts, W_hr) from the compiled loops agree with the
-    Python loops' to rounding (1e-12), with and without lengths and a projection, at B=1, T=1
-    and with single-row tails; for gradients arriving dense, expanded (zero-stride) or only at y."""
-    T, B, proj, bs, opts = CASES[case]
-    args, kw = make(T, B, proj, **opts)
+@pytest.mark.parametrize(("kernel", "case"), kernel_cases())
+def test_compiled_equals_python_float64(kernel, case, loss, calls):
+    """float64: the outputs and the gradient of every input and parameter (x, the initial states,
+    W_ih, W_hh, both biases, the LN gains and shifts, W_hr) from the compiled loops agree with the
+    Python loops' to rounding (1e-12), with and without lengths and a projection, at B=1, T=1,
+    with single-row tails, without biases and from non-contiguous leaves; for gradients arriving
+    dense, expanded (zero-stride) or only at y."""
+    args, kw, bs = make_case(kernel, case)
     inputs = leaves(args, kw)
 
     def run():
-        return outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=bs), inputs, loss)
+        return outputs_and_grads(kernel(args, kw, bs), inputs, loss)
 
     got, want = compiled_and_python(run)
-    assert calls["ln_lstm_forward"] == 1 and calls["ln_lstm_backward"] == 1
-    assert len(got) == 3 + len(inputs)
+    assert ran(calls, kernel) == (1, 1)
+    assert len(got) == kernel.outputs + len(inputs)
     assert_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", cases("plain", "proj_packed", "tail_of_single_rows", "B1", "T1"))
-def test_compiled_equals_python_float32(case, calls):
+@pytest.mark.parametrize(
+    ("kernel", "case"), kernel_cases("plain", "proj_packed", "tail_of_single_rows", "B1", "T1")
+)
+def test_compiled_equals_python_float32(kernel, case, calls):
     """float32: the same comparison at float32 rounding (rtol 1e-4, atol 1e-5)."""
-    T, B, proj, bs, opts = CASES[case]
-    args, kw = make(T, B, proj, dtype=torch.float32, **opts)
+    args, kw, bs = make_case(kernel, case, dtype=torch.float32)
     inputs = leaves(args, kw)
-    got, want = compiled_and_python(lambda: outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=bs), inputs))
-    assert calls["ln_lstm_forward"] == 1 and calls["ln_lstm_backward"] == 1
+    got, want = compiled_and_python(lambda: outputs_and_grads(kernel(args, kw, bs), inputs))
+    assert ran(calls, kernel) == (1, 1)
     assert got[0].dtype == torch.float32
     assert_all_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["T1", "T1_proj_packed"])
-def test_compiled_equals_python_single_step(case, calls):
-    """T=1 (one step, no recurrence into a second one) with W_hh not requiring grad, which
-    steps around the T=1 bug above: outputs and the other gradients, compiled == Python."""
-    T, B, proj, bs, opts = CASES[case]
-    args, kw = make(T, B, proj, **opts)
-    args[4] = args[4].detach()  # W_hh
+@pytest.mark.parametrize(("kernel", "case"), kernel_cases("packed", "T1", "T1_proj_packed"))
+def test_compiled_equals_python_some_inputs_frozen(kernel, case, calls):
+    """W_hh and x not requiring grad (the backward skips their gradients), also at T=1 (one step,
+    no recurrence into a second one): the outputs and the other gradients, compiled == Python."""
+    args, kw, bs = make_case(kernel, case)
+    args[0], args[kernel.w_hh] = args[0].detach(), args[kernel.w_hh].detach()
     inputs = leaves(args, kw)
-    got, want = compiled_and_python(lambda: outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=bs), inputs))
-    assert calls["ln_lstm_forward"] == 1 and calls["ln_lstm_backward"] == 1
+    got, want = compiled_and_python(lambda: outputs_and_grads(kernel(args, kw, bs), inputs))
+    assert ran(calls, kernel) == (1, 1)
+    assert_all_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", kernels())
+def test_compiled_equals_python_rows_split_over_threads(kernel, calls):
+    """Steps with enough rows that the compiled loops split them over torch's threads (2 here,
+    whatever the session's setting; `native/common.h`'s for_rows), packed so that the split moves
+    from step to step: compiled == Python, float64."""
+    args, kw = make(kernel, 3, 2000, seed=4)
+    inputs, bs = leaves(args, kw), [2000, 1337, 701]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got, want = compiled_and_python(lambda: outputs_and_grads(kernel(args, kw, bs), inputs))
+    finally:
+        torch.set_num_threads(threads)
+    assert ran(calls, kernel) == (1, 1)
     assert_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 # --- 2. compiled loops == the step equations under autograd ---------------------------------
 
 
-@pytest.mark.parametrize("proj", [None, P])
-@pytest.mark.parametrize("bs", [None, [4, 4, 3, 1, 1]])
-def test_compiled_equals_step_equations(bs, proj, calls):
+@pytest.mark.parametrize(("kernel", "proj"), kernel_projs(None, P))
+@pytest.mark.parametrize("bs", [None, PACKED])
+def test_compiled_equals_step_equations(kernel, proj, bs, calls):
     """The fused kernel on the compiled loops against `impl="loop"` (the step equations under
     autograd), float64: outputs and every gradient to 1e-10."""
-    args, kw = make(5, 4, proj, seed=1)
+    args, kw = make(kernel, 5, 4, proj, seed=1)
     inputs = leaves(args, kw)
-    got = outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=bs, impl="fused"), inputs)
-    assert calls["ln_lstm_forward"] == 1 and calls["ln_lstm_backward"] == 1
-    want = outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=bs, impl="loop"), inputs)
-    assert calls["ln_lstm_forward"] == 1  # the loop does not go through the kernel
+    got = outputs_and_grads(kernel(args, kw, bs, impl="fused"), inputs)
+    assert ran(calls, kernel) == (1, 1)
+    want = outputs_and_grads(kernel(args, kw, bs, impl="loop"), inputs)
+    assert ran(calls, kernel) == (1, 1)  # the loop does not go through the compiled ops
     assert_all_close(got, want, rtol=0, atol=1e-10)
 
 
 # --- 3. gradcheck -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("proj", [None, 2])
+@pytest.mark.parametrize(("kernel", "proj"), kernel_projs(None, 2))
 @pytest.mark.parametrize("bs", [None, [3, 2, 1]])
-def test_gradcheck_compiled(bs, proj, calls):
+def test_gradcheck_compiled(kernel, proj, bs, calls):
     """torch.autograd.gradcheck (float64, full Jacobian) of the fused kernel on the compiled
     loops, with respect to every input and parameter."""
-    args, kw = make(3, 3, proj, seed=2)
+    args, kw = make(kernel, 3, 3, proj, seed=2)
     inputs = leaves(args, kw)
-    structure = [t is not None for t in args] + [kw["w_hr"] is not None]
 
     def f(*flat):
         it = iter(flat)
-        a = [next(it) if present else None for present in structure[:7]]
-        k = {s: (next(it), next(it)) for s in ("ln_ih", "ln_hh", "ln_c")}
-        k["w_hr"] = next(it) if structure[7] else None
-        return ln_lstm(*a, **k, batch_sizes=bs)
+        return kernel(*map_tensors(lambda t: next(it) if t.requires_grad else t, args, kw), bs)
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
-    assert calls["ln_lstm_forward"] > 1 and calls["ln_lstm_backward"] > 1
+    forward, backward = ran(calls, kernel)
+    assert forward > 1 and backward > 1
 
 
 # --- 4. where the compiled loops apply --------------------------------------------------------
@@ -255,13 +376,13 @@ def test_gradcheck_compiled(bs, proj, calls):
 
 def test_compiled_loops_are_built_and_used_on_cpu():
     """On CPU in float32 and float64 the compiled loops load (this fails if they cannot be built:
-    CI has g++ and ninja) and hold both ops; float16, bfloat16, integers and other devices get
-    None, and so does everything inside `disabled()` (nested too), until it exits."""
+    CI has g++ and ninja) and hold every kernel's two ops; float16, bfloat16, integers and other
+    devices get None, and so does everything inside `disabled()` (nested too), until it exits."""
     require_native()
     for dtype in (torch.float32, torch.float64):
         lib = _native.ops(torch.zeros(1, dtype=dtype))
         assert lib is not None
-        assert callable(lib.ln_lstm_forward) and callable(lib.ln_lstm_backward)
+        assert all(callable(getattr(lib, op)) for k in KERNELS.values() for op in k.ops)
     for dtype in (torch.float16, torch.bfloat16, torch.int64):
         assert _native.ops(torch.zeros(1, dtype=dtype)) is None
     assert _native.ops(torch.zeros(1, device="meta")) is None
@@ -274,42 +395,60 @@ def test_compiled_loops_are_built_and_used_on_cpu():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_calls_the_compiled_loops(dtype, calls):
-    """ln_lstm on CPU calls the compiled forward and backward, once each, and never inside
-    `disabled()`; the layer does too."""
-    args, kw = make(4, 2, dtype=dtype)
-    y, h, c = ln_lstm(*args, **kw)
-    (y.sum() + h.sum() + c.sum()).backward()
-    assert calls == Counter({"ln_lstm_forward": 1, "ln_lstm_backward": 1, "train=True": 1})
+@pytest.mark.parametrize("kernel", kernels())
+def test_kernel_calls_the_compiled_loops(kernel, dtype, calls):
+    """Each kernel on CPU calls its compiled forward and backward, once each (and no other op),
+    and never inside `disabled()`; its layer does too."""
+    args, kw = make(kernel, 4, 2, dtype=dtype)
+    sum(o.sum() for o in kernel(args, kw)).backward()
+    want = Counter(dict.fromkeys(kernel.ops, 1))
+    assert calls == want + Counter({"train=True": 1} if kernel.train_flag else {})
     with _native.disabled():
-        y, h, c = ln_lstm(*args, **kw)
-        (y.sum() + h.sum() + c.sum()).backward()
-    assert calls["ln_lstm_forward"] == 1 and calls["ln_lstm_backward"] == 1
-    layer = rnnkit.LSTM(I, H, layer_norm=True, dtype=dtype)
+        sum(o.sum() for o in kernel(args, kw)).backward()
+    assert ran(calls, kernel) == (1, 1)
+    layer = kernel.layer(I, H, dtype=dtype)
     layer(torch.randn(3, 2, I, dtype=dtype))[0].sum().backward()
-    assert calls["ln_lstm_forward"] == 2 and calls["ln_lstm_backward"] == 2
+    assert ran(calls, kernel) == (2, 2)
+
+
+@pytest.mark.parametrize("kernel", kernels())
+def test_large_steps_keep_the_python_loops(kernel, calls, monkeypatch):
+    """From _native.MAX_STEP_MACS multiply-adds in a step's recurrent product on, the kernels run
+    their Python loops (the GEMM-bound regime, where those route the product to oneDNN), with
+    the same results; just below it, the compiled ones."""
+    args, kw = make(kernel, 4, 2)
+    w_hh = args[kernel.w_hh]
+    macs = 2 * kernel.gates * H * w_hh.shape[1]  # B=2 rows against W_hh (G*H, P)
+    assert _native.ops(w_hh, (2, w_hh)) is not None  # the real threshold: far above this size
+    monkeypatch.setattr(_native, "MAX_STEP_MACS", macs)
+    want = [*kernel(args, kw), *torch.autograd.grad(sum(o.sum() for o in kernel(args, kw)), leaves(args, kw))]
+    assert ran(calls, kernel) == (0, 0)
+    monkeypatch.setattr(_native, "MAX_STEP_MACS", macs + 1)
+    outs = kernel(args, kw)
+    got = [*outs, *torch.autograd.grad(sum(o.sum() for o in outs), leaves(args, kw))]
+    assert ran(calls, kernel) == (1, 1)
+    assert_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 # --- 5. inference -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["plain", "proj_packed", "tail_of_single_rows", "T1"])
-def test_no_grad_forward_equals_training_forward(case, dtype, calls):
-    """Under torch.no_grad() (and with no input requiring grad) the compiled forward skips the
-    backward's factors; its outputs are exactly those of a training forward."""
-    T, B, proj, bs, opts = CASES[case]
-    args, kw = make(T, B, proj, dtype=dtype, **opts)
-    train = ln_lstm(*args, **kw, batch_sizes=bs)
-    assert calls["train=True"] == 1
+@pytest.mark.parametrize(
+    ("kernel", "case"), kernel_cases("plain", "packed", "proj_packed", "tail_of_single_rows", "T1")
+)
+def test_no_grad_forward_equals_training_forward(kernel, case, dtype, calls):
+    """Under torch.no_grad() and with no input requiring grad, the compiled forward's outputs are
+    exactly those of a training forward (the LN-LSTM's then skips the backward's factors)."""
+    args, kw, bs = make_case(kernel, case, dtype=dtype)
+    train = kernel(args, kw, bs)
     with torch.no_grad():
-        infer = ln_lstm(*args, **kw, batch_sizes=bs)
-    assert calls["train=False"] == 1
-    detached = [a if a is None else a.detach() for a in args]
-    kw_detached = {k: (tuple(t.detach() for t in v) if isinstance(v, tuple) else v) for k, v in kw.items()}
-    kw_detached["w_hr"] = None if kw["w_hr"] is None else kw["w_hr"].detach()
-    no_inputs_need_grad = ln_lstm(*detached, **kw_detached, batch_sizes=bs)
-    assert calls["train=False"] == 2 and calls["ln_lstm_forward"] == 3
+        infer = kernel(args, kw, bs)
+    no_inputs_need_grad = kernel(*map_tensors(torch.Tensor.detach, args, kw), bs)
+    assert ran(calls, kernel) == (3, 0)
+    if kernel.train_flag:
+        assert calls["train=True"] == 1 and calls["train=False"] == 2
+    assert len(train) == len(infer) == len(no_inputs_need_grad) == kernel.outputs
     for a, b, c in zip(train, infer, no_inputs_need_grad):
         torch.testing.assert_close(b, a.detach(), rtol=0, atol=0)
         torch.testing.assert_close(c, a.detach(), rtol=0, atol=0)
@@ -327,9 +466,10 @@ def fresh_build(monkeypatch):
     return monkeypatch
 
 
-def test_failed_build_warns_once_and_falls_back(fresh_build):
+@pytest.mark.parametrize("kernel", kernels())
+def test_failed_build_warns_once_and_falls_back(kernel, fresh_build):
     """A build that fails (here: torch's extension loader raising) gives None with one
-    RuntimeWarning that names RNNKIT_NATIVE, no further warning on later calls, and ln_lstm
+    RuntimeWarning that names RNNKIT_NATIVE, no further warning on later calls, and the kernel
     still runs, on the Python loops, equal to the step equations."""
     attempts = []
 
@@ -345,15 +485,16 @@ def test_failed_build_warns_once_and_falls_back(fresh_build):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning, no second attempt
         assert _native.ops(torch.zeros(1, dtype=D)) is None
-        args, kw = make(5, 4, P, seed=3)
+        args, kw = make(kernel, 5, 4, P if kernel.projection else None, seed=3)
         inputs = leaves(args, kw)
-        got = outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=[4, 3, 3, 1, 1]), inputs)
+        got = outputs_and_grads(kernel(args, kw, [4, 3, 3, 1, 1]), inputs)
     assert len(attempts) == 1
-    want = outputs_and_grads(ln_lstm(*args, **kw, batch_sizes=[4, 3, 3, 1, 1], impl="loop"), inputs)
+    want = outputs_and_grads(kernel(args, kw, [4, 3, 3, 1, 1], impl="loop"), inputs)
     assert_all_close(got, want, rtol=0, atol=1e-10)
 
 
-def test_rnnkit_native_0_never_builds(fresh_build):
+@pytest.mark.parametrize("kernel", kernels())
+def test_rnnkit_native_0_never_builds(kernel, fresh_build):
     """RNNKIT_NATIVE=0: `ops` gives None without trying to build and without a warning."""
     attempts = []
     fresh_build.setattr(cpp_extension, "load", lambda *a, **k: attempts.append(k))
@@ -361,9 +502,8 @@ def test_rnnkit_native_0_never_builds(fresh_build):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _native.ops(torch.zeros(1)) is None
-        args, kw = make(3, 2)
-        y, h, c = ln_lstm(*args, **kw)
-        (y.sum() + c.sum()).backward()
+        args, kw = make(kernel, 3, 2)
+        sum(o.sum() for o in kernel(args, kw)).backward()
     assert attempts == []
 
 
@@ -460,28 +600,36 @@ def test_build_lock_released_on_error(tmp_path):
 # --- 8. the layer on packed sequences ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("proj_size", [0, 2])
-def test_layer_packed_bidirectional_stacked(proj_size, calls):
-    """rnnkit.LSTM(layer_norm=True, num_layers=2, bidirectional=True) on an unsorted
-    PackedSequence (batch sizes 4, 3, 3, 2, 1, 1: the longest sequence runs alone for two steps)
-    from given initial states: outputs, final states and the gradients of the input, the initial
-    states and every parameter are the same on the compiled loops as within `disabled()`."""
+@pytest.mark.parametrize(("kernel", "proj_size"), kernel_projs(0, 2))
+def test_layer_packed_bidirectional_stacked(kernel, proj_size, calls):
+    """The kernel's layer (rnnkit.LSTM or GRU, layer_norm=True, and rnnkit.LSTM) with
+    num_layers=2, bidirectional=True on an unsorted PackedSequence (batch sizes 4, 3, 3, 2, 1, 1:
+    the longest sequence runs alone for two steps) from given initial states: outputs, final
+    states and the gradients of the input, the initial states and every parameter are the same
+    on the compiled loops as within `disabled()`."""
     torch.manual_seed(0)
-    layer = rnnkit.LSTM(I, H, layer_norm=True, num_layers=2, bidirectional=True, proj_size=proj_size, dtype=D)
+    layer = kernel.layer(
+        I, H, num_layers=2, bidirectional=True, dtype=D, **({"proj_size": proj_size} if proj_size else {})
+    )
     with torch.no_grad():  # gains and shifts away from 1 and 0
         for name, p in layer.named_parameters():
             if name.startswith("layer_norm_"):
                 p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(6, 4, I, dtype=D, requires_grad=True)
-    h0 = torch.randn(4, 4, proj_size or H, dtype=D, requires_grad=True)  # (layers x directions, B, P)
-    c0 = torch.randn(4, 4, H, dtype=D, requires_grad=True)
+    # (layers x directions, B, P) and (..., B, H)
+    states = [torch.randn(4, 4, proj_size or H, dtype=D, requires_grad=True)]
+    states += [torch.randn(4, 4, H, dtype=D, requires_grad=True)] if kernel.cell_state else []
     lengths = torch.tensor([3, 6, 1, 4])  # unsorted: the layer sorts
     params = list(layer.parameters())
 
     def run():
-        y, (h, c) = layer(pack_padded_sequence(x, lengths, enforce_sorted=False), (h0, c0))
-        return outputs_and_grads((y.data, h, c), [x, h0, c0, *params])
+        y, final = layer(
+            pack_padded_sequence(x, lengths, enforce_sorted=False),
+            tuple(states) if kernel.cell_state else states[0],
+        )
+        final = final if kernel.cell_state else (final,)
+        return outputs_and_grads((y.data, *final), [x, *states, *params])
 
     got, want = compiled_and_python(run)
-    assert calls["ln_lstm_forward"] == 4 and calls["ln_lstm_backward"] == 4  # 2 layers x 2 directions
+    assert ran(calls, kernel) == (4, 4)  # 2 layers x 2 directions
     assert_all_close(got, want, rtol=1e-10, atol=1e-12)
