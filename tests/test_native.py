@@ -1,7 +1,7 @@
 """The compiled CPU loops (`rnnkit.cells._native`, `native/*.cpp`) of the layer-norm LSTM, the
-layer-norm GRU, the LSTM and the GRU (torch's form): against the Python loops they replace and against the step
-equations, gradcheck, that they are used where they should be (and only there), the fallback when
-they cannot be built, and the build lock.
+layer-norm GRU, the LSTM and the GRU (torch's form): against the Python loops they replace and
+against the step equations, gradcheck, that they are used where they should be (and only there),
+the fallback when they cannot be built, and the build lock.
 
 The kernels are listed once, in KERNELS, and each test runs over them (over the cases that apply:
 projections only where a kernel has one). Every test that compares the compiled loops with
