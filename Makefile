@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_kernels.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_jordan.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_layer_norm.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_native.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_scan.py --out docs/benchmarks.md
 
 lint: $(STAMP)

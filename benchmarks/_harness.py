@@ -10,6 +10,17 @@ import sys
 import time
 
 
+def compiled_loops() -> str:
+    """Whether the kernels' compiled CPU loops (`rnnkit.cells._native`) are in use, for a header:
+    the figures differ by up to 2x without them."""
+    import torch
+
+    from rnnkit.cells import _native
+
+    built = _native.ops(torch.zeros(1)) is not None
+    return "compiled loops " + ("on" if built else "off (could not be built)")
+
+
 def time_interleaved(fns: dict, repeats: int, budget_s: float) -> dict:
     """Median seconds per call of each function, the functions taking turns within every repeat
     so that a change in machine load hits all of them alike. Stops early (after 3 repeats) once

@@ -1,7 +1,8 @@
 """Side-by-side benchmark of rnnkit's fused recurrent layers (`make bench`).
 
 For each config and cell, in one process and interleaved (so machine load hits all alike):
-  ours   rnnkit.LSTM / GRU / RNN / MGU, impl="fused", weights loaded from the torch module
+  ours   rnnkit.LSTM / GRU / RNN / MGU, impl="fused", weights loaded from the torch module (with
+         the LSTM's and GRU's compiled CPU loops, `rnnkit.cells._native`, where they apply)
   torch  torch.nn.LSTM / GRU / RNN (none for MGU)
   naive  the loop a user would write: `for x_t in x.unbind(0)`, the step equations with the
          weights as stored, torch.stack of the outputs, autograd for the backward
@@ -21,7 +22,7 @@ import argparse
 import torch
 
 import rnnkit
-from _harness import stamped, time_interleaved, write_section
+from _harness import compiled_loops, stamped, time_interleaved, write_section
 
 CONFIGS = [  # (T, B, I=H)
     (100, 64, 256),
@@ -123,7 +124,7 @@ def main() -> None:
     peak = gemm_gflops(512 if args.quick else 2048)
     header = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; "
-        f"machine GEMM peak {peak:.0f} GFLOP/s"
+        f"machine GEMM peak {peak:.0f} GFLOP/s; {compiled_loops()}"
     )
     print(header)
     cols = "| cell | T | B | I=H | mode | ours ms | torch ms | naive ms | vs torch | vs naive | GEMM % |"

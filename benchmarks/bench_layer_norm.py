@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnkit
-from _harness import stamped, time_interleaved, write_section
+from _harness import compiled_loops, stamped, time_interleaved, write_section
 from rnnkit.cells import _native
 
 CONFIGS = [(1000, 16, 64), (100, 64, 256)]  # (T, B, I=H); the first is the target
@@ -98,10 +98,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     configs = [(50, 8, 32)] if args.quick else CONFIGS
     repeats, budget = (3, 1.0) if args.quick else (7, 20.0)
-    compiled = "on" if _native.ops(torch.zeros(1)) is not None else "off (could not be built)"
     header = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, training step; "
-        f"compiled loops {compiled}"
+        f"{compiled_loops()}"
     )
     print(header)
     cols = (

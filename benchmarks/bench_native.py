@@ -1,0 +1,88 @@
+"""The compiled CPU loops (`rnnkit.cells._native`) against the Python loops they replace.
+
+For each kernel with compiled loops and each config, in one process and interleaved, a training
+step (forward + backward of y.sum() + h_n.sum()) and an inference forward of the same rnnkit
+layer, float32, as is (compiled loops, where they apply) and with its forward inside
+`rnnkit.cells._native.disabled()` (the Python loops; the backward follows the forward's choice).
+Ratio: Python / compiled (> 1: the compiled loops are faster). Past `_native.MAX_STEP_MACS` both
+columns are the Python loops (the kernels choose them there), so the ratio is ~1.
+
+    python benchmarks/bench_native.py [--quick] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+
+import rnnkit
+from _harness import compiled_loops, stamped, time_interleaved, write_section
+from rnnkit.cells import _native
+
+CONFIGS = [(1000, 16, 64), (200, 32, 128), (100, 64, 256)]  # (T, B, I=H)
+LAYERS = {
+    "lstm": lambda H: rnnkit.LSTM(H, H),
+    "gru": lambda H: rnnkit.GRU(H, H),
+    "ln-lstm": lambda H: rnnkit.LSTM(H, H, layer_norm=True),
+    "ln-gru": lambda H: rnnkit.GRU(H, H, layer_norm=True),
+}
+BEGIN, END = "<!-- bench: native begin -->", "<!-- bench: native end -->"
+HEADING = "## Compiled loops against the Python loops (`benchmarks/bench_native.py`)"
+
+
+def runners(kind: str, T: int, B: int, H: int) -> dict:
+    torch.manual_seed(0)
+    layer = LAYERS[kind](H)
+    x = torch.randn(T, B, H, requires_grad=True)
+
+    def loops(python: bool):
+        return _native.disabled() if python else contextlib.nullcontext()
+
+    def train(python: bool):
+        def run():
+            with loops(python):
+                y, h = layer(x)
+            h = h[0] if isinstance(h, tuple) else h
+            (y.sum() + h.sum()).backward()
+
+        return run
+
+    def infer(python: bool):
+        def run():
+            with torch.no_grad(), loops(python):
+                layer(x)
+
+        return run
+
+    return {"train": train(False), "train_py": train(True), "infer": infer(False), "infer_py": infer(True)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small config, few repeats")
+    parser.add_argument("--out", default=None, help="also write the markdown table into this page")
+    args = parser.parse_args()
+    configs = [(50, 8, 32)] if args.quick else CONFIGS
+    repeats, budget = (3, 1.0) if args.quick else (7, 10.0)
+    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; {compiled_loops()}"
+    print(header)
+    cols = "| cell | T | B | I=H | mode | compiled ms | Python loops ms | Python / compiled |"
+    lines = [cols, "|" + "---|" * 8]
+    print(cols)
+    for T, B, H in configs:
+        for kind in LAYERS:
+            t = time_interleaved(runners(kind, T, B, H), repeats, budget)
+            for mode in ("infer", "train"):
+                ours, py = t[mode], t[f"{mode}_py"]
+                ms = f"{ours * 1e3:.1f} | {py * 1e3:.1f} | {py / ours:.2f}x"
+                row = f"| {kind} | {T} | {B} | {H} | {mode} | {ms} |"
+                print(row, flush=True)
+                lines.append(row)
+    if args.out:
+        write_section(args.out, BEGIN, END, HEADING, stamped(header, lines))
+
+
+if __name__ == "__main__":
+    main()
