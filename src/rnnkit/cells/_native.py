@@ -8,8 +8,9 @@ which also keeps its own loops as the reference and as the path wherever the com
 not apply (another device or dtype, no compiler).
 
 Built with torch's C++ extension tools (a C++17 compiler and ninja), for this machine's CPU
-(-march=native: the binary's name carries a digest of the source, flags, torch version and CPU,
-so a cache shared between machines cannot load the wrong one), into torch's extension cache
+(-march=native: the binary's name carries a digest of the sources and their folder, the flags, the
+torch version and the CPU, so a cache shared between machines or installs cannot load the wrong
+one), into torch's extension cache
 (TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions by default): ~30 s once, then a load. If the
 build fails, rnnkit warns once and runs the Python loops; set RNNKIT_NATIVE=0 to never try.
 """
@@ -50,6 +51,10 @@ _forced_off = False  # tests.set by `disabled()`
 
 def _digest() -> str:
     h = hashlib.sha256()
+    # the sources' folder too: torch's build files name the sources by path, so two installs
+    # (checkouts, environments) sharing one build folder would rebuild it in turn, each time
+    # the other had built it
+    h.update(str(_DIR.resolve()).encode())
     for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
