@@ -81,6 +81,11 @@ class GRUResetAfter(torch.autograd.Function):
     In the backward the input side is ordered n, r, z, so that one broadcast product per step
     turns the factors (B, 4, H) into [dn~, dr~, dz~, dn~ r]: its first 3H columns are the
     input-side pre-activation gradients, its last 3H the recurrent side's (W_hh's order r, z, n).
+
+    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    (native/gru.cpp, same buffers and results); otherwise the Python loops below
+    (`_reset_after_forward_steps`, `_reset_after_backward_steps`), which are also the compiled
+    ones' reference in tests/test_native.py.
     """
 
     @staticmethod

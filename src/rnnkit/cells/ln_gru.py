@@ -102,6 +102,11 @@ class LNGRUFused(torch.autograd.Function):
 
     `shift_x` (3H,) is what the step adds outside r's product: b_ih and LN_ih's shift, plus the
     r, z blocks of b_hh and LN_hh's shift; `s_n` (H,) is the n block of those two, inside it.
+
+    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    (native/ln_gru.cpp, same buffers and results); otherwise the Python loops below
+    (`_forward_steps`, `_backward_steps`), which are also the compiled ones' reference in
+    tests/test_native.py.
     """
 
     @staticmethod

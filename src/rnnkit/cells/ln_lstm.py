@@ -103,14 +103,19 @@ def _record(B: int, H: int, P: int | None) -> StepRecord:
 class LNLSTMFused(torch.autograd.Function):
     """Whole-sequence LN-LSTM with the hand-derived BPTT of the module docstring.
 
-    `shift` (4H,) is every constant the step adds outside a product: b_ih + b_hh plus the shifts
-    of LN_ih and LN_hh. Each loop works in a scratch step record (`_record`) and copies it to or
-    from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v) - 1 (`Tanh`,
-    cheaper than torch's tanh on CPU): the LNs in front of a tanh run with doubled gain and shift
-    (exact in floating point; g~'s block always, so one sigmoid covers all four gates; LN_c's on
-    CPU). The backward reads what it needs from the records; K and E, which depend on the
-    forward alone, are computed for all steps at once after the forward loop (when a backward
-    can follow).
+    `shift` (4H,) is every constant the step adds outside a product: b_ih + b_hh plus the shifts of
+    LN_ih and LN_hh. Each loop works in a step record (`_record`): the Python loops in a scratch
+    one, copied to or from the sequence's records once a step. tanh(v) is computed as 2 sigmoid(2v)
+    - 1 (`Tanh`, cheaper than torch's tanh on CPU): the LNs in front of a tanh run with doubled
+    gain and shift (exact in floating point; g~'s block always, so one sigmoid covers all four
+    gates; LN_c's on CPU). The backward reads what it needs from the records; K and E, which depend
+    on the forward alone, are computed for all steps at once after the Python forward loop (when a
+    backward can follow), or by the compiled one as it goes.
+
+    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    (native/ln_lstm.cpp, same buffers and results); otherwise the Python loops below
+    (`_forward_steps`, `_backward_steps`), which are also the compiled ones' reference in
+    tests/test_native.py.
     """
 
     @staticmethod

@@ -71,7 +71,13 @@ def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None, *, rec_mask=None):
 
 
 class LSTMFused(torch.autograd.Function):
-    """Whole-sequence LSTM with the hand-derived BPTT backward of the module docstring."""
+    """Whole-sequence LSTM with the hand-derived BPTT backward of the module docstring.
+
+    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    (native/lstm.cpp, same buffers and results); otherwise the Python loops below
+    (`_forward_steps`, `_backward_steps`), which are also the compiled ones' reference in
+    tests/test_native.py.
+    """
 
     @staticmethod
     @without_cycle_gc
