@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -79,6 +80,13 @@ def _build():
         name = f"rnnkit_native_{_digest()}"
         build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
         with _build_lock(build_dir):
+            if not (build_dir / f"{name}.so").exists():  # a first build: say why the pause
+                print(
+                    "rnnkit: compiling its CPU loops for this machine (once, ~10-30 s; "
+                    "RNNKIT_NATIVE=0 skips them)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             cpp_extension.load(
                 name=name,
                 sources=[str(s) for s in SOURCES],
