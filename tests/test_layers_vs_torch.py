@@ -171,9 +171,16 @@ def test_default_init_bound(cls):
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_batch(kind):
     theirs, ours = build(kind, 3, 4, torch.float32, num_layers=2, bidirectional=True)
-    x = torch.randn(5, 0, 3)
-    for a, b in zip(flat(ours(x)), flat(theirs(x))):
-        assert a.shape == b.shape
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    outs = [flat(ours(x)), flat(theirs(x))]
+    for a, b in zip(*outs):
+        assert a.shape == b.shape and a.requires_grad == b.requires_grad
+    # a backward through them works as through torch's, with zero gradients
+    for m, o in zip((ours, theirs), outs):
+        x.grad = None
+        sum(t.sum() for t in o).backward()
+        assert x.grad is not None and not x.grad.any()
+        assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
 
 
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])

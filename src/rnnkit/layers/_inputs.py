@@ -51,6 +51,13 @@ class Batch:
             return y.squeeze(1)
         return y.transpose(0, 1) if self.batch_first else y
 
+    def empty(self, module: torch.nn.Module, *shape: int) -> torch.Tensor:
+        """Zeros of `shape`, for what an empty batch (B = 0) returns, in the autograd graph of the
+        input and `module`'s parameters as torch's outputs are: a backward through them then
+        gives those zero gradients, where bare zeros would make it fail (nothing requires grad)."""
+        anchor = sum((p.sum() for p in module.parameters()), self.x.sum()) * 0
+        return self.x.new_zeros(shape) + anchor
+
     def state_out(self, state: torch.Tensor) -> torch.Tensor:
         state = self.unsort(state)
         return state.squeeze(1) if self.unbatched else state

@@ -78,7 +78,7 @@ class JordanRNN(JordanParameters):
         tgt = None if targets is None else self._targets(targets, input, batch)  # (T, B, O)
         T, B = batch.x.shape[:2]
         if B == 0:  # an empty batch: the shapes, nothing to compute
-            return batch.output(batch.x.new_zeros(T, 0, self.output_size)), y0
+            return batch.output(batch.empty(self, T, 0, self.output_size)), y0 + batch.empty(self, *y0.shape)
         kwargs = {"output_activation": self.output_activation, "batch_sizes": batch.batch_sizes}
         if tgt is None:
             y, y_n = jordan(batch.x, y0, *self.weights(), impl=self.impl, **kwargs)

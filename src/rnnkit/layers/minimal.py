@@ -150,7 +150,8 @@ class _MinRecurrent(nn.Module):
         T, B = batch.x.shape[:2]
         if B == 0:  # an empty batch: torch's shapes, nothing to compute
             h_n = batch.x.new_zeros(self.num_layers * D, 0, H) if states is None else states
-            return batch.output(batch.x.new_zeros(T, 0, D * H)), batch.state_out(h_n)
+            h_n = h_n + batch.empty(self, *h_n.shape)
+            return batch.output(batch.empty(self, T, 0, D * H)), batch.state_out(h_n)
         backwards = reverse_index(batch) if self.bidirectional else None
         x, finals = batch.x, []
         for k in range(self.num_layers):

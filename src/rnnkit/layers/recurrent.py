@@ -282,8 +282,8 @@ class RecurrentBase(nn.Module):
         states = self._initial_states(hx, batch)
         D = self.num_directions
         if batch.x.shape[1] == 0:  # an empty batch: torch's shapes, nothing to compute
-            y = batch.x.new_zeros(batch.x.shape[0], 0, D * (self.proj_size or self.hidden_size))
-            h_n = [batch.state_out(s) for s in states]
+            y = batch.empty(self, batch.x.shape[0], 0, D * (self.proj_size or self.hidden_size))
+            h_n = [batch.state_out(s + batch.empty(self, *s.shape)) for s in states]
             return batch.output(y), (h_n[0] if self.num_states == 1 else tuple(h_n))
         masks = layer_masks(self, masks, batch)  # drawn before anything else random
         backwards = reverse_index(batch) if self.bidirectional else None
