@@ -198,3 +198,77 @@ def test_evaluate_on_a_file_and_flag_help(tmp_path, text_file, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "units per recurrent layer" in capsys.readouterr().out  # help comes from the config fields
+
+
+def test_run_directory_is_enough_on_its_own(tmp_path, text_file, capsys):
+    """A run trained on --data keeps a copy of it: moved elsewhere, with the original gone,
+    evaluate, sample, predict, plot and resuming still work (API.md, run directories)."""
+    data = tmp_path / "mine.txt"
+    data.write_text(text_file.read_text(encoding="utf-8"), encoding="utf-8")
+    run = tmp_path / "a" / "run"
+    assert main(["train", "charlm", "--data", str(data), "--steps", "6", "--out", str(run), *SMALL]) == 0
+    assert json.loads((run / "config.json").read_text())["data"] == "data/mine.txt"
+    assert (run / "data" / "mine.txt").read_text(encoding="utf-8") == data.read_text(encoding="utf-8")
+    data.unlink()
+    moved = tmp_path / "b" / "moved"
+    moved.parent.mkdir()
+    (run).rename(moved)
+    capsys.readouterr()
+    assert main(["evaluate", str(moved), "--json"]) == 0
+    assert "bpc" in json.loads(capsys.readouterr().out)
+    assert main(["sample", str(moved), "--length", "10", "--seed", "0"]) == 0
+    assert main(["predict", str(moved), "The "]) == 0
+    assert main(["plot", str(moved)]) == 0
+    assert main(["train", "--resume", str(moved), "--steps", "8"]) == 0
+
+
+@pytest.mark.parametrize(
+    "name, content, fragment",
+    [
+        ("config.json", "{not json", "not a readable run configuration"),
+        ("config.json", "[]", "no task_config"),
+        ("config.json", '{"task": "charlm", "task_config": {"no_such_option": 1}}', "does not fit task"),
+        ("metrics.jsonl", '{"step": 1, "split": "train"}\ngarbage\n', "line 2 is not JSON"),
+        ("metrics.jsonl", None, "has no metrics.jsonl"),
+    ],
+)
+def test_bad_run_files_exit_2_with_one_line(tmp_path, text_file, capsys, name, content, fragment):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(text_file), "--steps", "2", "--out", str(run), *SMALL]) == 0
+    if content is None:
+        (run / name).unlink()
+    else:
+        (run / name).write_text(content)
+    capsys.readouterr()
+    commands = [["plot", str(run)]] + (
+        [["evaluate", str(run)], ["predict", str(run), "x"]] if name == "config.json" else []
+    )
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_translate_plot_with_one_test_pair(tmp_path, capsys):
+    """A small --data file leaves one test pair: the attention plot still draws (one panel)."""
+    data = tmp_path / "pairs.tsv"
+    words = [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+    ]
+    data.write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
+    run = tmp_path / "run"
+    argv = ["train", "translate", "--data", str(data), "--steps", "4", "--eval-every", "2", "--out", str(run)]
+    assert main(argv) == 0
+    assert main(["plot", str(run)]) == 0
+    assert (run / "attention.png").is_file()

@@ -281,3 +281,28 @@ def test_under_bfloat16_autocast(cls):
     torch.testing.assert_close(y, rnn(a.float(), lengths=[7, 3, 5, 1])[0], rtol=0, atol=0)
     out.float().pow(2).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rnn.parameters())
+
+
+def test_lengths_as_numpy_integers():
+    """lengths may hold numpy integers (what a user's data pipeline often gives), as torch's
+    pack_padded_sequence accepts; bools are refused."""
+    import numpy as np
+
+    m = rnnkit.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(m(x, lengths=[np.int64(5), np.int32(3)])[0], m(x, lengths=[5, 3])[0])
+    with pytest.raises(rnnkit.RnnkitTypeError, match="lengths"):
+        m(x, lengths=[True, 3])
+
+
+@pytest.mark.parametrize("impl", ["fused", "loop"])
+def test_functional_kernels_take_an_empty_batch(impl):
+    """B=0 through the functional kernels: the shapes, as the layers give them."""
+    from rnnkit import functional as F
+
+    x = torch.randn(4, 0, 3)
+    y, h, c = F.lstm(x, None, None, torch.randn(8, 3), torch.randn(8, 2), impl=impl)
+    assert y.shape == (4, 0, 2) and h.shape == (0, 2) and c.shape == (0, 2)
+    for kernel, G in ((F.gru, 3), (F.rnn_tanh, 1), (F.mgu, 2)):
+        y, h = kernel(x, None, torch.randn(G * 2, 3), torch.randn(G * 2, 2), impl=impl)
+        assert y.shape == (4, 0, 2) and h.shape == (0, 2)

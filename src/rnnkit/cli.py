@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -148,14 +149,45 @@ def _run_config(run_dir) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RnnkitFileError(f"{run_dir} is not a run directory (no config.json)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RnnkitValueError(f"{path} is not a readable run configuration: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task_config"), dict):
+        raise RnnkitValueError(f"{path} is not a run configuration (no task_config object)")
+    return config
+
+
+def _keep_data(path: str | None, out: Path) -> str | None:
+    """A copy of the --data file in the run directory, and its path there (relative), which
+    config.json records: a run must be enough on its own for evaluate, sample, predict, plot and
+    resuming (API.md), wherever it is moved and whatever becomes of the original. Written by
+    rank 0 only, atomically."""
+    if path is None:
+        return None
+    kept = Path("data") / Path(path).name
+    if os.environ.get("RANK", "0") == "0":
+        dst = out / kept
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".partial")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dst)
+    return str(kept)
 
 
 def _task_of(config: dict, run_dir=None):
     if config.get("task") not in TASKS:
         raise RnnkitValueError(f"config.json names task {config.get('task')!r}, not one of {sorted(TASKS)}")
     task_cls, config_cls = TASKS[config["task"]]
-    task = task_cls(config_cls(**config["task_config"]), data=config.get("data"), saved=config)
+    data = config.get("data")
+    if data is not None and run_dir is not None and (Path(run_dir) / data).is_file():
+        data = str(Path(run_dir) / data)  # the run's own copy (`_keep_data`)
+    try:
+        task_config = config_cls(**config["task_config"])
+    except TypeError as e:
+        msg = f"config.json's task_config does not fit task {config['task']!r}: {e}"
+        raise RnnkitValueError(msg) from None
+    task = task_cls(task_config, data=data, saved=config)
     task.run_dir = None if run_dir is None else Path(run_dir)  # where a task may cache results
     return task
 
@@ -179,7 +211,8 @@ def cmd_train(args) -> int:
         out = Path(args.out or f"runs/{args.task}-{stamp}")
         if (out / "config.json").exists():
             raise RnnkitValueError(f"--out {out} is already a run directory; continue it with --resume {out}")
-        meta = {"model": describe(model), **task.describe(), "data": args.data, "seed": args.seed}
+        data = _keep_data(args.data, out)
+        meta = {"model": describe(model), **task.describe(), "data": data, "seed": args.seed}
         task.run_dir = out
 
     def progress(record):
@@ -252,6 +285,27 @@ class _Progress:
             self.bar.close()
 
 
+def _metrics(run: Path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl, each with a step and a split, or a one-line error."""
+    path = run / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise RnnkitFileError(f"{run} has no metrics.jsonl") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RnnkitValueError(f"cannot read {path}: {e}") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RnnkitValueError(f"{path} line {n} is not JSON: {e}") from None
+        if not isinstance(record, dict) or "step" not in record or "split" not in record:
+            raise RnnkitValueError(f"{path} line {n} is not a metrics record (step and split)")
+        records.append(record)
+    return records
+
+
 def cmd_plot(args) -> int:
     """RUN_DIR/loss.png: the training loss and the validation metric over steps."""
     import matplotlib
@@ -261,7 +315,7 @@ def cmd_plot(args) -> int:
 
     run = Path(args.run_dir)
     _run_config(run)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = _metrics(run)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     train = [r for r in records if r["split"] == "train" and "loss" in r]
     ax.plot(

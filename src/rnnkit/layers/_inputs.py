@@ -139,12 +139,13 @@ def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
             )
         lens = lengths.detach().to("cpu", torch.int64)
     elif isinstance(lengths, (list, tuple)):
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+        # any integer (Python's or numpy's: numbers.Integral), as pack_padded_sequence takes; not bools
+        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in lengths):
             raise RnnkitTypeError(
                 "lengths must be a list of ints or an integer tensor, got a list holding "
                 f"{sorted({type(n).__name__ for n in lengths})}"
             )
-        lens = torch.tensor(list(lengths), dtype=torch.int64)
+        lens = torch.tensor([int(n) for n in lengths], dtype=torch.int64)
     else:
         raise RnnkitTypeError(
             f"lengths must be a 1-D integer tensor or a list of ints, got {type(lengths).__name__}"

@@ -164,8 +164,9 @@ class Seq2SeqTask(Task):
         pairs = self.test[:4]
         outputs = self.decode(model, [s for s, _ in pairs])
         plt = pyplot()
-        fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 3.2 * len(pairs)))
-        for ax, (src, _), out in zip(axes, pairs, outputs):
+        # squeeze=False: an array of axes even for one test pair (a small --data file)
+        fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 3.2 * len(pairs)), squeeze=False)
+        for ax, (src, _), out in zip(axes[:, 0], pairs, outputs):
             src_t, _, tgt_in, _ = (t.to(device_of(model)) for t in self.encode([(src, out)]))
             _, alpha = model(src_t, tgt_in, return_attention=True)  # (1, T, S)
             alpha = alpha[0].float().cpu().numpy()
