@@ -272,3 +272,20 @@ def test_translate_plot_with_one_test_pair(tmp_path, capsys):
     assert main(argv) == 0
     assert main(["plot", str(run)]) == 0
     assert (run / "attention.png").is_file()
+
+
+def test_charlm_on_a_short_text_and_a_one_character_test_file(tmp_path, capsys):
+    """A text shorter than --batch-size windows trains with fewer parallel streams (it crashed
+    stacking windows past its end); evaluating on one character is an input error (exit 2, one
+    line), not `NaN` in the --json output."""
+    data = tmp_path / "short.txt"
+    data.write_text("hello world, this is some text for a tiny model.\n" * 25, encoding="utf-8")
+    run = tmp_path / "run"
+    argv = ["train", "charlm", "--data", str(data), "--steps", "4", "--eval-every", "2", "--out", str(run)]
+    assert main([*argv, "--hidden-size", "16"]) == 0
+    one = tmp_path / "one.txt"
+    one.write_text("x", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", "--data", str(one)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no finite bpc" in captured.err and captured.err.count("\n") == 1

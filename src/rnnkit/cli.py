@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import random
 import shutil
@@ -344,8 +345,12 @@ def cmd_evaluate(args) -> int:
         options["lengths"] = _lengths(args.lengths)
     _check_options("evaluate", task, options, task.evaluate_options)
     metrics = task.test_metrics(rnnkit.load(args.run_dir), data=args.data, **options)
+    undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if undefined:  # e.g. a test text too short to predict one character: an input error
+        source = f"--data {args.data}" if args.data else "the run's test data"
+        raise RnnkitValueError(f"{source} gives no finite {', '.join(undefined)} (too little test data?)")
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps(metrics, allow_nan=False))
     else:
         for k, v in metrics.items():
             if isinstance(v, (dict, list)):

@@ -21,6 +21,7 @@ import torch
 from rnnkit._config import option
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
 from rnnkit.decoding import sample
+from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.tasks._common import Task
 from rnnkit.train.tbptt import tbptt_step
@@ -71,8 +72,15 @@ class CharLMTask(Task):
     def batches(self, step: int):
         """Step i's window of the parallel streams (k2 + 1 characters starting at i * k1), and
         whether it starts them over."""
-        B, k1 = self.config.batch_size, self.config.seq_len
+        k1 = self.config.seq_len
         k2 = max(k1, self.config.bptt_steps)
+        if len(self.train_ids) < k2 + 1:
+            raise RnnkitValueError(
+                f"the training text has {len(self.train_ids)} characters, fewer than one window of "
+                f"{k2 + 1} (--seq-len / --bptt-steps plus 1): give more text or a shorter --seq-len"
+            )
+        # as many parallel streams as hold a whole window each, up to --batch-size
+        B = min(self.config.batch_size, (len(self.train_ids) - 1) // (k2 + 1) or 1)
         per_stream = (len(self.train_ids) - 1) // B
         windows = max(1, (per_stream - 1 - (k2 - k1)) // k1)  # every window inside its stream
         i = step % windows
