@@ -91,6 +91,9 @@ def test_forecast_csv_file(tmp_path, capsys):
     assert m["test_points"] == len(m["forecast"]) == round(90 * 0.13)
     (line,) = predict(capsys, run, "10,11;12,3;13,4;12,5;11,6")
     assert len(line.split(",")) == 5 and all(np.isfinite(float(v)) for v in line.split(","))
+    capsys.readouterr()
+    assert main(["predict", str(run), "10,11;nan,3;13,inf"]) == 2  # not finite: an input error
+    assert "finite numbers" in capsys.readouterr().err
 
 
 def test_forecast_sunspots_baseline_is_arima(tmp_path, capsys):

@@ -269,6 +269,8 @@ class ForecastTask(Task):
                 raise RnnkitValueError(f"INPUT must be comma-separated numbers, got {text!r}") from None
             if any(len(s) != C for s in steps):
                 raise RnnkitValueError(f"INPUT: each step needs {C} values ({', '.join(self.series.names)})")
+            if not np.isfinite(np.array(steps)).all():
+                raise RnnkitValueError(f"INPUT must hold finite numbers, got {text!r}")
             history = torch.tensor(self.scale(np.array(steps)), dtype=torch.float32)
             nxt = self.recursive(model, history, self.config.predict_steps)[:, 0] * self.std[0] + self.mean[0]
             out.append(",".join(f"{v:.4g}" for v in nxt))
