@@ -7,7 +7,9 @@ layer, float32, as is (compiled loops, where they apply) and with its forward in
 Ratio: Python / compiled (> 1: the compiled loops are faster). Past `_native.MAX_STEP_MACS` both
 columns are the Python loops (the kernels choose them there), so the ratio is ~1.
 
-    python benchmarks/bench_native.py [--quick] [--out docs/benchmarks.md]
+    python benchmarks/bench_native.py [--quick] [--force] [--out docs/benchmarks.md]
+
+--force runs the compiled loops at every size (MAX_STEP_MACS lifted): how the cut was chosen.
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ def runners(kind: str, T: int, B: int, H: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small config, few repeats")
+    parser.add_argument("--force", action="store_true", help="compiled loops at every size")
     parser.add_argument("--out", default=None, help="also write the markdown table into this page")
     args = parser.parse_args()
+    if args.force:
+        _native.MAX_STEP_MACS = float("inf")
     configs = [(50, 8, 32)] if args.quick else CONFIGS
     repeats, budget = (3, 1.0) if args.quick else (7, 10.0)
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; {compiled_loops()}"

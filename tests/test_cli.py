@@ -289,3 +289,8 @@ def test_charlm_on_a_short_text_and_a_one_character_test_file(tmp_path, capsys):
     assert main(["evaluate", str(run), "--json", "--data", str(one)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no finite bpc" in captured.err and captured.err.count("\n") == 1
+    tiny = tmp_path / "tiny.txt"  # over the file minimum, under one training window
+    tiny.write_text("abcdefghij" * 12, encoding="utf-8")
+    assert main(["train", "charlm", "--data", str(tiny), "--steps", "2", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than one window" in err and err.count("\n") == 1

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from rnnkit.cells import _common
+
 _DIR = Path(__file__).with_name("native")
 SOURCES = [_DIR / "lstm.cpp", _DIR / "gru.cpp", _DIR / "ln_lstm.cpp", _DIR / "ln_gru.cpp"]
 HEADERS = [_DIR / "common.h"]
@@ -41,13 +43,14 @@ DTYPES = (torch.float32, torch.float64)
 # From this size of a step's recurrent product (rows x W's elements) on, the Python loops are
 # used: the step is then bound by its GEMM, which the compiled loops leave to torch.mm (MKL, half
 # as fast on this machine at these sizes) and the Python loops route to oneDNN
-# (`rnnkit.cells._gemm`). Measured (training step, T=100, compiled against Python loops, ms): LSTM
+# (`rnnkit.cells._gemm`). Measured (training step, T=100, compiled against Python loops, ms;
+# `python benchmarks/bench_native.py --force` gives the B=64 H=256 pair): LSTM
 # at B=64 H=128 (4.2M) 31 against 37, B=32 H=256 (8.4M) 59 against 57, B=64 H=256 (16.8M) 108
 # against 100; GRU at B=64 H=128 (3.1M) 29 against 32, B=32 H=256 (6.3M) 51 against 48.
 MAX_STEP_MACS = 5_000_000
 
 _lock = threading.Lock()
-_forced_off = False  # tests.set by `disabled()`
+_forced_off = False  # set by `disabled()`
 
 
 def _digest() -> str:
@@ -134,8 +137,12 @@ def _build_lock(build_dir: Path):
 def ops(like: torch.Tensor, recurrent: tuple[int, torch.Tensor] | None = None):
     """The compiled ops for kernels whose buffers are like `like`, or None where they do not
     apply: not CPU, not float32/float64, disabled, the build failed, or `recurrent` = (rows, W),
-    a step's recurrent product, has MAX_STEP_MACS multiply-adds or more."""
+    a step's recurrent product, has MAX_STEP_MACS multiply-adds or more. The compiled loops take
+    every tanh from a sigmoid, so they also need the kernels to prepare their pre-activations that
+    way (`_common.Tanh`, on by default on CPU; tests turn it off to run torch's tanh)."""
     if _forced_off or like.device.type != "cpu" or like.dtype not in DTYPES:
+        return None
+    if like.device.type not in _common.TANH_VIA_SIGMOID:
         return None
     if recurrent is not None and recurrent[0] * recurrent[1].numel() >= MAX_STEP_MACS:
         return None

@@ -50,6 +50,12 @@ class CharLMTask(Task):
         vocab = (saved or {}).get("vocab")
         self.vocab = CharVocab(self.splits.train if vocab is None else vocab[1:])
         self.train_ids = self.vocab.encode(self.splits.train)
+        window = max(config.seq_len, config.bptt_steps) + 1  # what one training step reads
+        if len(self.train_ids) < window:
+            raise RnnkitValueError(
+                f"the training text has {len(self.train_ids)} characters, fewer than one window of "
+                f"{window} (--seq-len / --bptt-steps plus 1): give more text or a shorter --seq-len"
+            )
 
     def describe(self) -> dict:
         return {"task": self.name, "task_config": asdict(self.config), "vocab": self.vocab.chars}
@@ -74,11 +80,6 @@ class CharLMTask(Task):
         whether it starts them over."""
         k1 = self.config.seq_len
         k2 = max(k1, self.config.bptt_steps)
-        if len(self.train_ids) < k2 + 1:
-            raise RnnkitValueError(
-                f"the training text has {len(self.train_ids)} characters, fewer than one window of "
-                f"{k2 + 1} (--seq-len / --bptt-steps plus 1): give more text or a shorter --seq-len"
-            )
         # as many parallel streams as hold a whole window each, up to --batch-size
         B = min(self.config.batch_size, (len(self.train_ids) - 1) // (k2 + 1) or 1)
         per_stream = (len(self.train_ids) - 1) // B
