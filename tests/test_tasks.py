@@ -157,7 +157,7 @@ def bad(tmp_path, name, text):
         ("classify", "one.tsv", "a\tabc\na\tabd\nb\txyz\n", [], "single example"),
         ("classify", "cols.tsv", "a\tabc\tmore\n", [], "expected 'label<TAB>text'"),
         ("classify", "empty.tsv", "", [], "is empty"),
-        ("classify", "num.csv", "label,v1\na,1\na,x\nb,2\nb,3\n", [], "expected a number"),
+        ("classify", "num.csv", "label,v1\na,1\na,x\nb,2\nb,3\n", [], "expected a finite number"),
         ("classify", "nolabel.csv", "y,v1\na,1\n", [], "no such column"),
         ("classify", "ragged.csv", "label,v1,v2\na,1\n", [], "has 2 columns"),
         (
@@ -167,7 +167,7 @@ def bad(tmp_path, name, text):
             ["--target", "z"],
             "no such column",
         ),
-        ("forecast", "series.csv", "t,y\n1,2\n2,oops\n", ["--target", "y"], "expected a number"),
+        ("forecast", "series.csv", "t,y\n1,2\n2,oops\n", ["--target", "y"], "expected a finite number"),
         (
             "forecast",
             "short.csv",
@@ -185,17 +185,15 @@ def test_malformed_files_exit_2(tmp_path, capsys, task, name, text, flags, messa
 
 
 def test_a_flag_of_another_task_is_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:  # argparse: a usage error
-        main(["train", "classify", "--lag", "10", "--out", str(tmp_path / "r")])
-    assert exit_.value.code == 2 and "unrecognized arguments: --lag" in capsys.readouterr().err
+    assert main(["train", "classify", "--lag", "10", "--out", str(tmp_path / "r")]) == 2
+    assert "unrecognized arguments: --lag" in capsys.readouterr().err
 
 
 def test_train_help_shows_the_tasks_own_defaults(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "memory", "--help"])
+    assert main(["train", "memory", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--lag INT" in text and "--seq-len" not in text  # memory's flags, not charlm's
-    assert "(default: 6000)" in text  # memory's steps, not TrainConfig's 1000
+    assert "(default: 6000;" in text  # memory's steps, not TrainConfig's 1000
 
 
 def test_gradients_command(tmp_path, capsys):
@@ -207,7 +205,7 @@ def test_gradients_command(tmp_path, capsys):
     assert main(["gradients", str(run), "--cell", "gru", "--length", "15"]) == 0
     assert set(json.loads((run / "gradients.json").read_text())["cells"]) == {"gru", "trained gru"}
     assert main(["gradients", "--cell", "nope"]) == 2
-    assert "cells must be one of" in capsys.readouterr().err
+    assert "--cell: must be comma-separated names from rnn, lstm, gru" in capsys.readouterr().err
 
 
 def test_dates(tmp_path, capsys):

@@ -6,6 +6,9 @@ user never meets a shape error from inside a matrix product.
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import torch
 
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
@@ -71,3 +74,28 @@ def check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise RnnkitValueError(f"{name} must be one of {options}, got {value!r}")
+
+
+def check_no_projection(proj_size, layer: str) -> None:
+    """torch.nn's RNN and GRU take `proj_size` and refuse any but 0: only the LSTM projects."""
+    if proj_size != 0:
+        raise RnnkitValueError(
+            f"proj_size is supported by LSTM only, not {layer}; got proj_size={proj_size!r}"
+        )
+
+
+@contextlib.contextmanager
+def allocating(what: str):
+    """Parameters are created in this block: an allocator's failure (sizes too large for the
+    memory there is) becomes a value error naming `what`, instead of torch's allocator message."""
+    try:
+        yield
+    except RuntimeError as e:
+        message = str(e)
+        if "allocate" not in message and "out of memory" not in message:
+            raise
+        asked = re.search(r"allocate (\d+) bytes", message)
+        size = f" (one tensor of {int(asked[1]) / 2**30:,.0f} GiB)" if asked else ""
+        raise RnnkitValueError(
+            f"{what} needs more memory than can be allocated{size}: choose smaller sizes"
+        ) from None

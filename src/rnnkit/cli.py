@@ -13,7 +13,7 @@ import json
 import math
 import os
 import random
-import shutil
+import re
 import sys
 from pathlib import Path
 
@@ -22,39 +22,91 @@ import torch
 from tqdm import tqdm
 
 import rnnkit
+from rnnkit._config import as_flags, valid_of
+from rnnkit.cli_options import (
+    EvaluateOptions,
+    GradientsOptions,
+    PredictOptions,
+    SampleOptions,
+    TrainOptions,
+)
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitUnsupportedError, RnnkitValueError
 from rnnkit.models import build, describe
+from rnnkit.run_dir import check_weights, keep_data, prepare_out, read_config, task_of
 from rnnkit.tasks.registry import TASKS
 from rnnkit.train import TrainConfig, Trainer
 
-_TYPES = {"int": int, "float": float, "str": str}
+_METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", tuple: "INTS", list: "NAMES"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2; the usage stays with --help), and a leading
+    minus before a digit read as a value (`predict RUN -1,2,3`, `--lr -1e-3`), never as a flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _parser_of(valid):
+    """argparse's `type`: a value parsed and checked against its declaration."""
+
+    def parse(text: str):
+        try:
+            return valid.parse(text)
+        except RnnkitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _shown_default(value) -> str:
+    if value is None:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, defaults: dict | None = None) -> None:
-    """--field-name for every field of a config dataclass, typed, defaulted and explained by it
-    (`defaults` overrides the dataclass defaults shown, as a task does for TrainConfig)."""
+    """--field-name for every field of a config dataclass, parsed and checked by its declaration,
+    with its help, default and valid values in the help (`defaults` overrides the dataclass
+    defaults shown, as a task does for TrainConfig). Flags default to None: "not given"."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
+        valid = valid_of(f)
         flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type).replace(" | None", "")
         default = (defaults or {}).get(f.name, f.default)
-        text = f"{f.metadata.get('help', '')} (default: {default})".strip()
-        if kind == "bool":
+        text = f"{f.metadata['help']} (default: {_shown_default(default)}; {valid.describe()})"
+        text = text.replace("%", "%%")
+        if valid.kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             group.add_argument(
-                flag, type=_TYPES.get(kind, str), default=None, metavar=kind.upper(), help=text
+                flag, type=_parser_of(valid), default=None, metavar=_METAVARS[valid.kind], help=text
             )
 
 
+def given(cls, args) -> list[str]:
+    """The flags of config `cls` given on the command line."""
+    return [
+        "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    ]
+
+
 def config_from(cls, args, base: dict | None = None):
-    """The config with the flags given on the command line over `base` (or the defaults)."""
+    """The config with the flags given on the command line over `base` (or the defaults); an
+    error names the flags."""
     values = dict(base or {})
     for f in dataclasses.fields(cls):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = given
-    return cls(**values)
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    with as_flags():
+        return cls(**values)
 
 
 def train_task(argv: list[str]) -> str:
@@ -68,75 +120,47 @@ def train_task(argv: list[str]) -> str:
         if flag == "--resume":
             try:
                 return json.loads((Path(value) / "config.json").read_text())["task"]
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
                 break  # cmd_train reports the run directory's problem
     return "charlm"
 
 
 def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rnnkit", description="Recurrent neural networks as the textbooks describe them."
-    )
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks as the textbooks describe them.")
     parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a task (default: charlm) into a run directory")
-    train.add_argument("task", nargs="?", default="charlm", choices=sorted(TASKS))
-    train.add_argument("--data", help="a data file instead of the built-in data")
-    train.add_argument("--out", help="the run directory (default: runs/<task>-<UTC timestamp>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue this run to its total --steps")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, help="torch CPU threads")
-    train.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to train (auto: cuda when available; default: auto)",
-    )
+    train.add_argument("task", nargs="?", default=None, choices=sorted(TASKS))
+    add_config_flags(train, TrainOptions, "run")
     task_cls, config_cls = TASKS.get(task, TASKS["charlm"])
     add_config_flags(train, TrainConfig, f"training (defaults of task {task})", task_cls.train_defaults)
     add_config_flags(train, config_cls, f"task {task} (see: rnnkit train TASK --help)")
 
     evaluate = sub.add_parser("evaluate", help="the test metrics of a run")
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--data", help="evaluate on this file as test data")
-    evaluate.add_argument("--json", action="store_true", help="one JSON object on standard output")
-    evaluate.add_argument("--lengths", help="memory: comma-separated sequence lengths to evaluate at")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    add_config_flags(evaluate, EvaluateOptions, "options")
 
     sample = sub.add_parser("sample", help="generate from a run's model")
-    sample.add_argument("run_dir")
-    sample.add_argument("--prime", default="")
-    sample.add_argument("--length", type=int, default=300)
-    sample.add_argument("--temperature", type=float, default=1.0)
-    sample.add_argument("--top-k", type=int)
-    sample.add_argument("--top-p", type=float)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("run_dir", metavar="RUN_DIR")
+    add_config_flags(sample, SampleOptions, "options")
 
     plot = sub.add_parser("plot", help="the loss curves of a run and the figures of its task (PNG)")
-    plot.add_argument("run_dir")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
 
     gradients = sub.add_parser(
         "gradients",
         help="gradient flow through time: ||dL/dh_t|| for every t and the spectrum of W_hh (PNG, JSON)",
     )
-    gradients.add_argument("run_dir", nargs="?", help="also show this run's trained recurrence")
     gradients.add_argument(
-        "--cell", default="rnn,lstm,gru", help="fresh cells to compare (default: rnn,lstm,gru)"
+        "run_dir", nargs="?", metavar="RUN_DIR", help="also show this run's trained recurrence"
     )
-    gradients.add_argument("--length", type=int, default=100, help="time steps T (default: 100)")
-    gradients.add_argument(
-        "--hidden-size", dest="grad_hidden", type=int, default=64, help="of the fresh cells"
-    )
-    gradients.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold shown")
-    gradients.add_argument("--seed", type=int, default=0)
-    gradients.add_argument(
-        "--out", help="where to write (default: RUN_DIR, else runs/gradients-<UTC timestamp>)"
-    )
+    add_config_flags(gradients, GradientsOptions, "options")
 
     predict = sub.add_parser("predict", help="a run's model on each INPUT")
-    predict.add_argument("run_dir")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("inputs", nargs="+", metavar="INPUT")
-    predict.add_argument("--locale", help="dates: the locale the inputs are written in")
+    add_config_flags(predict, PredictOptions, "options")
     return parser
 
 
@@ -146,86 +170,74 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _run_config(run_dir) -> dict:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise RnnkitFileError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RnnkitValueError(f"{path} is not a readable run configuration: {e}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("task_config"), dict):
-        raise RnnkitValueError(f"{path} is not a run configuration (no task_config object)")
-    return config
+def _device(opts: TrainOptions) -> str:
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise RnnkitValueError("--device cuda: no CUDA device is available")
+    return "cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def _keep_data(path: str | None, out: Path) -> str | None:
-    """A copy of the --data file in the run directory, and its path there (relative), which
-    config.json records: a run must be enough on its own for evaluate, sample, predict, plot and
-    resuming (API.md), wherever it is moved and whatever becomes of the original. Written by
-    rank 0 only, atomically."""
-    if path is None:
-        return None
-    kept = Path("data") / Path(path).name
-    if os.environ.get("RANK", "0") == "0":
-        dst = out / kept
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".partial")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dst)
-    return str(kept)
-
-
-def _task_of(config: dict, run_dir=None):
-    if config.get("task") not in TASKS:
-        raise RnnkitValueError(f"config.json names task {config.get('task')!r}, not one of {sorted(TASKS)}")
-    task_cls, config_cls = TASKS[config["task"]]
-    data = config.get("data")
-    if data is not None and run_dir is not None and (Path(run_dir) / data).is_file():
-        data = str(Path(run_dir) / data)  # the run's own copy (`_keep_data`)
-    try:
-        task_config = config_cls(**config["task_config"])
-    except TypeError as e:
-        msg = f"config.json's task_config does not fit task {config['task']!r}: {e}"
-        raise RnnkitValueError(msg) from None
-    task = task_cls(task_config, data=data, saved=config)
-    task.run_dir = None if run_dir is None else Path(run_dir)  # where a task may cache results
-    return task
+def _load(run_dir) -> torch.nn.Module:
+    """A run's model, its weights checked to be finite."""
+    return check_weights(rnnkit.load(run_dir), run_dir)
 
 
 def cmd_train(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.resume:
-        saved = _run_config(args.resume)
-        task, out = _task_of(saved, args.resume), Path(args.resume)
-        model = build(saved["model"])
-        train_config = config_from(TrainConfig, args, saved["train"])
-        meta = {k: v for k, v in saved.items() if k != "train"}
-    else:
-        _seed(args.seed)
-        task_cls, config_cls = TASKS[args.task]
-        task = task_cls(config_from(config_cls, args), data=args.data)
-        model = task.build_model()
-        train_config = config_from(TrainConfig, args, task.train_defaults)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out or f"runs/{args.task}-{stamp}")
-        if (out / "config.json").exists():
-            raise RnnkitValueError(f"--out {out} is already a run directory; continue it with --resume {out}")
-        data = _keep_data(args.data, out)
-        meta = {"model": describe(model), **task.describe(), "data": data, "seed": args.seed}
-        task.run_dir = out
+    opts = config_from(TrainOptions, args)
+    if opts.resume:
+        return _resume(args, opts)
+    name = args.task or "charlm"
+    task_cls, config_cls = TASKS[name]
+    task_config = config_from(config_cls, args)  # every flag checked before any work
+    train_config = config_from(TrainConfig, args, task_cls.train_defaults)
+    device = _device(opts)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(opts.out or f"runs/{name}-{stamp}")
+    prepare_out(out, opts.force)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    _seed(opts.seed)
+    task = task_cls(task_config, data=opts.data)
+    model = task.build_model()
+    data = keep_data(opts.data, out)
+    meta = {"model": describe(model), **task.describe(), "data": data, "seed": opts.seed}
+    task.run_dir = out
+    return _fit(task, model, train_config, out, meta, device, resume=False)
 
+
+def _resume(args, opts: TrainOptions) -> int:
+    """Continue a run; one killed before its first checkpoint starts over, as it first did."""
+    run = Path(opts.resume)
+    saved = read_config(run)
+    if args.task is not None and args.task != saved["task"]:
+        raise RnnkitValueError(f"--resume {run} is a {saved['task']} run, not {args.task}")
+    fixed = given(TASKS[saved["task"]][1], args) + [
+        f for f in ("--out", "--seed", "--force") if getattr(args, f[2:])
+    ]
+    if fixed:
+        raise RnnkitValueError(
+            f"--resume {run}: {', '.join(fixed)} cannot change in a resumed run (its model, data and "
+            "seed are fixed); start a new run with --out"
+        )
+    train_config = config_from(TrainConfig, args, saved["train"])
+    device = _device(opts)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    meta = {k: v for k, v in saved.items() if k != "train"}
+    _seed(saved.get("seed", 0))  # before the task, as the run's first start did
+    task = task_of(saved, run, data=opts.data)  # on the data given again, else the run's own copy
+    if opts.data is not None:  # the run keeps a copy (a different one there is refused)
+        meta["data"] = keep_data(opts.data, run)
+    fresh = not (run / "latest.json").exists()
+    model = task.build_model() if fresh else build(saved["model"])
+    return _fit(task, model, train_config, run, meta, device, resume=True)
+
+
+def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool) -> int:
     def progress(record):
         if record["split"] != "train" or record["step"] % 50 == 0:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
             print(json.dumps(shown), flush=True)
 
-    device = (
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RnnkitValueError("--device cuda: no CUDA device is available")
     model = model.to(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
@@ -244,12 +256,15 @@ def cmd_train(args) -> int:
         meta=meta,
         progress=progress,
     )
-    if args.resume:
+    if resume:
         trainer.resume()
     trainer.fit()
     if trainer.rank == 0:  # under torchrun, rank 0 alone reports
-        test = task.test_metrics(rnnkit.load(out))
+        test = task.test_metrics(_load(out))
         trainer.log({"step": trainer.step, "split": "test", **test})
+        warning = runaway(task, _metrics(out))
+        if warning:
+            print(f"rnnkit train: warning: {warning}", file=sys.stderr)
         print(f"run directory: {out}")
     if world > 1:
         # Tear down together: a rank that destroys its gloo pairs while another is still busy
@@ -257,6 +272,27 @@ def cmd_train(args) -> int:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
+
+
+def runaway(task, records: list[dict], after: int = 3) -> str | None:
+    """A line saying a run went wrong, or None: its last validation metric is not finite, or
+    (after `after` evaluations) worse than a predictor that learned nothing."""
+    val = [r for r in records if r["split"] == "val" and task.metric in r]
+    if not val:
+        return None
+    last, step = val[-1][task.metric], val[-1]["step"]
+    if last is None or not math.isfinite(last):
+        return (
+            f"validation {task.metric} at step {step} is not finite: the run diverged "
+            "(try a lower --lr or a --clip-norm)"
+        )
+    trivial = task.trivial()
+    if trivial is not None and len(val) >= after and last > trivial[0]:
+        return (
+            f"validation {task.metric} at step {step} is {last:.4g}, worse than {trivial[1]} "
+            f"({trivial[0]:.4g}): the run did not learn (try a lower --lr)"
+        )
+    return None
 
 
 class _Progress:
@@ -290,7 +326,7 @@ def _metrics(run: Path) -> list[dict]:
     """The records of RUN_DIR/metrics.jsonl, each with a step and a split, or a one-line error."""
     path = run / "metrics.jsonl"
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise RnnkitFileError(f"{run} has no metrics.jsonl") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -298,13 +334,17 @@ def _metrics(run: Path) -> list[dict]:
     records = []
     for n, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            record = json.loads(line)  # NaN read too: runs written before metrics were strict
         except json.JSONDecodeError as e:
             raise RnnkitValueError(f"{path} line {n} is not JSON: {e}") from None
-        if not isinstance(record, dict) or "step" not in record or "split" not in record:
-            raise RnnkitValueError(f"{path} line {n} is not a metrics record (step and split)")
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
+            raise RnnkitValueError(f"{path} line {n} is not a metrics record (an int step and a split)")
         records.append(record)
     return records
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def cmd_plot(args) -> int:
@@ -315,15 +355,16 @@ def cmd_plot(args) -> int:
     import matplotlib.pyplot as plt
 
     run = Path(args.run_dir)
-    _run_config(run)
+    task = task_of(read_config(run), run)
     records = _metrics(run)
+    model = _load(run)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    train = [r for r in records if r["split"] == "train" and "loss" in r]
+    train = [r for r in records if r["split"] == "train" and _number(r.get("loss"))]
     ax.plot(
         [r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train loss (nats)"
     )
     for key in sorted({k for r in records if r["split"] == "val" for k in r} - {"step", "split"}):
-        val = [r for r in records if r["split"] == "val" and key in r]
+        val = [r for r in records if r["split"] == "val" and _number(r.get(key))]
         ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=f"validation {key}")
     ax.set_xlabel("step")
     ax.set_title(str(run))
@@ -333,23 +374,22 @@ def cmd_plot(args) -> int:
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(out)
-    for path in _task_of(_run_config(run), run).plot(rnnkit.load(run), run):
+    for path in task.plot(model, run):
         print(path)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    task = _task_of(_run_config(args.run_dir), args.run_dir)
-    options = {}
-    if args.lengths is not None:
-        options["lengths"] = _lengths(args.lengths)
+    opts = config_from(EvaluateOptions, args)
+    task = task_of(read_config(args.run_dir), args.run_dir)
+    options = {} if opts.lengths is None else {"lengths": list(opts.lengths)}
     _check_options("evaluate", task, options, task.evaluate_options)
-    metrics = task.test_metrics(rnnkit.load(args.run_dir), data=args.data, **options)
+    metrics = task.test_metrics(_load(args.run_dir), data=opts.data, **options)
     undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if undefined:  # e.g. a test text too short to predict one character: an input error
-        source = f"--data {args.data}" if args.data else "the run's test data"
+        source = f"--data {opts.data}" if opts.data else "the run's test data"
         raise RnnkitValueError(f"{source} gives no finite {', '.join(undefined)} (too little test data?)")
-    if args.json:
+    if opts.json:
         print(json.dumps(metrics, allow_nan=False))
     else:
         for k, v in metrics.items():
@@ -365,39 +405,31 @@ def _check_options(command: str, task, given: dict, known: tuple) -> None:
             raise RnnkitValueError(f"{command} --{name} does not apply to task {task.name}")
 
 
-def _lengths(text: str) -> list[int]:
-    try:
-        lengths = [int(v) for v in text.split(",")]
-    except ValueError:
-        lengths = []
-    if not lengths or min(lengths) < 1:
-        raise RnnkitValueError(f"--lengths must be positive integers separated by commas, got {text!r}")
-    return lengths
-
-
 def cmd_sample(args) -> int:
-    task = _task_of(_run_config(args.run_dir), args.run_dir)
+    opts = config_from(SampleOptions, args)
+    task = task_of(read_config(args.run_dir), args.run_dir)
     if not hasattr(task, "sample"):
         raise RnnkitUnsupportedError(f"task {task.name} has no sample; try rnnkit predict {args.run_dir}")
     print(
         task.sample(
-            rnnkit.load(args.run_dir),
-            prime=args.prime,
-            length=args.length,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
+            _load(args.run_dir),
+            prime=opts.prime,
+            length=opts.length,
+            temperature=opts.temperature,
+            top_k=opts.top_k,
+            top_p=opts.top_p,
+            seed=opts.seed,
         )
     )
     return 0
 
 
 def cmd_predict(args) -> int:
-    task = _task_of(_run_config(args.run_dir), args.run_dir)
-    options = {} if args.locale is None else {"locale": args.locale}
+    opts = config_from(PredictOptions, args)
+    task = task_of(read_config(args.run_dir), args.run_dir)
+    options = {} if opts.locale is None else {"locale": opts.locale}
     _check_options("predict", task, options, task.predict_options)
-    for line in task.predict(rnnkit.load(args.run_dir), args.inputs, **options):
+    for line in task.predict(_load(args.run_dir), args.inputs, **options):
         print(line)
     return 0
 
@@ -406,19 +438,24 @@ def cmd_gradients(args) -> int:
     """gradients.json and gradients.png: fresh cells side by side, and a run's trained one."""
     from rnnkit.diagnostics import first_layer, gradient_flow, write_report
 
-    if args.length < 1:
-        raise RnnkitValueError(f"--length must be a positive int, got {args.length}")
+    opts = config_from(GradientsOptions, args)
     layers = {}
     if args.run_dir:
-        _run_config(args.run_dir)
-        kind, layer = first_layer(rnnkit.load(args.run_dir))
+        read_config(args.run_dir)
+        kind, layer = first_layer(_load(args.run_dir))
         layers[f"trained {kind}"] = layer
-    cells = [c.strip() for c in args.cell.split(",") if c.strip()]
-    result = gradient_flow(
-        cells, length=args.length, hidden_size=args.grad_hidden, clip=args.clip, seed=args.seed, layers=layers
-    )
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or args.run_dir or f"runs/gradients-{stamp}")
+    out = Path(opts.out or args.run_dir or f"runs/gradients-{stamp}")
+    if out.exists() and not out.is_dir():
+        raise RnnkitValueError(f"--out {out} is a file, not a directory")
+    result = gradient_flow(
+        list(opts.cell),
+        length=opts.length,
+        hidden_size=opts.hidden_size,
+        clip=opts.clip,
+        seed=opts.seed,
+        layers=layers,
+    )
     paths = write_report(result, out)
     print(f"{'cell':>14}  {'||dL/dh_1||':>12}  {'||dL/dh_T||':>12}  {'W_hh radius':>11}  {'early share':>11}")
     for name, r in result["cells"].items():
@@ -442,11 +479,16 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 on success, 2 for a usage or input error (one line on standard error), 1
+    for anything else."""
     argv = sys.argv[1:] if argv is None else list(argv)
     task = train_task(argv) if argv and argv[0] == "train" else "charlm"
-    args = build_parser(task).parse_args(argv)  # usage errors: argparse exits with status 2
+    try:
+        args = build_parser(task).parse_args(argv)
+    except SystemExit as e:  # --help, --version (0), or a usage error, said in one line (2)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return COMMANDS[args.command](args)
     except RnnkitError as e:
-        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"rnnkit {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -32,13 +32,24 @@ def load(run_dir) -> nn.Module:
         raise RnnkitValueError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(config, dict) or "model" not in config:
         raise RnnkitValueError(f"{config_path} does not describe a model (no 'model' entry)")
-    model = build(config["model"])
+    try:
+        model = build(config["model"])
+    except RnnkitValueError as e:
+        raise RnnkitValueError(f"{config_path}: {e}") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
         raise RnnkitValueError(f"{weights_path} is not a valid safetensors file: {e}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise RnnkitValueError(f"{weights_path} does not fit the model of {config_path}: {e}") from None
+    expected = model.state_dict()
+    problems = [f"{k} is missing" for k in expected if k not in state]
+    problems += [f"{k} is not in the model" for k in state if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(state[k].shape)}, the model's {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RnnkitValueError(f"{weights_path} does not fit the model of {config_path}: {problems[0]}{more}")
+    model.load_state_dict(state)
     return model.eval()

@@ -8,7 +8,15 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_bool, check_like, check_positive_int, check_shape, check_tensor, shape_str
+from rnnkit._checks import (
+    allocating,
+    check_bool,
+    check_like,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+    shape_str,
+)
 from rnnkit.cells._layernorm import (
     check_layer_norm_flag,
     layer_norm_args,
@@ -61,14 +69,15 @@ class CellBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G = self.gates
-        self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(G * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(G * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(G * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        with allocating(f"{type(self).__name__}(input_size={input_size}, hidden_size={hidden_size})"):
+            self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size, **factory))
+            self.weight_hh = nn.Parameter(torch.empty(G * hidden_size, hidden_size, **factory))
+            if bias:
+                self.bias_ih = nn.Parameter(torch.empty(G * hidden_size, **factory))
+                self.bias_hh = nn.Parameter(torch.empty(G * hidden_size, **factory))
+            else:
+                self.register_parameter("bias_ih", None)
+                self.register_parameter("bias_hh", None)
         self.regularizer = Regularizer.from_args(
             zoneout=zoneout,
             recurrent_dropout=recurrent_dropout,

@@ -36,7 +36,15 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_bool, check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit._checks import (
+    allocating,
+    check_bool,
+    check_choice,
+    check_like,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+)
 from rnnkit.cells import _workspace as workspace
 from rnnkit.cells._common import (
     IMPLS,
@@ -344,11 +352,14 @@ class JordanParameters(nn.Module):
             "weight_hy": (O, H),
             "bias_y": (O,),
         }
-        for name, shape in shapes.items():
-            if bias or not name.startswith("bias"):
-                self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-            else:
-                self.register_parameter(name, None)
+        with allocating(f"{type(self).__name__}(input_size={I}, hidden_size={H}, output_size={O})"):
+            for name, shape in shapes.items():
+                if bias or not name.startswith("bias"):
+                    self.register_parameter(
+                        name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+                    )
+                else:
+                    self.register_parameter(name, None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from rnnkit._checks import (
+    allocating,
     check_bool,
     check_choice,
     check_like,
@@ -341,8 +342,9 @@ class _MinCell(nn.Module):
             log_space,
         )
         G = self.gates
-        self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size, **factory))
-        self.bias_ih = nn.Parameter(torch.empty(G * hidden_size, **factory)) if bias else None
+        with allocating(f"{type(self).__name__}(input_size={input_size}, hidden_size={hidden_size})"):
+            self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size, **factory))
+            self.bias_ih = nn.Parameter(torch.empty(G * hidden_size, **factory)) if bias else None
         bound = 1.0 / math.sqrt(hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 
 from rnnkit.data.text import read_text
 from rnnkit.errors import RnnkitValueError
@@ -60,10 +61,14 @@ def numbers(path, rows: list[list[str]], columns: list[int], header: list[str]) 
         values = []
         for c in columns:
             try:
-                values.append(float(row[c]))
+                value = float(row[c])
             except ValueError:
+                value = math.nan
+            if not math.isfinite(value):  # nan or inf would spread through the whole series
                 raise RnnkitValueError(
-                    f"--data: {path} row {number}, column {header[c]!r}: expected a number, got {row[c]!r}"
-                ) from None
+                    f"--data: {path} row {number}, column {header[c]!r}: expected a finite number, "
+                    f"got {row[c]!r}"
+                )
+            values.append(value)
         out.append(values)
     return out

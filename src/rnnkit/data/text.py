@@ -11,6 +11,7 @@ heavily, which flatters every model. A user file is split by position: the last 
 from __future__ import annotations
 
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def builtin_corpus(seed: int = 0, held_out: int = 6) -> TextSplits:
 def read_text(path) -> str:
     """A UTF-8 text file's content; clear errors for a missing, unreadable, binary or empty file."""
     path = Path(path)
-    try:
+    try:  # a FIFO or a device would be read forever (/dev/zero) or block (a pipe): refused
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise RnnkitFileError(f"--data: {path} is not a regular file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise RnnkitFileError(f"--data: no such file: {path}") from None

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_choice, check_like, check_shape, check_tensor
+from rnnkit._checks import allocating, check_choice, check_like, check_shape, check_tensor
 from rnnkit.cells.minimal import GATES, check_log_state, initial_state, min_rnn, min_step
 from rnnkit.cells.scan import MODES
 from rnnkit.errors import RnnkitUnsupportedError
@@ -80,15 +80,17 @@ class _MinRecurrent(nn.Module):
         factory = {"device": device, "dtype": dtype}
         G, H, D = GATES[self.cell], hidden_size, self.num_directions
         self._names: list[tuple[str, str | None]] = []  # (weight, bias) of each layer-direction
-        for k in range(num_layers):
-            for d in range(D):
-                suffix = "_reverse" if d else ""
-                layer_in = input_size if k == 0 else H * D
-                w, b = f"weight_ih_l{k}{suffix}", f"bias_ih_l{k}{suffix}"
-                self.register_parameter(w, nn.Parameter(torch.empty(G * H, layer_in, **factory)))
-                if bias:
-                    self.register_parameter(b, nn.Parameter(torch.empty(G * H, **factory)))
-                self._names.append((w, b if bias else None))
+        sizes = f"input_size={input_size}, hidden_size={hidden_size}, num_layers={num_layers}"
+        with allocating(f"{type(self).__name__}({sizes})"):
+            for k in range(num_layers):
+                for d in range(D):
+                    suffix = "_reverse" if d else ""
+                    layer_in = input_size if k == 0 else H * D
+                    w, b = f"weight_ih_l{k}{suffix}", f"bias_ih_l{k}{suffix}"
+                    self.register_parameter(w, nn.Parameter(torch.empty(G * H, layer_in, **factory)))
+                    if bias:
+                        self.register_parameter(b, nn.Parameter(torch.empty(G * H, **factory)))
+                    self._names.append((w, b if bias else None))
         self.reset_parameters()
 
     @property

@@ -28,7 +28,15 @@ import math
 import torch
 from torch import nn
 
-from rnnkit._checks import check_bool, check_choice, check_like, check_positive_int, check_shape, check_tensor
+from rnnkit._checks import (
+    allocating,
+    check_bool,
+    check_choice,
+    check_like,
+    check_positive_int,
+    check_shape,
+    check_tensor,
+)
 from rnnkit.cells._common import IMPLS
 from rnnkit.cells._layernorm import (
     check_layer_norm_flag,
@@ -101,21 +109,24 @@ class RecurrentBase(nn.Module):
         D, G, H = self.num_directions, self.gates, hidden_size
         out_size = proj_size or hidden_size
         self._all_weights: list[list[str]] = []
-        for k in range(num_layers):
-            for d in range(D):
-                suffix = "_reverse" if d else ""
-                layer_in = input_size if k == 0 else out_size * D
-                shapes = {
-                    f"weight_ih_l{k}{suffix}": (G * H, layer_in),
-                    f"weight_hh_l{k}{suffix}": (G * H, out_size),
-                }
-                if bias:
-                    shapes.update({f"bias_ih_l{k}{suffix}": (G * H,), f"bias_hh_l{k}{suffix}": (G * H,)})
-                if proj_size:
-                    shapes[f"weight_hr_l{k}{suffix}"] = (proj_size, H)
-                for name, shape in shapes.items():
-                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
-                self._all_weights.append(list(shapes))
+        with allocating(
+            f"{type(self).__name__}(input_size={input_size}, hidden_size={H}, num_layers={num_layers})"
+        ):
+            for k in range(num_layers):
+                for d in range(D):
+                    suffix = "_reverse" if d else ""
+                    layer_in = input_size if k == 0 else out_size * D
+                    shapes = {
+                        f"weight_ih_l{k}{suffix}": (G * H, layer_in),
+                        f"weight_hh_l{k}{suffix}": (G * H, out_size),
+                    }
+                    if bias:
+                        shapes.update({f"bias_ih_l{k}{suffix}": (G * H,), f"bias_hh_l{k}{suffix}": (G * H,)})
+                    if proj_size:
+                        shapes[f"weight_hr_l{k}{suffix}"] = (proj_size, H)
+                    for name, shape in shapes.items():
+                        self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                    self._all_weights.append(list(shapes))
         self._flat_weights_names = [n for names in self._all_weights for n in names]
         self.regularizer = Regularizer.from_args(
             zoneout=zoneout,

@@ -4,7 +4,7 @@ live with the kernels in `rnnkit.cells`."""
 
 from __future__ import annotations
 
-from rnnkit._checks import check_bool, check_choice
+from rnnkit._checks import check_bool, check_choice, check_no_projection
 from rnnkit.cells.elman import NONLINEARITIES, elman_step, rnn_relu, rnn_tanh
 from rnnkit.cells.gru import gru, gru_step
 from rnnkit.cells.ln_gru import check_reset_after, ln_gru, ln_gru_step
@@ -39,7 +39,9 @@ class RNN(RecurrentBase):
         weight_dropout=0.0,
         learn_initial_state=False,
         layer_norm=False,
+        proj_size=0,
     ):
+        check_no_projection(proj_size, "RNN")
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         self.nonlinearity = nonlinearity
         super().__init__(
@@ -184,7 +186,9 @@ class GRU(RecurrentBase):
         weight_dropout=0.0,
         learn_initial_state=False,
         layer_norm=False,
+        proj_size=0,
     ):
+        check_no_projection(proj_size, "GRU")
         check_bool("reset_after", reset_after)
         if layer_norm is True:
             check_reset_after(reset_after, "GRU")
@@ -259,7 +263,9 @@ class MGU(RecurrentBase):
         weight_dropout=0.0,
         learn_initial_state=False,
         layer_norm=False,
+        proj_size=0,
     ):
+        check_no_projection(proj_size, "MGU")
         super().__init__(
             input_size,
             hidden_size,

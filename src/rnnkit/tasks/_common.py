@@ -7,13 +7,16 @@ A task owns its data, builds its model from its config, and says what `evaluate`
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from rnnkit._config import one_of, option
 from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
+from rnnkit.models._recurrent import CELLS
 
 
 class Task:
@@ -42,6 +45,21 @@ class Task:
 
     def plot(self, model, run_dir: Path) -> list[Path]:
         return []
+
+    def trivial(self) -> tuple[float, str] | None:
+        """The validation `metric` of a predictor that learned nothing (a uniform guess, the
+        mean), and its name: a run that ends worse than this is said to have gone wrong."""
+        return None
+
+
+def cell_option(default: str):
+    """A task's --cell: one of the recurrent cells a model can be built on."""
+    return option(default, "recurrent cell: " + ", ".join(CELLS), one_of(*CELLS))
+
+
+def uniform(classes: int) -> tuple[float, str]:
+    """Cross-entropy (nats) of a uniform guess over `classes` outcomes."""
+    return math.log(classes), f"a uniform guess over {classes}"
 
 
 def epoch_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:

@@ -13,32 +13,49 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnkit._config import option
+from rnnkit._config import (
+    MAX_BATCH,
+    MAX_LAYERS,
+    MAX_LENGTH,
+    MAX_UNITS,
+    Options,
+    flag,
+    integer,
+    one_of,
+    option,
+    probability,
+    rate,
+)
 from rnnkit.data.text import CharVocab
 from rnnkit.decoding import beam_search, greedy
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import Seq2Seq, Seq2SeqConfig
-from rnnkit.tasks._common import Task, device_of, edit_distance, pad_ids, pyplot
+from rnnkit.models.seq2seq import ATTENTIONS, CONTEXTS
+from rnnkit.tasks._common import Task, cell_option, device_of, edit_distance, pad_ids, pyplot, uniform
 
 BOS, EOS = "\x02", "\x03"  # start and end of a target, as characters of its vocabulary
 
 
 @dataclass(frozen=True)
-class Seq2SeqTaskConfig:
-    cell: str = option("lstm", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
-    hidden_size: int = option(128, "units per recurrent layer")
-    num_layers: int = option(1, "stacked recurrent layers (encoder and decoder)")
-    embedding_dim: int = option(64, "token embedding size")
-    bidirectional: bool = option(True, "a bidirectional encoder")
-    attention: str = option("general", "none, additive, dot or general")
+class Seq2SeqTaskConfig(Options):
+    cell: str = cell_option("lstm")
+    hidden_size: int = option(128, "units per recurrent layer", integer(1, MAX_UNITS))
+    num_layers: int = option(1, "stacked recurrent layers (encoder and decoder)", integer(1, MAX_LAYERS))
+    embedding_dim: int = option(64, "token embedding size", integer(1, MAX_UNITS))
+    bidirectional: bool = option(True, "a bidirectional encoder", flag())
+    attention: str = option("general", "how the decoder reads the encoder", one_of(*ATTENTIONS))
     context: str = option(
-        "init", "without attention: the encoder summary as initial state (init) or every_step"
+        "init",
+        "without attention: the encoder summary as initial state (init) or every_step",
+        one_of(*CONTEXTS),
     )
-    dropout: float = option(0.0, "dropout on embeddings, between layers and before the head")
-    teacher_forcing: float = option(1.0, "probability of feeding the true previous token in training")
-    batch_size: int = option(64, "pairs per step")
-    beam_size: int = option(4, "beam width of exact_match_beam")
-    max_output: int = option(60, "longest output decoded (characters)")
+    dropout: float = option(0.0, "dropout on embeddings, between layers and before the head", rate())
+    teacher_forcing: float = option(
+        1.0, "probability of feeding the true previous token in training", probability()
+    )
+    batch_size: int = option(64, "pairs per step", integer(1, MAX_BATCH))
+    beam_size: int = option(4, "beam width of exact_match_beam", integer(1, 256))
+    max_output: int = option(60, "longest output decoded (characters)", integer(1, MAX_LENGTH))
 
 
 class Seq2SeqTask(Task):
@@ -127,6 +144,9 @@ class Seq2SeqTask(Task):
             ).item()
             count += int((tgt_out != -100).sum())
         return total / count
+
+    def trivial(self) -> tuple[float, str]:
+        return uniform(len(self.tgt_vocab))
 
     def evaluate(self, model) -> dict:
         guesses = self.decode(model, [s for s, _ in self.val])

@@ -18,26 +18,38 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rnnkit._config import option
+from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_LENGTH, MAX_UNITS, Options, integer, option, rate, shown
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
 from rnnkit.decoding import sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.tasks._common import Task
+from rnnkit.tasks._common import Task, cell_option
 from rnnkit.train.tbptt import tbptt_step
 
 
 @dataclass(frozen=True)
-class CharLMConfig:
-    cell: str = option("lstm", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
-    hidden_size: int = option(256, "units per recurrent layer")
-    num_layers: int = option(1, "stacked recurrent layers")
-    embedding_dim: int = option(64, "character embedding size")
-    dropout: float = option(0.1, "dropout on embeddings, between layers and on outputs")
-    seq_len: int = option(100, "k1: characters between updates (truncated BPTT)")
-    bptt_steps: int = option(0, "k2 >= k1: how far back each update's gradient reaches (0: k1)")
-    batch_size: int = option(32, "parallel streams of text")
-    eval_chars: int = option(30000, "validation characters per evaluation during training")
+class CharLMConfig(Options):
+    cell: str = cell_option("lstm")
+    hidden_size: int = option(256, "units per recurrent layer", integer(1, MAX_UNITS))
+    num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
+    embedding_dim: int = option(64, "character embedding size", integer(1, MAX_UNITS))
+    dropout: float = option(0.1, "dropout on embeddings, between layers and on outputs", rate())
+    seq_len: int = option(100, "k1: characters between updates (truncated BPTT)", integer(1, MAX_LENGTH))
+    bptt_steps: int = option(
+        0,
+        "k2 >= k1: how far back each update's gradient reaches",
+        integer(1, MAX_LENGTH, special={0: "k1, the sequence length"}),
+    )
+    batch_size: int = option(32, "parallel streams of text", integer(1, MAX_BATCH))
+    eval_chars: int = option(30000, "validation characters per evaluation during training", integer(2, 10**8))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if 0 < self.bptt_steps < self.seq_len:
+            raise RnnkitValueError(
+                f"{shown('bptt_steps')} must be 0 or at least {shown('seq_len')} ({self.seq_len}): "
+                f"k2 >= k1, got {self.bptt_steps}"
+            )
 
 
 class CharLMTask(Task):
@@ -93,6 +105,9 @@ class CharLMTask(Task):
     def step_fn(model, batch, state):
         tokens, restart, k1 = batch
         return tbptt_step(model, tokens[:, :-1], tokens[:, 1:], None if restart else state, k1)
+
+    def trivial(self) -> tuple[float, str]:
+        return math.log2(len(self.vocab)), f"a uniform guess over {len(self.vocab)} characters"
 
     def evaluate(self, model) -> dict:
         return {"bpc": bits_per_char(model, self.vocab.encode(self.splits.val[: self.config.eval_chars]))}

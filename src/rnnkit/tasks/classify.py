@@ -19,32 +19,49 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnkit._config import option
+from rnnkit._config import (
+    MAX_BATCH,
+    MAX_LAYERS,
+    MAX_UNITS,
+    Options,
+    flag,
+    integer,
+    one_of,
+    option,
+    rate,
+    string,
+)
 from rnnkit.data.datasets import digits, surnames
 from rnnkit.data.files import column_index, numbers, read_pairs, read_table
 from rnnkit.data.text import CharVocab
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks._common import Task, device_of, epoch_batch, pad_ids, pyplot, stratified_split
+from rnnkit.models.classifier import POOLINGS
+from rnnkit.tasks._common import (
+    Task,
+    cell_option,
+    device_of,
+    epoch_batch,
+    pad_ids,
+    pyplot,
+    stratified_split,
+    uniform,
+)
 
 
 @dataclass(frozen=True)
-class ClassifyConfig:
-    dataset: str = option("digits", "built-in data when no --data: digits or surnames")
-    label: str = option("label", "the label column of a CSV --data file")
-    features: int = option(1, "numbers per time step in a CSV row")
-    cell: str = option("lstm", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
-    hidden_size: int = option(256, "units per recurrent layer")
-    num_layers: int = option(1, "stacked recurrent layers")
-    embedding_dim: int = option(32, "character embedding size (text)")
-    bidirectional: bool = option(True, "read each sequence in both directions")
-    pooling: str = option("max", "sequence summary: last, mean, max or attention")
-    dropout: float = option(0.3, "dropout on inputs, between layers and before the head")
-    batch_size: int = option(64, "sequences per step")
-
-    def __post_init__(self):
-        if self.dataset not in ("digits", "surnames"):
-            raise RnnkitValueError(f"dataset must be digits or surnames, got {self.dataset!r}")
+class ClassifyConfig(Options):
+    dataset: str = option("digits", "built-in data when no --data", one_of("digits", "surnames"))
+    label: str = option("label", "the label column of a CSV --data file", string())
+    features: int = option(1, "numbers per time step in a CSV row", integer(1, 10**6))
+    cell: str = cell_option("lstm")
+    hidden_size: int = option(256, "units per recurrent layer", integer(1, MAX_UNITS))
+    num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
+    embedding_dim: int = option(32, "character embedding size (text)", integer(1, MAX_UNITS))
+    bidirectional: bool = option(True, "read each sequence in both directions", flag())
+    pooling: str = option("max", "sequence summary", one_of(*POOLINGS))
+    dropout: float = option(0.3, "dropout on inputs, between layers and before the head", rate())
+    batch_size: int = option(64, "sequences per step", integer(1, MAX_BATCH))
 
 
 @dataclass
@@ -179,6 +196,9 @@ class ClassifyTask(Task):
             "loss": F.nll_loss(p.clamp_min(1e-12).log(), y).item(),
             "accuracy": (p.argmax(-1) == y).double().mean().item(),
         }
+
+    def trivial(self) -> tuple[float, str]:
+        return uniform(len(self.labels))
 
     def evaluate(self, model) -> dict:
         return self.scores(model, self.val)

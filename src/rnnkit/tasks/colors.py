@@ -19,28 +19,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnkit._config import option
+from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_UNITS, Options, integer, one_of, option, rate
 from rnnkit.data.datasets import xkcd_colors
 from rnnkit.data.text import CharVocab
 from rnnkit.decoding import greedy, sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import VectorToSequence, VectorToSequenceConfig
-from rnnkit.tasks._common import Task, device_of, epoch_batch, pad_ids, pyplot
+from rnnkit.models.generator import FEEDS
+from rnnkit.tasks._common import Task, cell_option, device_of, epoch_batch, pad_ids, pyplot, uniform
 
 BOS, EOS = "\x02", "\x03"  # start and end of a name, as characters of the vocabulary
 MAX_NAME = 40
 
 
 @dataclass(frozen=True)
-class ColorsConfig:
-    feed: str = option("init", "how the colour enters: init (initial state) or every_step (each input)")
-    cell: str = option("lstm", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
-    hidden_size: int = option(128, "units per recurrent layer")
-    num_layers: int = option(1, "stacked recurrent layers")
-    embedding_dim: int = option(32, "character embedding size")
-    dropout: float = option(0.1, "dropout on inputs, between layers and before the head")
-    batch_size: int = option(64, "names per step")
-    samples: int = option(3, "names `predict` samples per colour (after the greedy one)")
+class ColorsConfig(Options):
+    feed: str = option(
+        "init", "how the colour enters: init (initial state) or every_step (each input)", one_of(*FEEDS)
+    )
+    cell: str = cell_option("lstm")
+    hidden_size: int = option(128, "units per recurrent layer", integer(1, MAX_UNITS))
+    num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
+    embedding_dim: int = option(32, "character embedding size", integer(1, MAX_UNITS))
+    dropout: float = option(0.1, "dropout on inputs, between layers and before the head", rate())
+    batch_size: int = option(64, "names per step", integer(1, MAX_BATCH))
+    samples: int = option(3, "names `predict` samples per colour (after the greedy one)", integer(0, 100))
 
 
 class ColorsTask(Task):
@@ -111,6 +114,9 @@ class ColorsTask(Task):
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100
         ).item()
+
+    def trivial(self) -> tuple[float, str]:
+        return uniform(len(self.vocab))
 
     def evaluate(self, model) -> dict:
         return {"loss": self.loss(model, self.val)}

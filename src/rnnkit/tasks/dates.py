@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from rnnkit._config import option
+from rnnkit._config import flag, integer, option
 from rnnkit.data.dates import ANY_LOCALE, draw, locale_patterns, source_characters, split_days
 from rnnkit.data.text import CharVocab
 from rnnkit.errors import RnnkitValueError
@@ -25,9 +25,9 @@ VAL_SEED, TEST_SEED = 7_000_003, 9_000_011
 
 @dataclass(frozen=True)
 class DatesConfig(Seq2SeqTaskConfig):
-    locale_token: bool = option(True, "start each source with its locale's token")
-    val_pairs: int = option(1000, "validation pairs (fixed draw from validation days)")
-    test_pairs: int = option(2000, "test pairs (fixed draw from test days)")
+    locale_token: bool = option(True, "start each source with its locale's token", flag())
+    val_pairs: int = option(1000, "validation pairs (fixed draw from validation days)", integer(1, 10**6))
+    test_pairs: int = option(2000, "test pairs (fixed draw from test days)", integer(1, 10**6))
 
 
 class DatesTask(Seq2SeqTask):

@@ -25,37 +25,45 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnkit._config import option
+from rnnkit._config import (
+    MAX_BATCH,
+    MAX_LAYERS,
+    MAX_LENGTH,
+    MAX_UNITS,
+    Options,
+    integer,
+    one_of,
+    option,
+    rate,
+    real,
+    string,
+)
 from rnnkit.data.datasets import macrodata, sunspots
 from rnnkit.data.files import column_index, numbers, read_table
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks._common import Task, device_of, epoch_batch, pyplot
+from rnnkit.tasks._common import Task, cell_option, device_of, epoch_batch, pyplot
 
 
 @dataclass(frozen=True)
-class ForecastConfig:
-    dataset: str = option("sunspots", "built-in series when no --data: sunspots or macrodata")
-    target: str = option("", "the column to forecast (default: sunspots SUNACTIVITY, macrodata infl)")
-    columns: str = option(
-        "", "comma-separated input columns besides the target (default: none; macrodata: all)"
+class ForecastConfig(Options):
+    dataset: str = option("sunspots", "built-in series when no --data", one_of("sunspots", "macrodata"))
+    target: str = option(
+        "", "the column to forecast (default: sunspots SUNACTIVITY, macrodata infl)", string()
     )
-    window: int = option(10, "past values the model reads for each forecast")
-    test_fraction: float = option(0.13, "the last share of the series held out as test")
-    cell: str = option("gru", "recurrent cell: rnn, rnn_relu, lstm, gru, gru_reset_before, mgu")
-    hidden_size: int = option(32, "units per recurrent layer")
-    num_layers: int = option(1, "stacked recurrent layers")
-    dropout: float = option(0.0, "dropout on inputs, between layers and before the head")
-    batch_size: int = option(32, "windows per step")
-    predict_steps: int = option(5, "values `predict` forecasts after its input")
-
-    def __post_init__(self):
-        if self.dataset not in ("sunspots", "macrodata"):
-            raise RnnkitValueError(f"dataset must be sunspots or macrodata, got {self.dataset!r}")
-        if self.window < 1:
-            raise RnnkitValueError(f"window must be >= 1, got {self.window}")
-        if not 0 < self.test_fraction < 0.5:
-            raise RnnkitValueError(f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
+    columns: str = option(
+        "", "comma-separated input columns besides the target (default: none; macrodata: all)", string()
+    )
+    window: int = option(10, "past values the model reads for each forecast", integer(1, MAX_LENGTH))
+    test_fraction: float = option(
+        0.13, "the last share of the series held out as test", real(0, 0.5, low_open=True, high_open=True)
+    )
+    cell: str = cell_option("gru")
+    hidden_size: int = option(32, "units per recurrent layer", integer(1, MAX_UNITS))
+    num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
+    dropout: float = option(0.0, "dropout on inputs, between layers and before the head", rate())
+    batch_size: int = option(32, "windows per step", integer(1, MAX_BATCH))
+    predict_steps: int = option(5, "values `predict` forecasts after its input", integer(1, MAX_LENGTH))
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,11 @@ class ForecastTask(Task):
         model.eval()
         x, _ = self.windows(values, targets)
         return model(x.to(device_of(model))).float().cpu().numpy()
+
+    def trivial(self) -> tuple[float, str]:
+        # the training mean is 0 in scaled units
+        val = self.scaled[self.val_start : self.test_start].numpy()
+        return float(np.mean(val**2)), "the training mean"
 
     def evaluate(self, model) -> dict:
         pred = self.one_step(model, self.scaled, range(self.val_start, self.test_start))

@@ -17,56 +17,74 @@ sequence lengths, associative-recall: numbers of items).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rnnkit._config import option
+from rnnkit._config import (
+    MAX_BATCH,
+    MAX_LAYERS,
+    MAX_LENGTH,
+    MAX_UNITS,
+    Options,
+    integer,
+    one_of,
+    option,
+    shown,
+)
 from rnnkit.data.memory import COPY_DATA, COPY_SYMBOLS, adding_batch, copy_memory_baseline, copy_memory_batch
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig, SequenceTagger, SequenceTaggerConfig
+from rnnkit.models._recurrent import CELLS
 from rnnkit.tasks._bit_problems import SIZES, BitProblem
 from rnnkit.tasks._common import Task, device_of, pyplot
 
 PROBLEMS = ("adding", "copy-memory", *SIZES)
-MODELS = ("rnn", "rnn_relu", "lstm", "gru", "gru_reset_before", "mgu", "ntm")
+MODELS = (*CELLS, "ntm")
 VAL_SEED, TEST_SEED = 10_000_019, 20_000_003
 
 
 @dataclass(frozen=True)
-class MemoryConfig:
-    problem: str = option("adding", f"one of {', '.join(PROBLEMS)}")
-    lag: int = option(200, "adding, copy-memory: T, the steps information must be carried across")
-    model: str = option("lstm", f"the recurrent cell, or ntm (bit problems): {', '.join(MODELS)}")
-    hidden_size: int = option(128, "units per recurrent layer (ntm: of its LSTM controller)")
-    num_layers: int = option(1, "stacked recurrent layers")
-    batch_size: int = option(64, "sequences per step")
-    eval_size: int = option(1000, "validation sequences (test: twice as many)")
-    min_length: int = option(0, "bit problems: shortest training length (0: the paper's, 1 / 1 / 2 items)")
-    max_length: int = option(0, "bit problems: longest training length (0: the paper's, 20 / 10 / 6 items)")
-    max_repeats: int = option(10, "repeat-copy: most repeats in training")
-    memory_slots: int = option(128, "ntm: memory rows N")
-    memory_width: int = option(20, "ntm: memory row width M")
-    read_heads: int = option(1, "ntm: read heads")
+class MemoryConfig(Options):
+    problem: str = option("adding", "the problem", one_of(*PROBLEMS))
+    lag: int = option(
+        200, "adding, copy-memory: T, the steps information must be carried across", integer(2, MAX_LENGTH)
+    )
+    model: str = option("lstm", "the recurrent cell, or ntm (bit problems)", one_of(*MODELS))
+    hidden_size: int = option(
+        128, "units per recurrent layer (ntm: of its LSTM controller)", integer(1, MAX_UNITS)
+    )
+    num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
+    batch_size: int = option(64, "sequences per step", integer(1, MAX_BATCH))
+    eval_size: int = option(1000, "validation sequences (test: twice as many)", integer(1, 100_000))
+    min_length: int = option(
+        0,
+        "bit problems: shortest training length (items)",
+        integer(1, 10_000, special={0: "the paper's, 1 / 1 / 2 items"}),
+    )
+    max_length: int = option(
+        0,
+        "bit problems: longest training length (items)",
+        integer(1, 10_000, special={0: "the paper's, 20 / 10 / 6 items"}),
+    )
+    max_repeats: int = option(10, "repeat-copy: most repeats in training", integer(1, 1000))
+    memory_slots: int = option(128, "ntm: memory rows N", integer(1, 65536))
+    memory_width: int = option(20, "ntm: memory row width M", integer(1, 4096))
+    read_heads: int = option(1, "ntm: read heads", integer(1, 64))
 
     def __post_init__(self):
-        if self.problem not in PROBLEMS:
-            raise RnnkitValueError(f"problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
-        if self.model not in MODELS:
-            raise RnnkitValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if self.lag < 2:
-            raise RnnkitValueError(f"lag must be >= 2, got {self.lag}")
+        super().__post_init__()
         if self.model == "ntm" and self.problem not in SIZES:
-            raise RnnkitValueError(f"model ntm is for {', '.join(SIZES)}, got problem {self.problem}")
-        if (
-            self.min_length < 0
-            or self.max_length < 0
-            or (self.max_length and self.min_length > self.max_length)
-        ):
             raise RnnkitValueError(
-                f"need 0 <= min_length <= max_length, got {self.min_length} and {self.max_length}"
+                f"{shown('model')} ntm is for {', '.join(SIZES)}, got {shown('problem')} {self.problem}"
+            )
+        if self.max_length and self.min_length > self.max_length:
+            raise RnnkitValueError(
+                f"{shown('min_length')} must be at most {shown('max_length')}, "
+                f"got {self.min_length} and {self.max_length}"
             )
 
 
@@ -187,6 +205,13 @@ class MemoryTask(Task):
 
     def step_fn(self, model, batch, state):
         return self.problem.loss(model, batch), None
+
+    def trivial(self) -> tuple[float, str]:
+        if self.config.problem == "adding":  # the sum of two U(0, 1) draws: variance 1/6
+            return 1 / 6, "the mean predictor"
+        if self.config.problem == "copy-memory":
+            return copy_memory_baseline(self.config.lag), "the best memoryless guess"
+        return math.log(2), "a coin flip per bit"
 
     def evaluate(self, model) -> dict:
         return self.problem.scores(model, self.config.eval_size, VAL_SEED)

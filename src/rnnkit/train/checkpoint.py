@@ -7,9 +7,12 @@ A checkpoint NAME in a directory is two files:
   NAME-<sha256 prefix>.safetensors   every tensor of the tree, by key.
 Both are written to a temporary file in the same directory, flushed, fsynced and renamed into
 place, weights first. The JSON file is the commit point: it always names a complete weights file,
-so a crash at any moment leaves the previous checkpoint loadable. Weights files no checkpoint
-names any more are removed after the commit. Loading checks the hash and the structure and
-raises an rnnkit error naming the file, never a pickle or a KeyError.
+so a crash at any moment leaves the previous checkpoint loadable. After the commit the weights
+file the previous checkpoint named is removed, and so is any file left by a killed write that is
+provably ours (its name carries the SHA-256 prefix of its content); nothing else is ever deleted.
+Temporary files of killed writes (.NAME.*.tmp) are removed by the next write of NAME. Loading
+checks the hash and the structure and raises an rnnkit error naming the file, never a pickle or a
+KeyError.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -58,20 +62,31 @@ def _unflatten(tree, tensors: dict, source: Path):
     if isinstance(tree, dict):
         if _TENSOR in tree:
             key = tree[_TENSOR]
-            if key not in tensors:
+            if not isinstance(key, str) or key not in tensors:
                 raise RnnkitValueError(f"checkpoint {source} names a tensor {key!r} its weights file lacks")
             return tensors[key]
         if _TUPLE in tree:
             return tuple(_unflatten(v, tensors, source) for v in tree[_TUPLE])
         if "__dict__" in tree:
-            return {k: _unflatten(v, tensors, source) for k, v in tree["__dict__"]}
+            items = tree["__dict__"]
+            if not isinstance(items, list) or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], (str, int)) for i in items
+            ):
+                raise RnnkitValueError(f"checkpoint {source} holds a malformed object: {str(items)[:80]}")
+            return {k: _unflatten(v, tensors, source) for k, v in items}
         raise RnnkitValueError(f"checkpoint {source} holds an object of unknown form: {sorted(tree)}")
     if isinstance(tree, list):
         return [_unflatten(v, tensors, source) for v in tree]
     return tree
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_bytes(path, data: bytes) -> None:
+    """`data` as the file `path`, atomically: a temporary file in the same directory, flushed,
+    fsynced and renamed into place. Temporaries that a killed earlier write of `path` left are
+    removed first."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -91,12 +106,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def save_weights(path, state_dict: dict) -> None:
     """A state_dict as one safetensors file, written atomically (tied weights stored twice)."""
-    _write_atomic(Path(path), save_tensors({k: v.detach().cpu().clone() for k, v in state_dict.items()}))
+    write_bytes(path, save_tensors({k: v.detach().cpu().clone() for k, v in state_dict.items()}))
 
 
 def write_json(path, obj) -> None:
-    """JSON written atomically."""
-    _write_atomic(Path(path), json.dumps(obj, indent=1).encode())
+    """JSON written atomically (strict: a NaN or infinity is an error, not invalid JSON)."""
+    write_bytes(path, json.dumps(obj, indent=1, allow_nan=False).encode())
 
 
 def save_checkpoint(directory, name: str, tree) -> Path:
@@ -110,14 +125,41 @@ def save_checkpoint(directory, name: str, tree) -> Path:
     digest = hashlib.sha256(blob).hexdigest()
     weights = directory / f"{name}-{digest[:16]}.safetensors"
     if not weights.exists():
-        _write_atomic(weights, blob)
+        write_bytes(weights, blob)
     meta = {"format": FORMAT, "weights": weights.name, "sha256": digest, "tree": skeleton}
     index = directory / f"{name}.json"
-    _write_atomic(index, json.dumps(meta, indent=1).encode())
-    for old in directory.glob(f"{name}-*.safetensors"):  # weights no checkpoint names any more
-        if old.name != weights.name:
+    previous = _named_weights(index)
+    write_bytes(index, json.dumps(meta, indent=1).encode())
+    # weights no checkpoint names any more: the previous checkpoint's, and those of killed writes
+    # (their name is the hash of their content: a user's file of a similar name is never touched)
+    pattern = re.compile(re.escape(name) + r"-([0-9a-f]{16})\.safetensors")
+    for old in directory.glob(f"{glob_escape(name)}-*.safetensors"):
+        if old.name == weights.name:
+            continue
+        match = pattern.fullmatch(old.name)
+        if old.name == previous or (match and _digest(old).startswith(match[1])):
             old.unlink(missing_ok=True)
     return index
+
+
+def _named_weights(index: Path) -> str | None:
+    """The weights file a checkpoint index names, if it is one."""
+    try:
+        return Path(json.loads(index.read_text())["weights"]).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def load_checkpoint(directory, name: str):

@@ -4,10 +4,14 @@ function returning the loss (and any recurrent state to carry to the next batch,
 truncated BPTT), an optional evaluation, and a frozen TrainConfig.
 
 Every `eval_every` steps it evaluates, keeps the best weights (by `metric`), writes the latest
-checkpoint and appends JSON lines to RUN_DIR/metrics.jsonl. A non-finite loss or gradient never
-reaches the weights: the step is skipped and counted, and `max_nonfinite` in a row stop the run.
-Resuming loads the latest checkpoint, drops the metric lines logged after it, and continues so
-that losses and metrics equal those of a run never interrupted (same process type, CPU).
+checkpoint and appends JSON lines to RUN_DIR/metrics.jsonl (strict JSON: a non-finite value is
+written as null, so that every JSON reader takes the file; TensorBoard gets the value itself).
+A non-finite loss or gradient never reaches the weights: the step is skipped and counted, and
+`max_nonfinite` in a row stop the run.
+Resuming loads the latest checkpoint (checked: a damaged or edited one is an error naming it),
+drops the metric lines logged after it, and continues so that losses and metrics equal those of a
+run never interrupted (same process type, CPU); a run killed before its first checkpoint starts
+over from step 0.
 """
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rnnkit._checks import check_choice, check_positive_int
-from rnnkit._config import option
+from rnnkit._config import MAX_STEPS, Options, integer, one_of, option, positive, real
 from rnnkit.errors import RnnkitError, RnnkitValueError
 from rnnkit.train.checkpoint import (
     load_checkpoint,
@@ -32,6 +35,7 @@ from rnnkit.train.checkpoint import (
     save_checkpoint,
     save_weights,
     set_rng_state,
+    write_bytes,
     write_json,
 )
 
@@ -41,41 +45,50 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    steps: int = option(1000, "total training steps (a resumed run continues to this)")
-    optimizer: str = option("adam", "sgd, adam, adamw or rmsprop")
-    lr: float = option(1e-3, "base learning rate")
-    momentum: float = option(0.9, "momentum of sgd and rmsprop")
-    weight_decay: float = option(0.0, "weight decay (decoupled for adamw)")
+class TrainConfig(Options):
+    steps: int = option(1000, "total training steps (a resumed run continues to this)", integer(1, MAX_STEPS))
+    optimizer: str = option("adam", "the optimiser", one_of(*OPTIMIZERS))
+    lr: float = option(1e-3, "base learning rate", positive())
+    momentum: float = option(0.9, "momentum of sgd and rmsprop", real(0.0, 1.0, high_open=True))
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw)", real(0.0))
     schedule: str = option(
         "constant",
         "after warm-up: constant; cosine (to 0 at --steps); step (x gamma every --step-size "
         "steps); plateau (x gamma after --plateau-patience evaluations without improvement)",
+        one_of(*SCHEDULES),
     )
-    warmup_steps: int = option(0, "linear learning-rate warm-up from 0 over this many steps")
-    gamma: float = option(0.5, "decay factor of the step and plateau schedules")
-    step_size: int = option(1000, "steps between decays of the step schedule")
-    plateau_patience: int = option(2, "evaluations without improvement before a plateau decay")
-    clip_norm: float | None = option(1.0, "clip the global gradient norm to this")
-    clip_value: float | None = option(None, "clip each gradient element to +-this (before the norm)")
-    eval_every: int = option(100, "evaluate, select the best weights and checkpoint every N steps")
-    patience: int | None = option(None, "early stopping: evaluations without improvement")
-    max_nonfinite: int = option(10, "consecutive non-finite steps (skipped) before the run stops")
-    precision: str = option("fp32", "fp32, or bf16: steps under bfloat16 autocast (recurrences in fp32)")
-
-    def __post_init__(self):
-        check_positive_int("steps", self.steps)
-        check_positive_int("eval_every", self.eval_every)
-        check_positive_int("max_nonfinite", self.max_nonfinite)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("precision", self.precision, PRECISIONS)
-        if not self.lr > 0:
-            raise RnnkitValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("clip_norm", "clip_value"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise RnnkitValueError(f"{name} must be > 0 or None, got {value}")
+    warmup_steps: int = option(
+        0, "linear learning-rate warm-up from 0 over this many steps", integer(0, MAX_STEPS)
+    )
+    gamma: float = option(
+        0.5, "decay factor of the step and plateau schedules", real(0.0, 1.0, low_open=True)
+    )
+    step_size: int = option(1000, "steps between decays of the step schedule", integer(1, MAX_STEPS))
+    plateau_patience: int = option(
+        2, "evaluations without improvement before a plateau decay", integer(1, MAX_STEPS)
+    )
+    clip_norm: float | None = option(
+        1.0, "clip the global gradient norm to this", positive(special={None: "no clipping"})
+    )
+    clip_value: float | None = option(
+        None,
+        "clip each gradient element to +-this (before the norm)",
+        positive(special={None: "no clipping"}),
+    )
+    eval_every: int = option(
+        100, "evaluate, select the best weights and checkpoint every N steps", integer(1, MAX_STEPS)
+    )
+    patience: int | None = option(
+        None,
+        "early stopping: evaluations without improvement",
+        integer(1, MAX_STEPS, special={None: "no early stopping"}),
+    )
+    max_nonfinite: int = option(
+        10, "consecutive non-finite steps (skipped) before the run stops", integer(1, MAX_STEPS)
+    )
+    precision: str = option(
+        "fp32", "fp32, or bf16: steps under bfloat16 autocast (recurrences in fp32)", one_of(*PRECISIONS)
+    )
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -126,6 +139,76 @@ def _detach(state):
     if state is None or isinstance(state, torch.Tensor):
         return None if state is None else state.detach()
     return type(state)(_detach(s) for s in state)
+
+
+def strict(record: dict) -> dict:
+    """`record` with every non-finite float as None (JSON null): NaN and Infinity are not JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+_TREE = ("model", "optimizer", "scheduler", "rng", "step", "state", "best", "best_step")
+_TREE += ("since_best", "plateau", "counts", "config")
+
+
+def _check_tree(tree, source: str) -> None:
+    """A training checkpoint holds what `Trainer.resume` restores, of the right types and in range
+    (an edited latest.json is refused here, not met as a KeyError or a wrong run later)."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise RnnkitValueError(f"checkpoint {source}: {what}")
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(isinstance(tree, dict), "is not a training checkpoint (an object)")
+    missing = [k for k in _TREE if k not in tree]
+    need(not missing, f"lacks {', '.join(missing)}")
+    config = tree["config"]
+    need(isinstance(config, dict) and whole(config.get("steps")), "config.steps must be an int")
+    step = tree["step"]
+    need(whole(step), f"step must be an int, got {step!r}")
+    need(0 <= step <= config["steps"], f"step must be in [0, {config['steps']}] (its --steps), got {step}")
+    model = tree["model"]
+    need(
+        isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values()),
+        "model must map names to tensors",
+    )
+    need(
+        isinstance(tree["optimizer"], dict) and isinstance(tree["scheduler"], dict),
+        "optimizer and scheduler must be objects",
+    )
+    need(isinstance(tree["rng"], dict), "rng must be an object")
+    best = tree["best"]
+    need(
+        best is None or (isinstance(best, (int, float)) and not isinstance(best, bool)),
+        f"best must be a number or null, got {best!r}",
+    )
+    need(
+        tree["best_step"] is None or (whole(tree["best_step"]) and 0 <= tree["best_step"] <= step),
+        f"best_step must be null or in [0, {step}], got {tree['best_step']!r}",
+    )
+    need(
+        whole(tree["since_best"]) and tree["since_best"] >= 0,
+        f"since_best must be an int >= 0, got {tree['since_best']!r}",
+    )
+    plateau = tree["plateau"]
+    need(
+        isinstance(plateau, (int, float)) and not isinstance(plateau, bool) and 0 < plateau <= 1,
+        f"plateau must be in (0, 1], got {plateau!r}",
+    )
+    counts = tree["counts"]
+    need(
+        isinstance(counts, dict) and all(whole(v) and v >= 0 for v in counts.values()),
+        "counts must map names to ints >= 0",
+    )
+
+    def states(s) -> bool:
+        return (
+            s is None or isinstance(s, torch.Tensor) or (isinstance(s, (list, tuple)) and all(map(states, s)))
+        )
+
+    need(states(tree["state"]), "state must be null, a tensor, or tensors nested in lists")
 
 
 def _logged_by(line: str, step: int) -> bool:
@@ -187,7 +270,7 @@ class Trainer:
             "rng": rng_state(),
             "step": self.step,
             "state": self.state,
-            "best": self.best,
+            "best": None if math.isinf(self.best) else self.best,  # strict JSON: no Infinity
             "best_step": self.best_step,
             "since_best": self.since_best,
             "plateau": self.plateau,
@@ -196,21 +279,33 @@ class Trainer:
             "meta": self.meta,
         }
 
-    def resume(self) -> None:
-        """Continue from RUN_DIR's latest checkpoint; metric lines logged after it are dropped."""
-        tree = load_checkpoint(self.run_dir, "latest")
-        self.model.load_state_dict(tree["model"])
-        self.optimizer.load_state_dict(tree["optimizer"])
-        self.scheduler.load_state_dict({**tree["scheduler"], "lr_lambdas": [None]})
-        set_rng_state(tree["rng"])
-        self.step, self.state, self.best = tree["step"], tree["state"], tree["best"]
-        self.best_step = tree["best_step"]
-        self.since_best, self.counts = tree["since_best"], dict(tree["counts"])
-        self.plateau = tree["plateau"]
+    def resume(self) -> bool:
+        """Continue from RUN_DIR's latest checkpoint; metric lines logged after it are dropped.
+        A run without one (killed before its first evaluation) starts over from step 0: the
+        caller built the model as the run first did. Returns whether a checkpoint was loaded."""
+        found = (self.run_dir / "latest.json").exists()
+        if found:
+            source = str(self.run_dir / "latest.json")
+            tree = load_checkpoint(self.run_dir, "latest")
+            _check_tree(tree, source)
+            try:
+                self.model.load_state_dict(tree["model"])
+                self.optimizer.load_state_dict(tree["optimizer"])
+                self.scheduler.load_state_dict({**tree["scheduler"], "lr_lambdas": [None]})
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise RnnkitValueError(f"checkpoint {source} does not fit this run: {what}") from None
+            set_rng_state(tree["rng"])
+            self.step, self.state = tree["step"], tree["state"]
+            self.best = math.inf if tree["best"] is None else tree["best"]
+            self.best_step = tree["best_step"]
+            self.since_best, self.counts = tree["since_best"], dict(tree["counts"])
+            self.plateau = tree["plateau"]
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
+        if path.exists() and self.rank == 0:
             kept = [line for line in path.read_text().splitlines() if _logged_by(line, self.step)]
-            path.write_text("".join(line + "\n" for line in kept))
+            write_bytes(path, "".join(line + "\n" for line in kept).encode())
+        return found
 
     def log(self, record: dict) -> None:
         """Append a record to RUN_DIR/metrics.jsonl and to TensorBoard's RUN_DIR/tb (and show it
@@ -218,7 +313,7 @@ class Trainer:
         if self.rank != 0:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(strict(record), allow_nan=False) + "\n")
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 

@@ -1,0 +1,105 @@
+"""The options of each `rnnkit` command that belong to the command itself (not to a task or to the
+trainer, whose configs declare their own), declared like every config: with their valid values,
+from which the command line builds its flags and checks them before any work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rnnkit._config import (
+    MAX_LENGTH,
+    MAX_SEED,
+    MAX_UNITS,
+    Options,
+    flag,
+    integer,
+    ints,
+    names,
+    one_of,
+    option,
+    real,
+    string,
+)
+from rnnkit.diagnostics import CELLS as GRADIENT_CELLS
+
+MAX_SAMPLE = MAX_LENGTH  # characters `sample` draws: ~1 minute of a 1x256 LSTM on 2 cores
+
+
+def _path(help: str):
+    return option(None, help, string(special={None: "not given"}))
+
+
+def _seed(help: str):
+    return option(0, help, integer(0, MAX_SEED))
+
+
+@dataclass(frozen=True)
+class TrainOptions(Options):
+    data: str | None = _path("a data file instead of the built-in data (with --resume: the run's data)")
+    out: str | None = _path("the run directory (default: runs/<task>-<UTC timestamp>)")
+    resume: str | None = _path("continue this run directory to its total --steps")
+    force: bool = option(
+        False, "train into an existing --out directory that holds other files (never overwritten)", flag()
+    )
+    seed: int = _seed("seed of every random generator")
+    threads: int | None = option(
+        None, "torch CPU threads", integer(1, 1024, special={None: "torch's default"})
+    )
+    device: str = option("auto", "where to train (auto: cuda when available)", one_of("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class EvaluateOptions(Options):
+    data: str | None = _path("evaluate on this file as test data")
+    json: bool = option(False, "one JSON object on standard output", flag())
+    lengths: tuple | None = option(
+        None,
+        "memory: sequence lengths to evaluate at",
+        ints(1, MAX_LENGTH, special={None: "the training length"}),
+    )
+
+
+@dataclass(frozen=True)
+class SampleOptions(Options):
+    prime: str = option("", "text the sample continues", string())
+    length: int = option(300, "characters to draw", integer(1, MAX_SAMPLE))
+    # below 1e-3 the scaled logits of a float32 model overflow to inf
+    temperature: float = option(1.0, "softmax temperature", real(1e-3, 1e3))
+    top_k: int | None = option(None, "draw from the k likeliest only", integer(1, special={None: "all"}))
+    top_p: float | None = option(
+        None, "draw from the nucleus of this mass only", real(0.0, 1.0, low_open=True, special={None: "all"})
+    )
+    seed: int = _seed("seed of the draw")
+
+
+@dataclass(frozen=True)
+class PredictOptions(Options):
+    locale: str | None = option(
+        None, "dates: the locale the inputs are written in", string(special={None: "any"})
+    )
+
+
+@dataclass(frozen=True)
+class PlotOptions(Options):
+    pass
+
+
+@dataclass(frozen=True)
+class GradientsOptions(Options):
+    cell: tuple = option(("rnn", "lstm", "gru"), "fresh cells to compare", names(*GRADIENT_CELLS))
+    length: int = option(100, "time steps T", integer(1, 10_000))
+    hidden_size: int = option(64, "units of the fresh cells", integer(1, MAX_UNITS // 4))
+    clip: float = option(1.0, "gradient-norm clipping threshold shown", real(0.0, low_open=True))
+    seed: int = _seed("seed of the fresh cells and inputs")
+    out: str | None = _path("where to write (default: RUN_DIR, else runs/gradients-<UTC timestamp>)")
+
+
+COMMAND_OPTIONS = {
+    "train": TrainOptions,
+    "evaluate": EvaluateOptions,
+    "sample": SampleOptions,
+    "predict": PredictOptions,
+    "plot": PlotOptions,
+    "gradients": GradientsOptions,
+}
