@@ -84,7 +84,7 @@ class Valid:
         elif self.kind is bool:
             text = "true or false"
         elif self.kind is str:
-            text = "a string"
+            text = "a non-empty string" if self.low else "a string"
         else:
             what = {int: "an int", float: "a finite float", tuple: "comma-separated ints"}[self.kind]
             text = what + self._bounds()
@@ -124,7 +124,7 @@ class Valid:
         if self.kind is str:
             if not isinstance(value, str):
                 raise RnnkitTypeError(f"{shown(name)} must be a string, got {type(value).__name__}")
-            if self.choices and value not in self.choices:
+            if (self.choices and value not in self.choices) or (self.low and not value.strip()):
                 raise wrong
             return value
         if self.kind is list:
@@ -206,6 +206,11 @@ def one_of(*choices: str) -> Valid:
 
 def string(special: dict | None = None) -> Valid:
     return Valid(str, special=tuple((special or {}).items()))
+
+
+def path(special: dict | None = None) -> Valid:
+    """A file or directory name: a non-empty string."""
+    return Valid(str, low=1, special=tuple((special or {}).items()))
 
 
 def flag() -> Valid:

@@ -290,7 +290,7 @@ def runaway(task, records: list[dict], after: int = 3) -> str | None:
     if trivial is not None and len(val) >= after and last > trivial[0]:
         return (
             f"validation {task.metric} at step {step} is {last:.4g}, worse than {trivial[1]} "
-            f"({trivial[0]:.4g}): the run did not learn (try a lower --lr)"
+            f"({trivial[0]:.4g}): the run did not learn (too few --steps, or too high an --lr?)"
         )
     return None
 

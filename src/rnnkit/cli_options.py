@@ -18,6 +18,7 @@ from rnnkit._config import (
     names,
     one_of,
     option,
+    path,
     real,
     string,
 )
@@ -27,7 +28,7 @@ MAX_SAMPLE = MAX_LENGTH  # characters `sample` draws: ~1 minute of a 1x256 LSTM 
 
 
 def _path(help: str):
-    return option(None, help, string(special={None: "not given"}))
+    return option(None, help, path(special={None: "not given"}))
 
 
 def _seed(help: str):

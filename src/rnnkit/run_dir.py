@@ -165,11 +165,12 @@ def prepare_out(out: Path, force: bool) -> None:
         raise RnnkitValueError(f"--out {out} is a file, not a directory")
     if (out / "config.json").exists():
         raise RnnkitValueError(f"--out {out} is already a run directory; continue it with --resume {out}")
-    if not out.is_dir() or not any(out.iterdir()):
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RnnkitValueError(f"--out {out} cannot be made: {e.strerror}") from None
+    if not out.is_dir():  # made by the trainer once the data is read: check now that it can be
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise RnnkitValueError(f"--out {out} cannot be made: {parent} is not a writable directory")
+        return
+    if not any(out.iterdir()):
         return
     if not force:
         raise RnnkitValueError(

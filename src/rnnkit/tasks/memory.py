@@ -71,7 +71,8 @@ class MemoryConfig(Options):
         integer(1, 10_000, special={0: "the paper's, 20 / 10 / 6 items"}),
     )
     max_repeats: int = option(10, "repeat-copy: most repeats in training", integer(1, 1000))
-    memory_slots: int = option(128, "ntm: memory rows N", integer(1, 65536))
+    # three rows at least: the head's shifts -1, 0, +1 must be distinct rotations
+    memory_slots: int = option(128, "ntm: memory rows N", integer(3, 65536))
     memory_width: int = option(20, "ntm: memory row width M", integer(1, 4096))
     read_heads: int = option(1, "ntm: read heads", integer(1, 64))
 
@@ -81,11 +82,14 @@ class MemoryConfig(Options):
             raise RnnkitValueError(
                 f"{shown('model')} ntm is for {', '.join(SIZES)}, got {shown('problem')} {self.problem}"
             )
-        if self.max_length and self.min_length > self.max_length:
-            raise RnnkitValueError(
-                f"{shown('min_length')} must be at most {shown('max_length')}, "
-                f"got {self.min_length} and {self.max_length}"
-            )
+        if self.problem in SIZES:
+            paper = SIZES[self.problem][2]
+            low, high = self.min_length or paper[0], self.max_length or paper[1]
+            whose = "" if self.max_length else f": the paper's for {self.problem}"
+            if low > high:
+                raise RnnkitValueError(
+                    f"{shown('min_length')} ({low}) must be at most {shown('max_length')} ({high}{whose})"
+                )
 
 
 class LagProblem:

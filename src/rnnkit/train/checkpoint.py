@@ -34,6 +34,8 @@ from safetensors.torch import save as save_tensors
 from rnnkit.errors import RnnkitFileError, RnnkitTypeError, RnnkitValueError
 
 FORMAT = "rnnkit-checkpoint/1"
+_UMASK = os.umask(0o022)  # read by setting it, then put back as it was
+os.umask(_UMASK)
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 
@@ -89,6 +91,7 @@ def write_bytes(path, data: bytes) -> None:
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600, made what open() would have made
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
