@@ -45,6 +45,7 @@ from rnnkit._checks import check_choice, check_positive_int, check_tensor
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 from rnnkit.layers import GRU, LSTM, MGU, RNN
 from rnnkit.layers.recurrent import RecurrentBase
+from rnnkit.train.checkpoint import write_bytes
 
 LOSSES = ("last", "all")
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mgu": MGU}
@@ -379,5 +380,5 @@ def write_report(result: dict, out_dir) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "gradients.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())  # atomically
     return {"json": json_path, "png": plot_gradient_flow(result, out_dir / "gradients.png")}

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from rnnkit._config import MAX_SEED
-from rnnkit.errors import RnnkitFileError, RnnkitValueError
+from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
 from rnnkit.models import describe
 from rnnkit.tasks.registry import TASKS
 from rnnkit.train import TrainConfig
@@ -96,14 +96,10 @@ def recorded_data(config: dict, run_dir) -> str | None:
         return None
     run = Path(run_dir).resolve()
     path = (run / data).resolve()
-    inside = run in path.parents
-    if not inside or not path.exists() or not stat.S_ISREG(path.stat().st_mode):
-        where = (
-            "is not a file inside the run directory" if inside or not path.exists() else "is outside the run"
-        )
+    if run not in path.parents or not path.exists() or not stat.S_ISREG(path.stat().st_mode):
         raise RnnkitValueError(
-            f"{Path(run_dir) / 'config.json'}: the run's data {data!r} {where}; give it again with "
-            f"rnnkit train --resume {run_dir} --data PATH"
+            f"{Path(run_dir) / 'config.json'}: the run's data {data!r} is not a regular file inside the "
+            f"run directory; give the data again with rnnkit train --resume {run_dir} --data PATH"
         )
     return str(path)
 
@@ -112,11 +108,16 @@ def task_of(config: dict, run_dir, data: str | None = None):
     """The task of a checked config.json (on `data` when given, else on the run's own data),
     after checking that its options and state give the model config.json describes."""
     task_cls, config_cls = TASKS[config["task"]]
-    task = task_cls(
-        config_cls(**config["task_config"]),
-        data=data if data is not None else recorded_data(config, run_dir),
-        saved=config,
-    )
+    data = data if data is not None else recorded_data(config, run_dir)
+    try:
+        task = task_cls(config_cls(**config["task_config"]), data=data, saved=config)
+    except RnnkitError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        # with good data and checked options, only an edited state (vocabulary, labels, scaling)
+        raise RnnkitValueError(
+            f"{Path(run_dir) / 'config.json'}: the task's saved state is malformed ({type(e).__name__}: {e})"
+        ) from None
     task.run_dir = Path(run_dir)  # where a task may cache results
     with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
         rebuilt = describe(task.build_model())

@@ -86,6 +86,20 @@ class CharVocab:
         self.chars = [UNK] + sorted(set(chars) - {UNK})
         self.index = {ch: i for i, ch in enumerate(self.chars)}
 
+    @classmethod
+    def restore(cls, chars) -> CharVocab:
+        """The vocabulary a run saved (`chars`), checked to be one this class made: UNK, then
+        distinct single characters in sorted order (an edited one would map text silently wrong)."""
+        ok = isinstance(chars, list) and chars[:1] == [UNK]
+        ok = ok and all(isinstance(c, str) and len(c) == 1 for c in chars)
+        vocab = cls(chars[1:] if ok else "")
+        if not ok or vocab.chars != chars:
+            raise RnnkitValueError(
+                "the vocabulary saved in the run's config.json is not one rnnkit wrote (UNK, then "
+                f"distinct single characters in sorted order): {str(chars)[:60]}"
+            )
+        return vocab
+
     def __len__(self) -> int:
         return len(self.chars)
 

@@ -60,7 +60,7 @@ class CharLMTask(Task):
         self.config = config
         self.splits: TextSplits = builtin_corpus() if data is None else file_corpus(data)
         vocab = (saved or {}).get("vocab")
-        self.vocab = CharVocab(self.splits.train if vocab is None else vocab[1:])
+        self.vocab = CharVocab(self.splits.train) if vocab is None else CharVocab.restore(vocab)
         self.train_ids = self.vocab.encode(self.splits.train)
         window = max(config.seq_len, config.bptt_steps) + 1  # what one training step reads
         if len(self.train_ids) < window:

@@ -118,7 +118,7 @@ class ClassifyTask(Task):
         self.labels = state["labels"] if state else sorted(set(examples.labels))
         self.is_text = examples.texts is not None
         if self.is_text:
-            self.vocab = CharVocab(state["vocab"][1:] if state else "".join(self.train.texts))
+            self.vocab = CharVocab.restore(state["vocab"]) if state else CharVocab("".join(self.train.texts))
         else:
             x = self.train.numbers.reshape(-1, self.train.numbers.shape[-1])
             self.mean = np.array(state["mean"] if state else x.mean(0), dtype=np.float32)

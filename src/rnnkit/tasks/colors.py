@@ -62,7 +62,11 @@ class ColorsTask(Task):
         parts = order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
         self.train, self.val, self.test = ([(names[i], rgb[i]) for i in sorted(p)] for p in parts)
         state = (saved or {}).get("task_state")
-        self.vocab = CharVocab(state["vocab"][1:] if state else "".join(n for n, _ in self.train) + BOS + EOS)
+        self.vocab = (
+            CharVocab.restore(state["vocab"])
+            if state
+            else CharVocab("".join(n for n, _ in self.train) + BOS + EOS)
+        )
         counts = Counter(ch for n, _ in self.train for ch in n + EOS)
         total = sum(counts.values()) + len(self.vocab)
         self.unigram = {ch: (counts[ch] + 1) / total for ch in self.vocab.chars}

@@ -50,7 +50,7 @@ class DatesTask(Seq2SeqTask):
         self.config = config
         state = (saved or {}).get("task_state")
         self.locales = state["locales"] if state else [ANY_LOCALE, *locale_patterns()]
-        self.chars = CharVocab(state["chars"][1:] if state else source_characters())
+        self.chars = CharVocab.restore(state["chars"]) if state else CharVocab(source_characters())
         self.locale_index = {name: len(self.chars) + i for i, name in enumerate(self.locales)}
         self.src_vocab_size = len(self.chars) + len(self.locales)
         self.tgt_vocab = self.target_vocab("0123456789-")

@@ -43,6 +43,7 @@ from rnnkit.data.files import column_index, numbers, read_table
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.tasks._common import Task, cell_option, device_of, epoch_batch, pyplot
+from rnnkit.train.checkpoint import write_json
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ class ForecastConfig(Options):
     dropout: float = option(0.0, "dropout on inputs, between layers and before the head", rate())
     batch_size: int = option(32, "windows per step", integer(1, MAX_BATCH))
     predict_steps: int = option(5, "values `predict` forecasts after its input", integer(1, MAX_LENGTH))
+
+
+def _search_space(order) -> bool:
+    """Whether `order` is an ARIMA (p, d, q) of the AIC search: p <= 10, d <= 1, q <= 2."""
+    return (
+        len(order) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in order)
+        and order[0] <= 10
+        and order[1] <= 1
+        and order[2] <= 2
+    )
 
 
 @dataclass(frozen=True)
@@ -231,10 +243,14 @@ class ForecastTask(Task):
         series = self.series.values[: self.test_start, 0]
         key = hashlib.sha256(series.tobytes()).hexdigest()[:16]
         cache = self.run_dir / "baseline.json" if self.run_dir else None
-        if cache and cache.is_file():
-            saved = json.loads(cache.read_text())
-            if saved.get("key") == key:
-                return tuple(saved["order"])
+        if cache and cache.is_file():  # a cache that is damaged or edited is ignored and rewritten
+            try:
+                saved = json.loads(cache.read_text())
+                order = tuple(saved["order"]) if saved.get("key") == key else None
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                order = None
+            if order is not None and _search_space(order):
+                return order
         from statsmodels.tsa.arima.model import ARIMA
 
         best = None
@@ -251,7 +267,7 @@ class ForecastTask(Task):
                             best = (aic, (p, d, q))
         order = best[1] if best else (1, 0, 0)
         if cache:
-            cache.write_text(json.dumps({"key": key, "order": list(order), "aic": best[0] if best else None}))
+            write_json(cache, {"key": key, "order": list(order), "aic": float(best[0]) if best else None})
         return order
 
     def arima_one_step(self, target: np.ndarray, start: int) -> tuple[np.ndarray, tuple]:

@@ -38,9 +38,11 @@ class TranslateTask(Seq2SeqTask):
             [pairs[i] for i in part] for part in (order[2 * n :], order[n : 2 * n], order[:n])
         )
         state = (saved or {}).get("task_state")
-        self.src_vocab = CharVocab(state["src_vocab"][1:] if state else "".join(s for s, _ in train))
+        self.src_vocab = (
+            CharVocab.restore(state["src_vocab"]) if state else CharVocab("".join(s for s, _ in train))
+        )
         self.tgt_vocab = (
-            CharVocab(state["tgt_vocab"][1:]) if state else self.target_vocab(t for _, t in train)
+            CharVocab.restore(state["tgt_vocab"]) if state else self.target_vocab(t for _, t in train)
         )
         self.src_vocab_size = len(self.src_vocab)
         self.train, self.val, self.test = (self.pairs(p) for p in (train, val, test))

@@ -292,10 +292,12 @@ class Trainer:
                 self.model.load_state_dict(tree["model"])
                 self.optimizer.load_state_dict(tree["optimizer"])
                 self.scheduler.load_state_dict({**tree["scheduler"], "lr_lambdas": [None]})
+                set_rng_state(tree["rng"])
+            except RnnkitValueError as e:
+                raise RnnkitValueError(f"checkpoint {source}: {e}") from None
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise RnnkitValueError(f"checkpoint {source} does not fit this run: {what}") from None
-            set_rng_state(tree["rng"])
             self.step, self.state = tree["step"], tree["state"]
             self.best = math.inf if tree["best"] is None else tree["best"]
             self.best_step = tree["best_step"]
