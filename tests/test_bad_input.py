@@ -219,3 +219,25 @@ def test_cells(cls):
 def test_lstm_cell_hx_type():
     with raises(TYPE, "hx", "tuple"):
         LSTMCell(3, 4)(torch.randn(2, 3), torch.zeros(2, 4))
+
+
+def test_projection_is_for_the_lstm_only():
+    for layer in (rnnkit.GRU, rnnkit.RNN, rnnkit.MGU):
+        with raises(VALUE, "proj_size", "LSTM only", layer.__name__):
+            layer(8, 16, proj_size=4)
+        layer(8, 16, proj_size=0)  # torch's default, accepted as torch does
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda: rnnkit.LSTM(8, 10**12), "LSTM(input_size=8, hidden_size=1000000000000"),
+        (lambda: rnnkit.GRU(10**12, 8), "GRU(input_size=1000000000000"),
+        (lambda: rnnkit.MinGRU(8, 10**12), "MinGRU(input_size=8, hidden_size=1000000000000"),
+        (lambda: rnnkit.cells.LSTMCell(8, 10**12), "LSTMCell(input_size=8, hidden_size=1000000000000"),
+        (lambda: rnnkit.JordanRNN(8, 10**12, 4), "hidden_size=1000000000000"),
+    ],
+)
+def test_sizes_past_memory_are_a_clear_error(make, named):
+    with raises(VALUE, named, "more memory than can be allocated"):
+        make()

@@ -441,3 +441,39 @@ def test_combinations_of_valid_options_train(in_tmp, capsys, argv):
             ["train", *argv, *small, "--steps", "3", "--eval-every", "1", "--out", "run", "--device", "cpu"]
         )
     assert code == 0, capsys.readouterr().err
+
+
+# --- the examples the outside check found -------------------------------------------------------
+
+EXAMPLES = [
+    (["train", "--seq-len", "0"], "--seq-len"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "classify", "--batch-size", "0"], "--batch-size"),
+    (["train", "forecast", "--batch-size", "0"], "--batch-size"),
+    (["train", "--batch-size", "-2"], "--batch-size"),
+    (["train", "classify", "--features", "0"], "--features"),
+    (["train", "memory", "--eval-size", "0"], "--eval-size"),
+    (["train", "--weight-decay", "nan"], "--weight-decay"),
+    (["train", "--threads", "-1"], "--threads"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--eval-chars", "0"], "--eval-chars"),
+    (["train", "memory", "--batch-size", "0"], "--batch-size"),
+    (["train", "dates", "--max-output", "0"], "--max-output"),
+    (["train", "dates", "--beam-size", "0"], "--beam-size"),
+    (["train", "--bptt-steps", "-1"], "--bptt-steps"),
+    (["train", "--warmup-steps", "-5"], "--warmup-steps"),
+    (["sample", "no-run", "--length", str(10**12)], "--length"),
+    (["train", "nosuchtask"], "nosuchtask"),
+    (["frobnicate"], "frobnicate"),
+]
+
+
+@pytest.mark.parametrize("argv, named", EXAMPLES, ids=[" ".join(a) for a, _ in EXAMPLES])
+def test_the_examples_found_from_outside(in_tmp, capsys, argv, named):
+    refused(argv, capsys, named)
+
+
+def test_out_naming_an_existing_file(in_tmp, capsys):
+    (in_tmp / "a-file").write_text("mine")
+    refused(["train", "--out", "a-file", "--steps", "1"], capsys, "--out a-file")
+    assert (in_tmp / "a-file").read_text() == "mine"

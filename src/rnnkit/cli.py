@@ -63,6 +63,12 @@ def _parser_of(valid):
     return parse
 
 
+def _metavar(name: str, valid) -> str:
+    if valid.kind is str:
+        return "NAME" if valid.choices else ("PATH" if valid.low else "TEXT")
+    return _METAVARS[valid.kind]
+
+
 def _shown_default(value) -> str:
     if value is None:
         return "none"
@@ -78,13 +84,18 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, defaults:
         valid = valid_of(f)
         flag = "--" + f.name.replace("_", "-")
         default = (defaults or {}).get(f.name, f.default)
-        text = f"{f.metadata['help']} (default: {_shown_default(default)}; {valid.describe()})"
+        if valid.kind is bool:
+            text = f"{f.metadata['help']} (default: {'on' if default else 'off'})"
+        elif valid.kind is str and not valid.choices:  # a name or a path: any text
+            text = f"{f.metadata['help']}" + (f" (default: {default})" if default else "")
+        else:
+            text = f"{f.metadata['help']} (default: {_shown_default(default)}; {valid.describe()})"
         text = text.replace("%", "%%")
         if valid.kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             group.add_argument(
-                flag, type=_parser_of(valid), default=None, metavar=_METAVARS[valid.kind], help=text
+                flag, type=_parser_of(valid), default=None, metavar=_metavar(f.name, valid), help=text
             )
 
 
@@ -337,8 +348,14 @@ def _metrics(run: Path) -> list[dict]:
             record = json.loads(line)  # NaN read too: runs written before metrics were strict
         except json.JSONDecodeError as e:
             raise RnnkitValueError(f"{path} line {n} is not JSON: {e}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "split" not in record:
-            raise RnnkitValueError(f"{path} line {n} is not a metrics record (an int step and a split)")
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("step"), int)
+            or record.get("split") not in ("train", "val", "test")
+        ):
+            raise RnnkitValueError(
+                f"{path} line {n} is not a metrics record (an int step; split train, val or test)"
+            )
         records.append(record)
     return records
 
