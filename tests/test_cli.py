@@ -23,15 +23,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("data") / "text.txt"
-    path.write_text("".join(topics[k] for k in sorted(topics)[:2]), encoding="utf-8")
-    return path
-
-
 def lines(run, splits=("train", "val")):
     return [
         ln for ln in (run / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["split"] in splits

@@ -35,15 +35,6 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from pydoc_data.topics import topics
-
-    path = tmp_path_factory.mktemp("data") / "text.txt"
-    path.write_text("".join(topics[k] for k in sorted(topics)[:2]), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, text_file):
     """A finished charlm run, copied afresh for each test that edits it."""
     run = tmp_path_factory.mktemp("trained") / "run"

@@ -56,6 +56,7 @@ def test_classify_text_file(tmp_path, capsys):
     assert m["test_examples"] == 6 and m["baseline_accuracy"] == 1.0  # n-grams separate the alphabets
     lines = predict(capsys, run, "abcab", "zzyx\u2603")  # an unseen character maps to unknown
     assert [ln.split("\t")[0] for ln in lines] and all(ln.split("\t")[0] in "ax" for ln in lines)
+    assert main(["predict", str(run), ""]) == 2 and "INPUT is empty" in capsys.readouterr().err
     # evaluate on another file of the same labels
     other = tmp_path / "other.tsv"
     other.write_text("a\tcab\nx\tzyx\n")
@@ -240,6 +241,8 @@ def test_translate_file(tmp_path, capsys):
     assert m["test_pairs"] == 2 and 0 <= m["exact_match"] <= 1 and m["cer"] >= 0
     (line,) = predict(capsys, run, "cat")
     assert len(line) <= 8
+    assert main(["predict", str(run), "cat", ""]) == 2  # nothing to read: an input error
+    assert capsys.readouterr().err.count("\n") == 1
     other = tmp_path / "other.tsv"
     other.write_text("sun\tNUS\nmoon\tNOOM\nzzz\tZZZ\n")  # z was never seen: the unknown symbol
     assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0

@@ -203,7 +203,8 @@ def cmd_train(args) -> int:
     device = _device(opts)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(opts.out or f"runs/{name}-{stamp}")
-    prepare_out(out, opts.force)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 writes the run (and checks where)
+        prepare_out(out, opts.force)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     _seed(opts.seed)

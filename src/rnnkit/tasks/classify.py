@@ -266,6 +266,8 @@ class ClassifyTask(Task):
 
     def predict(self, model, inputs: list[str], **options) -> list[str]:
         if self.is_text:
+            if not all(inputs):
+                raise RnnkitValueError("INPUT is empty: classify needs at least one character to read")
             ex = Examples(list(inputs), None, [self.labels[0]] * len(inputs))
         else:
             T, Fdim = self.train.numbers.shape[1:]

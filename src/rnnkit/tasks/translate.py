@@ -52,6 +52,8 @@ class TranslateTask(Seq2SeqTask):
         return {"task": self.name, "task_config": asdict(self.config), "task_state": state}
 
     def source_ids(self, text: str, **options) -> list[int]:
+        if not text:
+            raise RnnkitValueError("INPUT is empty: translate needs at least one character to read")
         return self.src_vocab.encode(text).tolist()
 
     def pairs(self, raw) -> list:
