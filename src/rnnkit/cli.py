@@ -222,9 +222,9 @@ def _resume(args, opts: TrainOptions) -> int:
     saved = read_config(run)
     if args.task is not None and args.task != saved["task"]:
         raise RnnkitValueError(f"--resume {run} is a {saved['task']} run, not {args.task}")
-    fixed = given(TASKS[saved["task"]][1], args) + [
-        f for f in ("--out", "--seed", "--force") if getattr(args, f[2:])
-    ]
+    fixed = given(TASKS[saved["task"]][1], args) + [f for f in ("--out", "--force") if getattr(args, f[2:])]
+    if args.seed is not None and args.seed != saved.get("seed", 0):
+        fixed.append("--seed")
     if fixed:
         raise RnnkitValueError(
             f"--resume {run}: {', '.join(fixed)} cannot change in a resumed run (its model, data and "
@@ -510,3 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     except RnnkitError as e:
         print(f"rnnkit {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a run keeps its last checkpoint (--resume continues it)
+        print(f"rnnkit {args.command}: interrupted", file=sys.stderr)
+        return 130
