@@ -64,7 +64,8 @@ class Valid:
     kind: int, float, str, bool, tuple (ints) or list (strings); on the command line a tuple or
           a list is comma-separated.
     low / high: inclusive bounds (low_open / high_open make them exclusive); floats are finite.
-    choices: the only values allowed (strings).
+    choices: the only values allowed (strings), or a function giving them when a value is checked
+        (a registry that grows after import).
     special: values outside the range that mean something ({0: "automatic"}, {None: "off"}).
     """
 
@@ -76,10 +77,13 @@ class Valid:
     choices: tuple = ()
     special: tuple = ()  # ((value, meaning), ...): hashable, so a Valid can be a default
 
+    def options(self) -> tuple:
+        return tuple(self.choices()) if callable(self.choices) else self.choices
+
     def describe(self) -> str:
         """'an int in [1, 16384]', 'a finite float in [0, 1)', 'one of lstm, gru', ..."""
         if self.choices:
-            names = ", ".join(str(c) for c in self.choices)
+            names = ", ".join(str(c) for c in self.options())
             text = f"comma-separated names from {names}" if self.kind is list else f"one of {names}"
         elif self.kind is bool:
             text = "true or false"
@@ -124,11 +128,15 @@ class Valid:
         if self.kind is str:
             if not isinstance(value, str):
                 raise RnnkitTypeError(f"{shown(name)} must be a string, got {type(value).__name__}")
-            if (self.choices and value not in self.choices) or (self.low and not value.strip()):
+            if (self.choices and value not in self.options()) or (self.low and not value.strip()):
                 raise wrong
             return value
         if self.kind is list:
-            if not isinstance(value, (tuple, list)) or not value or any(v not in self.choices for v in value):
+            if (
+                not isinstance(value, (tuple, list))
+                or not value
+                or any(v not in self.options() for v in value)
+            ):
                 raise wrong
             return value
         if self.kind is tuple:
@@ -200,7 +208,10 @@ def probability() -> Valid:
     return real(0.0, 1.0)
 
 
-def one_of(*choices: str) -> Valid:
+def one_of(*choices) -> Valid:
+    """One of `choices`, or of what a function passed alone returns when a value is checked."""
+    if len(choices) == 1 and callable(choices[0]):
+        return Valid(str, choices=choices[0])
     return Valid(str, choices=tuple(choices))
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import rnnkit
 from rnnkit._config import as_flags, valid_of
+from rnnkit.cells.registry import load_entry_points
 from rnnkit.cli_options import (
     EvaluateOptions,
     GradientsOptions,
@@ -500,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 on success, 2 for a usage or input error (one line on standard error), 1
     for anything else."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_entry_points()  # cells of installed packages, so --cell offers them
+    except RnnkitError as e:
+        print(f"rnnkit: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     task = train_task(argv) if argv and argv[0] == "train" else "charlm"
     try:
         args = build_parser(task).parse_args(argv)

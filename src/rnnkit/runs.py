@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from rnnkit.cells.registry import load_entry_points
 from rnnkit.errors import RnnkitFileError, RnnkitValueError
 from rnnkit.models.registry import build
 
@@ -32,6 +33,7 @@ def load(run_dir) -> nn.Module:
         raise RnnkitValueError(f"{config_path} is not valid JSON: {e}") from None
     if not isinstance(config, dict) or "model" not in config:
         raise RnnkitValueError(f"{config_path} does not describe a model (no 'model' entry)")
+    load_entry_points()  # a run trained with a cell an installed package registers
     try:
         model = build(config["model"])
     except RnnkitValueError as e:

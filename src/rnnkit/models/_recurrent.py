@@ -1,22 +1,17 @@
-"""The recurrent layers a model can be built on, by name: a plain dict, as STYLE.md asks."""
+"""The recurrent layers a model can be built on, by cell name: a built-in family's layer, or
+`rnnkit.Recurrent` over a cell a user registered (`rnnkit.cells.register`)."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import nn
 
-from rnnkit._checks import check_choice
-from rnnkit.layers import GRU, LSTM, MGU, RNN
+from rnnkit.cells.registry import BUILTIN, available, registered
+from rnnkit.errors import RnnkitValueError
+from rnnkit.layers.by_name import builtin_layer
+from rnnkit.layers.generic import Recurrent
 
-CELLS = {
-    "rnn": partial(RNN, nonlinearity="tanh"),
-    "rnn_relu": partial(RNN, nonlinearity="relu"),
-    "lstm": LSTM,
-    "gru": GRU,
-    "gru_reset_before": partial(GRU, reset_after=False),
-    "mgu": MGU,
-}
+# The plain layers of the built-in families take `impl`; the minimal ones (a parallel scan) do not.
+_NO_IMPL = ("min_gru", "min_lstm")
 
 
 def recurrent_layer(
@@ -29,14 +24,22 @@ def recurrent_layer(
     bidirectional: bool = False,
     impl: str = "fused",
 ) -> nn.Module:
-    """A batch-first sequence layer of the named cell family."""
-    check_choice("cell", cell, tuple(CELLS))
-    return CELLS[cell](
-        input_size,
-        hidden_size,
-        num_layers=num_layers,
-        dropout=dropout if num_layers > 1 else 0.0,
-        bidirectional=bidirectional,
-        batch_first=True,
-        impl=impl,
-    )
+    """A batch-first sequence layer of the named cell."""
+    options = {
+        "num_layers": num_layers,
+        "dropout": dropout if num_layers > 1 else 0.0,
+        "bidirectional": bidirectional,
+        "batch_first": True,
+    }
+    if cell in BUILTIN:
+        return builtin_layer(
+            cell, input_size, hidden_size, **options, **({} if cell in _NO_IMPL else {"impl": impl})
+        )
+    if registered(cell) is None:
+        raise RnnkitValueError(f"cell must be one of {', '.join(available())}, got {cell!r}")
+    return Recurrent(cell, input_size, hidden_size, impl=impl, **options)
+
+
+def num_states(layer: nn.Module) -> int:
+    """How many state tensors a layer carries (the LSTM's h and c: 2), asked of the layer."""
+    return getattr(layer, "num_states", 1)

@@ -20,7 +20,7 @@ from torch import nn
 from rnnkit._checks import check_choice, check_positive_int, check_tensor, shape_str
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import InputEncoder
-from rnnkit.models._recurrent import recurrent_layer
+from rnnkit.models._recurrent import num_states, recurrent_layer
 
 FEEDS = ("init", "every_step")
 
@@ -66,7 +66,7 @@ class VectorToSequence(nn.Module):
             dropout=config.dropout,
             impl=config.impl,
         )
-        self.num_states = 2 if config.cell == "lstm" else 1
+        self.num_states = num_states(self.rnn)
         if not every_step:
             L, H = config.num_layers, config.hidden_size
             self.init = nn.ModuleList(nn.Linear(config.cond_size, L * H) for _ in range(self.num_states))

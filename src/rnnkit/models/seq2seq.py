@@ -30,7 +30,7 @@ from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.attention import Attention
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import InputEncoder, valid_mask
-from rnnkit.models._recurrent import recurrent_layer
+from rnnkit.models._recurrent import num_states, recurrent_layer
 
 ATTENTIONS = ("none", "additive", "dot", "general")
 CONTEXTS = ("init", "every_step")
@@ -71,7 +71,6 @@ class Seq2Seq(nn.Module):
         self.config = config
         c = config
         H, D = c.hidden_size, 2 if c.bidirectional_encoder else 1
-        self.num_states = 2 if c.cell == "lstm" else 1
         self.src = InputEncoder(vocab_size=c.src_vocab_size, input_size=None, embedding_dim=c.embedding_dim)
         self.tgt = InputEncoder(vocab_size=c.tgt_vocab_size, input_size=None, embedding_dim=c.embedding_dim)
         self.encoder = recurrent_layer(
@@ -83,6 +82,7 @@ class Seq2Seq(nn.Module):
             bidirectional=c.bidirectional_encoder,
             impl=c.impl,
         )
+        self.num_states = num_states(self.encoder)
         self.bridge = nn.ModuleList(nn.Linear(D * H, H) for _ in range(self.num_states)) if D == 2 else None
         self.attends = c.attention != "none"
         extra = (H if c.input_feeding else 0) if self.attends else (D * H if c.context == "every_step" else 0)

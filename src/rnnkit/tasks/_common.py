@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from rnnkit._config import one_of, option
+from rnnkit.cells.registry import available
 from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
-from rnnkit.models._recurrent import CELLS
 
 
 class Task:
@@ -53,8 +53,9 @@ class Task:
 
 
 def cell_option(default: str):
-    """A task's --cell: one of the recurrent cells a model can be built on."""
-    return option(default, "recurrent cell: " + ", ".join(CELLS), one_of(*CELLS))
+    """A task's --cell: any cell of the registry, the ones users register included (asked when a
+    value is checked, so a cell registered after import is accepted)."""
+    return option(default, "recurrent cell (rnnkit.cells.available())", one_of(available))
 
 
 def uniform(classes: int) -> tuple[float, str]:

@@ -35,15 +35,21 @@ from rnnkit._config import (
     option,
     shown,
 )
+from rnnkit.cells.registry import available
 from rnnkit.data.memory import COPY_DATA, COPY_SYMBOLS, adding_batch, copy_memory_baseline, copy_memory_batch
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig, SequenceTagger, SequenceTaggerConfig
-from rnnkit.models._recurrent import CELLS
 from rnnkit.tasks._bit_problems import SIZES, BitProblem
 from rnnkit.tasks._common import Task, device_of, pyplot
 
 PROBLEMS = ("adding", "copy-memory", *SIZES)
-MODELS = (*CELLS, "ntm")
+
+
+def models() -> tuple[str, ...]:
+    """--model: every cell name, or the NTM."""
+    return (*available(), "ntm")
+
+
 VAL_SEED, TEST_SEED = 10_000_019, 20_000_003
 
 
@@ -53,7 +59,7 @@ class MemoryConfig(Options):
     lag: int = option(
         200, "adding, copy-memory: T, the steps information must be carried across", integer(2, MAX_LENGTH)
     )
-    model: str = option("lstm", "the recurrent cell, or ntm (bit problems)", one_of(*MODELS))
+    model: str = option("lstm", "the recurrent cell, or ntm (bit problems)", one_of(models))
     hidden_size: int = option(
         128, "units per recurrent layer (ntm: of its LSTM controller)", integer(1, MAX_UNITS)
     )

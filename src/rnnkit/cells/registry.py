@@ -1,0 +1,73 @@
+"""Cells by name: the built-in families' names and the cells users register, one plain dict.
+
+`register(name, cell_class)` makes a `Cell` subclass available by name to `rnnkit.Recurrent`, to
+the models' `cell=` and to every task's `--cell`; installed packages register theirs through the
+`rnnkit.cells` entry-point group (`load_entry_points`, which the command line and `rnnkit.load`
+call), so a run trained with such a cell loads wherever that package is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+
+from rnnkit.cells.base import Cell
+from rnnkit.errors import RnnkitTypeError, RnnkitValueError
+
+# The built-in families, each a layer of `rnnkit.layers` (rnnkit.layers.by_name builds them).
+BUILTIN = (
+    "rnn",
+    "rnn_relu",
+    "lstm",
+    "gru",
+    "gru_reset_before",
+    "mgu",
+    "ln_lstm",
+    "ln_gru",
+    "min_gru",
+    "min_lstm",
+)
+ENTRY_POINTS = "rnnkit.cells"
+
+_REGISTERED: dict[str, type] = {}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def register(name: str, cell_class: type) -> None:
+    """Make `cell_class` (a `Cell` subclass) available as `name` (lower case, digits, _). The
+    same class again is a no-op; a name taken by a built-in or by another class is an error."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RnnkitValueError(f"a cell name must be lower-case letters, digits and _, got {name!r}")
+    if not (isinstance(cell_class, type) and issubclass(cell_class, Cell)):
+        raise RnnkitTypeError(f"cell_class must be a subclass of rnnkit.cells.Cell, got {cell_class!r}")
+    if name in BUILTIN:
+        raise RnnkitValueError(f"cell name {name!r} is taken by a built-in cell")
+    if _REGISTERED.get(name, cell_class) is not cell_class:
+        taken = _REGISTERED[name]
+        raise RnnkitValueError(f"cell name {name!r} is taken by {taken.__module__}.{taken.__qualname__}")
+    _REGISTERED[name] = cell_class
+
+
+def available() -> list[str]:
+    """Every cell name: the built-in ones, then those registered, in order of registration."""
+    return [*BUILTIN, *_REGISTERED]
+
+
+def registered(name: str) -> type | None:
+    """The user cell class registered as `name`, or None (a built-in name or an unknown one)."""
+    return _REGISTERED.get(name)
+
+
+def load_entry_points() -> None:
+    """Register the cells that installed packages declare in the `rnnkit.cells` entry-point group
+    (name = "module:Class"); one that fails to load is an error naming it."""
+    for point in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        if point.name in _REGISTERED:
+            continue
+        try:
+            cell_class = point.load()
+        except Exception as e:  # noqa: BLE001 (any import error of a third-party package)
+            raise RnnkitValueError(
+                f"entry point {point.name} = {point.value} ({ENTRY_POINTS}) cannot be loaded: {e}"
+            ) from None
+        register(point.name, cell_class)
