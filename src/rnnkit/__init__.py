@@ -10,7 +10,7 @@ from rnnkit.errors import (  # noqa: E402
     RnnkitUnsupportedError,
     RnnkitValueError,
 )
-from rnnkit.layers import GRU, LSTM, MGU, RNN, JordanRNN, MinGRU, MinLSTM  # noqa: E402
+from rnnkit.layers import GRU, LSTM, MGU, RNN, JordanRNN, MinGRU, MinLSTM, Recurrent  # noqa: E402
 from rnnkit.runs import load  # noqa: E402
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MinGRU",
     "MinLSTM",
     "RNN",
+    "Recurrent",
     "RnnkitError",
     "RnnkitFileError",
     "RnnkitTypeError",

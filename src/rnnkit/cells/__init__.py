@@ -5,14 +5,17 @@ from rnnkit.cells._regularize import Masks
 from rnnkit.cells._workspace import held as workspace_held
 from rnnkit.cells._workspace import release as release_workspace
 from rnnkit.cells._workspace import set_limit as set_workspace_limit
+from rnnkit.cells.base import Cell
 from rnnkit.cells.elman import RNNCell
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.jordan import JordanCell
 from rnnkit.cells.lstm import LSTMCell
 from rnnkit.cells.mgu import MGUCell
 from rnnkit.cells.minimal import MinGRUCell, MinLSTMCell
+from rnnkit.cells.registry import available, register
 
 __all__ = [
+    "Cell",
     "GRUCell",
     "JordanCell",
     "LSTMCell",
@@ -21,6 +24,8 @@ __all__ = [
     "MinGRUCell",
     "MinLSTMCell",
     "RNNCell",
+    "available",
+    "register",
     "release_workspace",
     "set_workspace_limit",
     "workspace_held",
