@@ -360,3 +360,18 @@ def test_bad_forward_and_step_arguments():
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+@pytest.mark.parametrize("layer_class", [MinGRU, MinLSTM])
+def test_batch_first_input_gradient(layer_class):
+    """A batch-first input reaches the kernel as a transposed (non-contiguous) view; its gradient
+    must equal that of the same input given time-major (the backward viewed dx's rows and failed)."""
+    torch.manual_seed(0)
+    first = layer_class(3, 4, batch_first=True, dtype=torch.float64)
+    major = layer_class(3, 4, dtype=torch.float64)
+    major.load_state_dict(first.state_dict())
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    (dx_first,) = torch.autograd.grad(first(x)[0].square().sum(), x)
+    x_major = x.detach().transpose(0, 1).contiguous().requires_grad_()
+    (dx_major,) = torch.autograd.grad(major(x_major)[0].square().sum(), x_major)
+    torch.testing.assert_close(dx_first, dx_major.transpose(0, 1), rtol=0, atol=1e-12)

@@ -207,7 +207,8 @@ class MinRNN(torch.autograd.Function):
         T, B, I = x.shape
         GH = w_ih.shape[0]
         need_x, need_h0, need_w, need_b = ctx.needs_input_grad[:4]
-        dx = torch.empty_like(x) if need_x else None
+        # contiguous whatever x is (a batch-first input arrives as a transposed view): rows are viewed below
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
         dw = torch.zeros_like(w_ih) if need_w else None
         db_ih = w_ih.new_zeros(GH) if need_b else None
         to_x = Product(w_ih.t(), block * B) if need_x else None
