@@ -399,3 +399,65 @@ def test_every_built_in_cell_trains_evaluates_samples_and_loads_back(tmp_path, t
     assert 0 < json.loads(capsys.readouterr().out)["bpc"] < 10
     assert main(["sample", str(run), "--length", "20", "--prime", "The "]) == 0
     assert capsys.readouterr().out.startswith("The ")
+
+
+REGULARIZED = [
+    "--zoneout",
+    "0.1",
+    "--recurrent-dropout",
+    "0.2",
+    "--weight-dropout",
+    "0.3",
+    "--learn-initial-state",
+]
+OTHER_TASKS = {
+    "classify": ["--cell", "mgu", "--batch-size", "8"],
+    "forecast": ["--cell", "ln_gru"],
+    "dates": ["--cell", "gru_reset_before", "--val-pairs", "8", "--test-pairs", "8", "--max-output", "12"],
+    "translate": ["--cell", "rnn_relu"],
+    "colors": ["--cell", "ln_lstm", "--batch-size", "8"],
+}
+
+
+@pytest.mark.parametrize("task", list(OTHER_TASKS))
+def test_every_task_takes_a_non_default_cell_and_every_regularizer(tmp_path, capsys, task):
+    data = []
+    if task == "translate":
+        (tmp_path / "pairs.tsv").write_text(
+            "".join(f"{w}\t{w[::-1]}\n" for w in ("cat", "dog", "sun", "moon") * 4)
+        )
+        data = ["--data", str(tmp_path / "pairs.tsv")]
+    run = tmp_path / "run"
+    argv = ["train", task, *data, *OTHER_TASKS[task], *REGULARIZED, "--hidden-size", "6", "--steps", "2"]
+    assert main([*argv, "--eval-every", "2", "--out", str(run)]) == 0, capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    for key, value in (
+        ("zoneout", 0.1),
+        ("recurrent_dropout", 0.2),
+        ("weight_dropout", 0.3),
+        ("learn_initial_state", True),
+    ):
+        assert saved["task_config"][key] == value and saved["model"]["config"][key] == value
+    model = rnnkit.load(run)  # honoured when the run loads back
+    layers = [m for m in model.modules() if hasattr(m, "regularizer")]
+    assert layers and all(
+        m.regularizer.zoneout[0] == 0.1 and m.regularizer.weight_dropout == 0.3 for m in layers
+    )
+    assert all(m.regularizer.recurrent_dropout == 0.2 and m.learn_initial_state for m in layers)
+    assert saved["model"]["config"]["cell"] == OTHER_TASKS[task][1]
+
+
+def test_a_cell_without_a_regularizer_says_so(tmp_path, text_file, capsys):
+    argv = [
+        "train",
+        "--cell",
+        "min_gru",
+        "--zoneout",
+        "0.1",
+        "--data",
+        str(text_file),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert main([*argv, "--steps", "1"]) == 2
+    assert "cell 'min_gru' does not take zoneout" in capsys.readouterr().err

@@ -3,6 +3,7 @@ what `rnnkit.Recurrent(name, ...)` and the models' `cell=` build for a built-in 
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 from torch import nn
@@ -37,4 +38,7 @@ def builtin_layer(name: str, *args, **kwargs) -> nn.Module:
     try:
         return LAYERS[name](*args, **kwargs)
     except TypeError as e:
-        raise RnnkitTypeError(f"cell {name!r}: {e}") from None
+        option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if option is None:
+            raise RnnkitTypeError(f"cell {name!r}: {e}") from None
+        raise RnnkitTypeError(f"cell {name!r} does not take {option[1]}") from None

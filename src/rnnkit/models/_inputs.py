@@ -8,7 +8,7 @@ from torch import nn
 
 from rnnkit._checks import check_tensor, shape_str
 from rnnkit.errors import RnnkitValueError
-from rnnkit.models._recurrent import recurrent_layer
+from rnnkit.models._recurrent import recurrent_layer, regularizers
 
 
 class InputEncoder(nn.Module):
@@ -69,5 +69,6 @@ def encoder_and_layer(config) -> tuple[InputEncoder, nn.Module]:
         dropout=config.dropout,
         bidirectional=config.bidirectional,
         impl=config.impl,
+        **regularizers(config),
     )
     return encoder, layer

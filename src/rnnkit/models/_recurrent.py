@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from rnnkit.cells.registry import BUILTIN, available, registered
@@ -12,6 +14,25 @@ from rnnkit.layers.generic import Recurrent
 
 # The plain layers of the built-in families take `impl`; the minimal ones (a parallel scan) do not.
 _NO_IMPL = ("min_gru", "min_lstm")
+REGULARIZERS = ("zoneout", "recurrent_dropout", "weight_dropout", "learn_initial_state")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Regularized:
+    """The regularisers of a model's recurrent layers, as the layers take them (rates in [0, 1),
+    checked there; see rnnkit.cells._regularize), all off by default. A model config inherits them."""
+
+    zoneout: float = 0.0
+    recurrent_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    learn_initial_state: bool = False
+
+
+def regularizers(config) -> dict:
+    """The regularisers a config (a model's or a task's) turns on, as layer keyword arguments:
+    only those that are on, so a cell family without them (min_gru, min_lstm) builds when they
+    are off and says which one it lacks when one is on."""
+    return {name: getattr(config, name) for name in REGULARIZERS if getattr(config, name)}
 
 
 def recurrent_layer(
@@ -23,13 +44,16 @@ def recurrent_layer(
     dropout: float = 0.0,
     bidirectional: bool = False,
     impl: str = "fused",
+    **regularizers,
 ) -> nn.Module:
-    """A batch-first sequence layer of the named cell."""
+    """A batch-first sequence layer of the named cell, with the regularisers given (zoneout,
+    recurrent_dropout, weight_dropout, learn_initial_state)."""
     options = {
         "num_layers": num_layers,
         "dropout": dropout if num_layers > 1 else 0.0,
         "bidirectional": bidirectional,
         "batch_first": True,
+        **regularizers,
     }
     if cell in BUILTIN:
         return builtin_layer(

@@ -20,12 +20,13 @@ from torch import nn
 from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import encoder_and_layer, valid_mask
+from rnnkit.models._recurrent import Regularized
 
 POOLINGS = ("last", "mean", "max", "attention")
 
 
 @dataclass(frozen=True)
-class SequenceClassifierConfig:
+class SequenceClassifierConfig(Regularized):
     num_classes: int | None  # None: a regression head, one float per sequence
     vocab_size: int | None = None  # token ids in, through an embedding ...
     input_size: int | None = None  # ... or feature vectors in

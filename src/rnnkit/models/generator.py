@@ -20,13 +20,13 @@ from torch import nn
 from rnnkit._checks import check_choice, check_positive_int, check_tensor, shape_str
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import InputEncoder
-from rnnkit.models._recurrent import num_states, recurrent_layer
+from rnnkit.models._recurrent import Regularized, num_states, recurrent_layer, regularizers
 
 FEEDS = ("init", "every_step")
 
 
 @dataclass(frozen=True)
-class VectorToSequenceConfig:
+class VectorToSequenceConfig(Regularized):
     vocab_size: int
     cond_size: int
     feed: str = "init"
@@ -65,6 +65,7 @@ class VectorToSequence(nn.Module):
             num_layers=config.num_layers,
             dropout=config.dropout,
             impl=config.impl,
+            **regularizers(config),
         )
         self.num_states = num_states(self.rnn)
         if not every_step:

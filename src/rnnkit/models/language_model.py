@@ -18,11 +18,11 @@ from torch import nn
 
 from rnnkit._checks import check_positive_int, check_tensor, shape_str
 from rnnkit.errors import RnnkitValueError
-from rnnkit.models._recurrent import recurrent_layer
+from rnnkit.models._recurrent import Regularized, recurrent_layer, regularizers
 
 
 @dataclass(frozen=True)
-class LanguageModelConfig:
+class LanguageModelConfig(Regularized):
     vocab_size: int
     embedding_dim: int = 64
     hidden_size: int = 256
@@ -58,6 +58,7 @@ class LanguageModel(nn.Module):
             num_layers=config.num_layers,
             dropout=config.dropout,
             impl=config.impl,
+            **regularizers(config),
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)

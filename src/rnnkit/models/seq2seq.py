@@ -30,7 +30,7 @@ from rnnkit._checks import check_choice, check_positive_int
 from rnnkit.attention import Attention
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import InputEncoder, valid_mask
-from rnnkit.models._recurrent import num_states, recurrent_layer
+from rnnkit.models._recurrent import Regularized, num_states, recurrent_layer, regularizers
 
 ATTENTIONS = ("none", "additive", "dot", "general")
 CONTEXTS = ("init", "every_step")
@@ -38,7 +38,7 @@ SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 
 
 @dataclass(frozen=True)
-class Seq2SeqConfig:
+class Seq2SeqConfig(Regularized):
     src_vocab_size: int
     tgt_vocab_size: int
     embedding_dim: int = 32
@@ -81,13 +81,20 @@ class Seq2Seq(nn.Module):
             dropout=c.dropout,
             bidirectional=c.bidirectional_encoder,
             impl=c.impl,
+            **regularizers(c),
         )
         self.num_states = num_states(self.encoder)
         self.bridge = nn.ModuleList(nn.Linear(D * H, H) for _ in range(self.num_states)) if D == 2 else None
         self.attends = c.attention != "none"
         extra = (H if c.input_feeding else 0) if self.attends else (D * H if c.context == "every_step" else 0)
         self.decoder = recurrent_layer(
-            c.cell, c.embedding_dim + extra, H, num_layers=c.num_layers, dropout=c.dropout, impl=c.impl
+            c.cell,
+            c.embedding_dim + extra,
+            H,
+            num_layers=c.num_layers,
+            dropout=c.dropout,
+            impl=c.impl,
+            **regularizers(c),
         )
         if self.attends:
             self.attention = Attention(c.attention, H, D * H)

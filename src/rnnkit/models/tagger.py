@@ -15,10 +15,11 @@ from torch import nn
 from rnnkit._checks import check_positive_int
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import encoder_and_layer
+from rnnkit.models._recurrent import Regularized
 
 
 @dataclass(frozen=True)
-class SequenceTaggerConfig:
+class SequenceTaggerConfig(Regularized):
     num_tags: int
     vocab_size: int | None = None  # token ids in, through an embedding ...
     input_size: int | None = None  # ... or feature vectors in

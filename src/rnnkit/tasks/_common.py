@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rnnkit._config import one_of, option
+from rnnkit._config import Options, flag, one_of, option, rate
 from rnnkit.cells.registry import available
 from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
 
@@ -56,6 +57,19 @@ def cell_option(default: str):
     """A task's --cell: any cell of the registry, the ones users register included (asked when a
     value is checked, so a cell registered after import is accepted)."""
     return option(default, "recurrent cell (rnnkit.cells.available())", one_of(available))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegularizerOptions(Options):
+    """The regularisers of a task's recurrent layers (rnnkit.cells._regularize), all off by
+    default; zoneout and recurrent dropout run the per-step loop instead of the fused kernels."""
+
+    zoneout: float = option(0.0, "zoneout rate of every state, at each step (Krueger et al. 2016)", rate())
+    recurrent_dropout: float = option(
+        0.0, "dropout of h_{t-1} where W_hh reads it, one mask a sequence", rate()
+    )
+    weight_dropout: float = option(0.0, "DropConnect on W_hh, one mask a forward (AWD-LSTM)", rate())
+    learn_initial_state: bool = option(False, "the initial state is a parameter", flag())
 
 
 def uniform(classes: int) -> tuple[float, str]:

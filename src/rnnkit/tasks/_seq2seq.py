@@ -18,7 +18,6 @@ from rnnkit._config import (
     MAX_LAYERS,
     MAX_LENGTH,
     MAX_UNITS,
-    Options,
     flag,
     integer,
     one_of,
@@ -30,14 +29,24 @@ from rnnkit.data.text import CharVocab
 from rnnkit.decoding import beam_search, greedy
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import Seq2Seq, Seq2SeqConfig
+from rnnkit.models._recurrent import regularizers
 from rnnkit.models.seq2seq import ATTENTIONS, CONTEXTS
-from rnnkit.tasks._common import Task, cell_option, device_of, edit_distance, pad_ids, pyplot, uniform
+from rnnkit.tasks._common import (
+    RegularizerOptions,
+    Task,
+    cell_option,
+    device_of,
+    edit_distance,
+    pad_ids,
+    pyplot,
+    uniform,
+)
 
 BOS, EOS = "\x02", "\x03"  # start and end of a target, as characters of its vocabulary
 
 
 @dataclass(frozen=True)
-class Seq2SeqTaskConfig(Options):
+class Seq2SeqTaskConfig(RegularizerOptions):
     cell: str = cell_option("lstm")
     hidden_size: int = option(128, "units per recurrent layer", integer(1, MAX_UNITS))
     num_layers: int = option(1, "stacked recurrent layers (encoder and decoder)", integer(1, MAX_LAYERS))
@@ -79,6 +88,7 @@ class Seq2SeqTask(Task):
             attention=c.attention,
             context=c.context,
             dropout=c.dropout,
+            **regularizers(c),
         )
 
     def build_model(self) -> Seq2Seq:

@@ -18,17 +18,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_LENGTH, MAX_UNITS, Options, integer, option, rate, shown
+from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_LENGTH, MAX_UNITS, integer, option, rate, shown
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
 from rnnkit.decoding import sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.tasks._common import Task, cell_option
+from rnnkit.models._recurrent import regularizers
+from rnnkit.tasks._common import RegularizerOptions, Task, cell_option
 from rnnkit.train.tbptt import tbptt_step
 
 
 @dataclass(frozen=True)
-class CharLMConfig(Options):
+class CharLMConfig(RegularizerOptions):
     cell: str = cell_option("lstm")
     hidden_size: int = option(256, "units per recurrent layer", integer(1, MAX_UNITS))
     num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
@@ -82,6 +83,7 @@ class CharLMTask(Task):
                 num_layers=c.num_layers,
                 cell=c.cell,
                 dropout=c.dropout,
+                **regularizers(c),
             )
         )
 

@@ -23,7 +23,6 @@ from rnnkit._config import (
     MAX_BATCH,
     MAX_LAYERS,
     MAX_UNITS,
-    Options,
     flag,
     integer,
     one_of,
@@ -36,8 +35,10 @@ from rnnkit.data.files import column_index, numbers, read_pairs, read_table
 from rnnkit.data.text import CharVocab
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
+from rnnkit.models._recurrent import regularizers
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks._common import (
+    RegularizerOptions,
     Task,
     cell_option,
     device_of,
@@ -50,7 +51,7 @@ from rnnkit.tasks._common import (
 
 
 @dataclass(frozen=True)
-class ClassifyConfig(Options):
+class ClassifyConfig(RegularizerOptions):
     dataset: str = option("digits", "built-in data when no --data", one_of("digits", "surnames"))
     label: str = option("label", "the label column of a CSV --data file", string())
     features: int = option(1, "numbers per time step in a CSV row", integer(1, 10**6))
@@ -148,6 +149,7 @@ class ClassifyTask(Task):
                 bidirectional=c.bidirectional,
                 pooling=c.pooling,
                 dropout=c.dropout,
+                **regularizers(c),
             )
         )
 

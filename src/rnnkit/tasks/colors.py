@@ -19,21 +19,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_UNITS, Options, integer, one_of, option, rate
+from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_UNITS, integer, one_of, option, rate
 from rnnkit.data.datasets import xkcd_colors
 from rnnkit.data.text import CharVocab
 from rnnkit.decoding import greedy, sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import VectorToSequence, VectorToSequenceConfig
+from rnnkit.models._recurrent import regularizers
 from rnnkit.models.generator import FEEDS
-from rnnkit.tasks._common import Task, cell_option, device_of, epoch_batch, pad_ids, pyplot, uniform
+from rnnkit.tasks._common import (
+    RegularizerOptions,
+    Task,
+    cell_option,
+    device_of,
+    epoch_batch,
+    pad_ids,
+    pyplot,
+    uniform,
+)
 
 BOS, EOS = "\x02", "\x03"  # start and end of a name, as characters of the vocabulary
 MAX_NAME = 40
 
 
 @dataclass(frozen=True)
-class ColorsConfig(Options):
+class ColorsConfig(RegularizerOptions):
     feed: str = option(
         "init", "how the colour enters: init (initial state) or every_step (each input)", one_of(*FEEDS)
     )
@@ -90,6 +100,7 @@ class ColorsTask(Task):
                 num_layers=c.num_layers,
                 cell=c.cell,
                 dropout=c.dropout,
+                **regularizers(c),
             )
         )
 

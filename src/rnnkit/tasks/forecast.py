@@ -30,7 +30,6 @@ from rnnkit._config import (
     MAX_LAYERS,
     MAX_LENGTH,
     MAX_UNITS,
-    Options,
     integer,
     one_of,
     option,
@@ -42,12 +41,13 @@ from rnnkit.data.datasets import macrodata, sunspots
 from rnnkit.data.files import column_index, numbers, read_table
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks._common import Task, cell_option, device_of, epoch_batch, pyplot
+from rnnkit.models._recurrent import regularizers
+from rnnkit.tasks._common import RegularizerOptions, Task, cell_option, device_of, epoch_batch, pyplot
 from rnnkit.train.checkpoint import write_json
 
 
 @dataclass(frozen=True)
-class ForecastConfig(Options):
+class ForecastConfig(RegularizerOptions):
     dataset: str = option("sunspots", "built-in series when no --data", one_of("sunspots", "macrodata"))
     target: str = option(
         "", "the column to forecast (default: sunspots SUNACTIVITY, macrodata infl)", string()
@@ -153,6 +153,7 @@ class ForecastTask(Task):
                 num_layers=c.num_layers,
                 cell=c.cell,
                 dropout=c.dropout,
+                **regularizers(c),
             )
         )
 
