@@ -315,6 +315,27 @@ def test_registry():
     assert lstm.state_dict().keys() == rnnkit.LSTM(3, 4, 2, bidirectional=True).state_dict().keys()
 
 
+@pytest.mark.parametrize("name", rnnkit.cells.available()[:10])
+def test_a_built_in_name_is_its_layer_with_states_as_tuples(name):
+    """Recurrent(name) has the named layer's state_dict and gives its numbers, with hx and the
+    final state as tuples (one tensor per state) as for any cell."""
+    torch.manual_seed(0)
+    ours = rnnkit.Recurrent(name, 3, 4, 2, bidirectional=True, dtype=torch.float64)
+    named = rnnkit.layers.by_name.LAYERS[name](3, 4, 2, bidirectional=True, dtype=torch.float64)
+    named.load_state_dict(ours.state_dict())
+    assert ours.state_dict().keys() == named.state_dict().keys()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    y, states = ours(x)
+    y_named, state_named = named(x)
+    state_named = (state_named,) if isinstance(state_named, torch.Tensor) else state_named
+    torch.testing.assert_close(y, y_named, rtol=0, atol=0)
+    assert isinstance(states, tuple) and len(states) == len(state_named)
+    for a, b in zip(states, state_named):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    y_again, _ = ours(x, states)  # the final state fed back as hx
+    torch.testing.assert_close(y_again, named(x, state_named[0] if len(states) == 1 else state_named)[0])
+
+
 def test_a_registered_cell_trains_from_the_command_line_and_loads_back(tmp_path, text_file, capsys):
     rnnkit.cells.register("test_leaky", Leaky)
     run = tmp_path / "run"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from functools import partial
 
+import torch
 from torch import nn
 
 from rnnkit.cells.registry import BUILTIN
@@ -33,12 +34,39 @@ LAYERS = dict(
 )
 
 
-def builtin_layer(name: str, *args, **kwargs) -> nn.Module:
+def builtin_layer(name: str, *args, _layer=None, _preset=None, **kwargs) -> nn.Module:
     """The layer of built-in cell `name`; an option its family does not take is a clear error."""
     try:
+        if _layer is not None:
+            return _layer(*args, **{**_preset, **kwargs})
         return LAYERS[name](*args, **kwargs)
     except TypeError as e:
         option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if option is None:
             raise RnnkitTypeError(f"cell {name!r}: {e}") from None
         raise RnnkitTypeError(f"cell {name!r} does not take {option[1]}") from None
+
+
+class _TupleStates:
+    """`rnnkit.Recurrent`'s calling convention over a built-in layer: hx and the final state are
+    tuples with one tensor per state, also for the families whose own layer takes and returns a
+    bare tensor (torch's convention for RNN and GRU)."""
+
+    def forward(self, input, hx=None, *, lengths=None):
+        if isinstance(hx, (tuple, list)) and len(hx) == 1:
+            hx = hx[0]
+        y, state = super().forward(input, hx, lengths=lengths)
+        return y, ((state,) if isinstance(state, torch.Tensor) else tuple(state))
+
+
+_TUPLE_CLASSES: dict[type, type] = {}
+
+
+def recurrent_of(name: str, *args, **kwargs) -> nn.Module:
+    """What `rnnkit.Recurrent(name, ...)` is for a built-in name: the family's layer (its
+    parameters, names and kernels), called with states as tuples."""
+    factory = LAYERS[name]
+    base, preset = (factory.func, factory.keywords) if isinstance(factory, partial) else (factory, {})
+    if base not in _TUPLE_CLASSES:
+        _TUPLE_CLASSES[base] = type(base.__name__, (_TupleStates, base), {"__module__": base.__module__})
+    return builtin_layer(name, *args, _layer=_TUPLE_CLASSES[base], _preset=preset, **kwargs)

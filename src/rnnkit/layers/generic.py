@@ -19,8 +19,8 @@ loop steps `forward` under autograd. Parameters are the cells' own, `cells.{i}.{
 layer-direction i = layer * num_directions + direction; with `learn_initial_state`,
 `initial_state_{j}` (num_layers * num_directions, state_sizes[j]) per state j, zeros at first.
 
-For a built-in name, `Recurrent(name, ...)` is the family's layer itself (`rnnkit.LSTM` for
-"lstm", ...), with its parameters, parameter names and fused kernels.
+For a built-in name, `Recurrent(name, ...)` is the family's layer (an `rnnkit.LSTM` for "lstm",
+...), with its parameters, parameter names and fused kernels, called with states as tuples.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ class Recurrent(nn.Module):
 
     def __new__(cls, cell, *args, **kwargs):
         if isinstance(cell, str) and cell in BUILTIN:
-            from rnnkit.layers.by_name import builtin_layer
+            from rnnkit.layers.by_name import recurrent_of
 
-            return builtin_layer(cell, *args, **kwargs)
+            return recurrent_of(cell, *args, **kwargs)
         return super().__new__(cls)
 
     def __init__(
