@@ -69,3 +69,14 @@ def test_imports_point_down():
             if isinstance(node, ast.ImportFrom) and node.module:
                 there = _level(node.module)
                 assert there is None or there <= here, f"{rel} imports {node.module} (up)"
+
+
+def test_import_draws_no_random_numbers():
+    """Importing rnnkit leaves the global generator alone: seeding before the import gives the
+    numbers seeding after it gives (the GEMM backend check once drew torch.randn at import)."""
+    code = (
+        "import torch; torch.manual_seed(0); import rnnkit; a = torch.rand(4); "
+        "torch.manual_seed(0); b = torch.rand(4); print(torch.equal(a, b))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr

@@ -11,6 +11,8 @@ floating-point summation order.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Products smaller than this many multiply-adds go to torch.mm: below it oneDNN's fixed cost per
@@ -20,13 +22,17 @@ ONEDNN_MIN_MACS = 2_000_000
 ONEDNN_OUT_MIN_K = 256
 
 
+@functools.cache
 def _onednn_linear():
-    """torch's oneDNN linear (x W^T) if this build has it and it computes correctly, else None."""
+    """torch's oneDNN linear (x W^T) if this build has it and it computes correctly, else None.
+    Checked on first use, not at import, on numbers of its own: nothing here may draw from the
+    global generator (a user who seeds before `import rnnkit` must get what one seeding after does)."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
         if not torch.backends.mkldnn.is_available():
             return None
-        a, w = torch.randn(3, 5), torch.randn(4, 5)
+        own = torch.Generator().manual_seed(0)
+        a, w = torch.randn(3, 5, generator=own), torch.randn(4, 5, generator=own)
         if not torch.allclose(op(a, w, None, "none", [], ""), a @ w.t(), atol=1e-5):
             return None
         return op
@@ -34,12 +40,9 @@ def _onednn_linear():
         return None
 
 
-_LINEAR = _onednn_linear()
-
-
 def use_onednn(rows: int, w: torch.Tensor) -> bool:
     return (
-        _LINEAR is not None
+        _onednn_linear() is not None
         and w.device.type == "cpu"
         and w.dtype == torch.float32
         and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
@@ -60,7 +63,7 @@ class Product:
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None, out: torch.Tensor | None = None):
         if self.onednn:
-            y = _LINEAR(x.contiguous(), self.w, self.bias, "none", [], "")
+            y = _onednn_linear()(x.contiguous(), self.w, self.bias, "none", [], "")
             if add is None:
                 return y if out is None else out.copy_(y)
             return torch.add(add, y, out=out) if out is not None else y.add_(add)
@@ -83,7 +86,7 @@ def linear(
     products (measured on 2 cores, N=16,000 rows: MKL ahead at K=64, level at K=256)."""
     onednn = use_onednn(x.shape[0], w) and x.is_contiguous()
     if onednn and (out is None or w.shape[1] >= ONEDNN_OUT_MIN_K):
-        y = _LINEAR(x, w.contiguous(), bias, "none", [], "")
+        y = _onednn_linear()(x, w.contiguous(), bias, "none", [], "")
         return y if out is None else out.copy_(y)
     if bias is None:
         return torch.mm(x, w.t(), out=out) if out is not None else torch.mm(x, w.t())
