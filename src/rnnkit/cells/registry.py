@@ -13,6 +13,7 @@ import re
 
 from rnnkit.cells.base import Cell
 from rnnkit.cells.indrnn import IndRNNCell
+from rnnkit.cells.peephole import PeepholeLSTMCell
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 # The built-in families, each a layer of `rnnkit.layers` (rnnkit.layers.by_name builds them).
@@ -33,6 +34,7 @@ ENTRY_POINTS = "rnnkit.cells"
 # Cells written against the public hook, as a user's are: one file each, one line here.
 _REGISTERED: dict[str, type] = {
     "indrnn": IndRNNCell,
+    "peephole_lstm": PeepholeLSTMCell,
 }
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
