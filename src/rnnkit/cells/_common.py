@@ -260,16 +260,6 @@ def weight_grad(d_pre: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return torch.mm(d_pre.reshape(-1, d_pre.shape[-1]).t(), inputs.reshape(-1, inputs.shape[-1]))
 
 
-def input_grads(ctx, d_pre_x: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor, x_idx: int, w_idx: int):
-    """dL/dx and dL/dW_ih from the gradients of the input pre-activations, as single GEMMs."""
-    dx = dw_ih = None
-    if ctx.needs_input_grad[x_idx]:
-        dx = input_grad(d_pre_x, w_ih)
-    if ctx.needs_input_grad[w_idx]:
-        dw_ih = weight_grad(d_pre_x, x)
-    return dx, dw_ih
-
-
 def gate_weight_grads(ctx, d_pre, x, h0, y, ih_idx: int, hh_idx: int):
     """dW_ih = sum_t d_t^T x_t and dW_hh = sum_t d_t^T h_{t-1} (h_{-1} = h0, h_t = y[t]) as one
     large product after the backward loop; None for a weight that needs no gradient."""
@@ -289,10 +279,6 @@ def input_grad(d_pre_x: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
     T, B, _ = d_pre_x.shape
     out = workspace_empty((T * B, w_ih.shape[1]), d_pre_x)
     return gemm_linear(d_pre_x.reshape(T * B, -1), w_ih.t(), out=out).view(T, B, -1)
-
-
-def bias_grad(ctx, idx: int, d_pre: torch.Tensor) -> torch.Tensor | None:
-    return d_pre.sum((0, 1)) if ctx.needs_input_grad[idx] else None
 
 
 def without_cycle_gc(fn):
@@ -338,15 +324,6 @@ def forbid_double_backward(kernel: str) -> None:
 def stack_prev(first: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The state entering each step: [first, y_0, ..., y_{T-2}] as (T, B, P)."""
     return torch.cat([first.unsqueeze(0), y[:-1]])
-
-
-def recurrent_weight_grad(d_pre: torch.Tensor, first: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum_t d_pre[t]^T h_{t-1} with h_{-1} = first and h_t = y[t], without building the shifted
-    copy of y: (T, B, G*H), (B, P), (T, B, P) -> (G*H, P)."""
-    grad = torch.mm(d_pre[0].t(), first)
-    if d_pre.shape[0] > 1:
-        grad += weight_grad(d_pre[1:], y[:-1])
-    return grad
 
 
 # --- tanh on CPU, from a sigmoid (every fused kernel with a tanh) -----------------------------

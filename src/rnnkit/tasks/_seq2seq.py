@@ -27,7 +27,6 @@ from rnnkit._config import (
 )
 from rnnkit.data.text import CharVocab
 from rnnkit.decoding import beam_search, greedy
-from rnnkit.errors import RnnkitValueError
 from rnnkit.models import Seq2Seq, Seq2SeqConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.models.seq2seq import ATTENTIONS, CONTEXTS
@@ -211,8 +210,3 @@ class Seq2SeqTask(Task):
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return [path]
-
-
-def check_nonempty(name: str, pairs) -> None:
-    if not pairs:
-        raise RnnkitValueError(f"--data: {name} has no pairs")
