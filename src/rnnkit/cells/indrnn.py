@@ -27,6 +27,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from rnnkit._checks import check_bool, check_positive_int
+from rnnkit.cells._common import without_cycle_gc  # no cycle collection inside the time loop
 from rnnkit.cells.base import Cell
 
 
@@ -35,6 +36,7 @@ class _IndRNNSequence(torch.autograd.Function):
     (y (T, B, H), h_n (B, H)); rows past a sequence's length keep their state and output 0."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, w_ih, b_ih, u, batch_sizes):
         T, B, I = x.shape
         H = w_ih.shape[0]
@@ -54,6 +56,7 @@ class _IndRNNSequence(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_h):
         x, h0, w_ih, u, y = ctx.saved_tensors
         T, B, I = x.shape

@@ -33,6 +33,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from rnnkit._checks import check_bool
+from rnnkit.cells._common import without_cycle_gc  # no cycle collection inside the time loop
 from rnnkit.cells.base import Cell
 
 
@@ -52,6 +53,7 @@ class _PeepholeSequence(torch.autograd.Function):
     (H,), batch_sizes) -> (y (T, B, H), h_n, c_n); rows past a length keep their state."""
 
     @staticmethod
+    @without_cycle_gc
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias, p_i, p_f, p_o, batch_sizes):
         T, B, I = x.shape
         H = w_hh.shape[1]
@@ -72,6 +74,7 @@ class _PeepholeSequence(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_cycle_gc
     def backward(ctx, grad_y, grad_h, grad_c):
         x, h0, c0, w_ih, w_hh, p_i, p_f, p_o, gates, cs, y = ctx.saved_tensors
         T, B, I = x.shape
