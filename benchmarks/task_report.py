@@ -68,6 +68,24 @@ RUNS = {
         )
         for m in ("lstm", "gru", "rnn")
     },
+    # IndRNN (rnnkit/cells/indrnn.py, a cell written against the public hook): the paper's two layers
+    "memory-adding-indrnn": (
+        [
+            "memory",
+            "--problem",
+            "adding",
+            "--lag",
+            "200",
+            "--model",
+            "indrnn",
+            "--num-layers",
+            "2",
+            "--lr",
+            "2e-4",
+        ],
+        ["mse", "baseline_mse"],
+        "mse < 0.01",
+    ),
     **{
         f"memory-copy-ntm-seed{s}": (
             ["memory", "--problem", "copy", "--model", "ntm", *NTM_FLAGS, "--seed", str(s)],
