@@ -209,24 +209,18 @@ class Recurrent(nn.Module):
 
     def _direction(self, cell: Cell, x: torch.Tensor, state: tuple, batch_sizes):
         """One layer-direction: (y (T, B, P), final state tuple)."""
-        params = dict(cell.named_parameters())
+        dropped = {}
         if self.training and self.weight_dropout:  # DropConnect: one mask per forward
+            p = self.weight_dropout
             for name in self.cell_class.recurrent_weights:
-                w = params[name]
-                mask = torch.empty_like(w).bernoulli_(1 - self.weight_dropout).div_(1 - self.weight_dropout)
-                params[name] = w * mask
+                w = cell.get_parameter(name)
+                dropped[name] = w * torch.empty_like(w).bernoulli_(1 - p).div_(1 - p)
         masks = self._step_masks(x, state)
-        fused = getattr(cell, "forward_sequence", None)
-        if masks is None and fused is not None and self.impl == "fused":
-            y, final = functional_call(
-                _Sequence(cell), {f"cell.{n}": p for n, p in params.items()}, (x, state, batch_sizes)
-            )
-            return y, tuple(final)
 
         def step(x_t, s, rec_mask=None):
             if rec_mask is not None:
                 s = (s[0] * rec_mask, *s[1:])
-            new = functional_call(cell, params, (x_t, s))
+            new = cell(x_t, s)
             if not isinstance(new, (tuple, list)) or len(new) != len(s):
                 raise RnnkitTypeError(
                     f"{type(cell).__name__}.forward must return a tuple of {len(s)} state tensor(s), "
@@ -234,9 +228,20 @@ class Recurrent(nn.Module):
                 )
             return tuple(new)
 
-        if masks is None:
-            return run_loop(step, x, state, batch_sizes)
-        return masked_loop(step, x, state, batch_sizes, masks)
+        def run():
+            if masks is None and self.impl == "fused" and hasattr(cell, "forward_sequence"):
+                y, final = cell.forward_sequence(x, state, batch_sizes=batch_sizes)
+                return y, tuple(final)
+            if masks is None:
+                return run_loop(step, x, state, batch_sizes)
+            return masked_loop(step, x, state, batch_sizes, masks)
+
+        if not dropped:
+            return run()
+        # the masked weights stand in for the cell's own for this whole sequence, once
+        return functional_call(
+            _Swapped(cell), {f"cell.{n}": w for n, w in dropped.items()}, (run,), strict=False
+        )
 
     def _step_masks(self, x: torch.Tensor, state: tuple) -> Masks | None:
         """The per-step masks of this call (None when no per-step regulariser is in play)."""
@@ -260,16 +265,16 @@ class Recurrent(nn.Module):
         return Masks(recurrent=rec, zoneout=zoneout)
 
 
-class _Sequence(nn.Module):
-    """A cell's forward_sequence as a module's forward, so functional_call can substitute the
-    dropped-out recurrent weights for one call."""
+class _Swapped(nn.Module):
+    """Runs a function with some of a cell's parameters replaced (torch.func.functional_call):
+    weight dropout's masked recurrent weights, read by every step of one sequence."""
 
     def __init__(self, cell: Cell):
         super().__init__()
         self.cell = cell
 
-    def forward(self, x, state, batch_sizes):
-        return self.cell.forward_sequence(x, state, batch_sizes=batch_sizes)
+    def forward(self, fn):
+        return fn()
 
 
 def cell_class_of(cell) -> type:
