@@ -482,3 +482,16 @@ def test_a_cell_without_a_regularizer_says_so(tmp_path, text_file, capsys):
     ]
     assert main([*argv, "--steps", "1"]) == 2
     assert "cell 'min_gru' does not take zoneout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_user_cell_compiles_with_its_loop_unrolled():
+    """API.md, Export: a user's cell without forward_sequence runs under torch.compile
+    (fullgraph=True), its loop unrolled at the traced length, with the eager numbers."""
+    layer = make(Leaky, 2, True)
+    x = padded(SEQS[:2])[:4]
+    compiled = torch.compile(layer, fullgraph=True)
+    y, (h, c) = compiled(x)
+    y0, (h0, c0) = layer(x)
+    for a, b in ((y, y0), (h, h0), (c, c0)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
