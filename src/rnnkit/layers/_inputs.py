@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit._checks import check_bool, check_like, check_positive_int, shape_str
+from rnnkit._checks import check_bool, check_like, check_positive_int, check_shape, check_tensor, shape_str
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 
@@ -158,6 +158,23 @@ def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
             f"and max {int(lens.max())}"
         )
     return lens
+
+
+def initial_states(batch: Batch, states, names, sizes, layers: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """A given initial state, one tensor per state (`names` for errors, `sizes` their widths),
+    checked against the input (layers = num_layers * num_directions rows) and brought to the
+    kernels' batch order: (layers, B, n) each, (layers, n) for unbatched input."""
+    B, out = batch.x.shape[1], []
+    for name, s, n in zip(names, states, sizes):
+        check_tensor(name, s, ndim=2 if batch.unbatched else 3)
+        check_like(name, s, "input", like)
+        if batch.unbatched:
+            check_shape(name, s, (layers, n), "(num_layers * num_directions, size) for unbatched input")
+            s = s.unsqueeze(1)
+        else:
+            check_shape(name, s, (layers, B, n), "(num_layers * num_directions, batch, size)")
+        out.append(batch.sort(s))
+    return out
 
 
 def check_stack_args(input_size, hidden_size, num_layers, dropout, **flags) -> None:

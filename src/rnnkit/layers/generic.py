@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rnnkit._checks import check_choice, check_like, check_shape, check_tensor
+from rnnkit._checks import check_choice
 from rnnkit.cells._common import IMPLS, run_loop
 from rnnkit.cells._regularize import Masks, check_rate, check_zoneout, masked_loop
 from rnnkit.cells.base import Cell
@@ -42,6 +42,7 @@ from rnnkit.layers._inputs import (
     cast_floats,
     check_stack_args,
     flip_valid,
+    initial_states,
     prepare_input,
     reverse_index,
 )
@@ -160,18 +161,7 @@ class Recurrent(nn.Module):
                 f"got {type(hx).__name__}"
                 + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
             )
-        out = []
-        for j, (s, n) in enumerate(zip(hx, sizes)):
-            name = f"hx[{j}]"
-            check_tensor(name, s, ndim=2 if batch.unbatched else 3)
-            check_like(name, s, "input", like)
-            if batch.unbatched:
-                check_shape(name, s, (LD, n), "(num_layers * num_directions, size) for unbatched input")
-                s = s.unsqueeze(1)
-            else:
-                check_shape(name, s, (LD, B, n), "(num_layers * num_directions, batch, size)")
-            out.append(batch.sort(s))
-        return out
+        return initial_states(batch, hx, [f"hx[{j}]" for j in range(len(sizes))], sizes, LD, like)
 
     # --- the loop ---------------------------------------------------------------------------------
 

@@ -32,10 +32,7 @@ from rnnkit._checks import (
     allocating,
     check_bool,
     check_choice,
-    check_like,
     check_positive_int,
-    check_shape,
-    check_tensor,
 )
 from rnnkit.cells._common import IMPLS
 from rnnkit.cells._layernorm import (
@@ -51,6 +48,7 @@ from rnnkit.layers._inputs import (
     cast_floats,
     check_stack_args,
     flip_valid,
+    initial_states,
     prepare_input,
     reverse_index,
 )
@@ -255,17 +253,7 @@ class RecurrentBase(nn.Module):
                     + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
                 )
             states = list(hx)
-        out = []
-        for name, s, n in zip(names, states, sizes):
-            check_tensor(name, s, ndim=2 if batch.unbatched else 3)
-            check_like(name, s, "input", batch.x)
-            if batch.unbatched:
-                check_shape(name, s, (LD, n), "(num_layers * num_directions, hidden) for unbatched input")
-                s = s.unsqueeze(1)
-            else:
-                check_shape(name, s, (LD, B, n), "(num_layers * num_directions, batch, hidden)")
-            out.append(batch.sort(s))
-        return out
+        return initial_states(batch, states, names, sizes, LD, batch.x)
 
     def forward(self, input, hx=None, *, lengths=None, masks=None):
         """input (T, B, I) ((B, T, I) with batch_first), unbatched (T, I), or a PackedSequence;
