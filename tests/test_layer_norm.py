@@ -284,7 +284,7 @@ def compose(layer, ref, x, lengths):
             outs = []
             for d in range(D):
                 w = layer_params(layer, f"_l{k}" + ("_reverse" if d else ""))
-                zeros = [inp.new_zeros(s) for s in layer._state_sizes()]
+                zeros = [inp.new_zeros(s) for s in layer.state_sizes]
                 y, *f = ref(inp if d == 0 else inp.flip(0), *zeros, **w)
                 outs.append(y if d == 0 else y.flip(0))
                 fin.append(f)

@@ -87,15 +87,27 @@ def check_no_projection(proj_size, layer: str) -> None:
 @contextlib.contextmanager
 def allocating(what: str):
     """Parameters are created in this block: an allocator's failure (sizes too large for the
-    memory there is) becomes a value error naming `what`, instead of torch's allocator message."""
+    memory there is, or for a tensor's size to be computed) becomes a value error naming `what`,
+    instead of torch's allocator message; an outer block names its own `what` (a layer, rather
+    than the cell it builds)."""
     try:
         yield
+    except _TooLarge as e:
+        raise _TooLarge(
+            f"{what} needs more memory than can be allocated{e.size}: choose smaller sizes", e.size
+        ) from None
     except RuntimeError as e:
         message = str(e)
-        if "allocate" not in message and "out of memory" not in message:
+        if "allocate" not in message and "out of memory" not in message and "overflow" not in message:
             raise
         asked = re.search(r"allocate (\d+) bytes", message)
         size = f" (one tensor of {int(asked[1]) / 2**30:,.0f} GiB)" if asked else ""
-        raise RnnkitValueError(
-            f"{what} needs more memory than can be allocated{size}: choose smaller sizes"
+        raise _TooLarge(
+            f"{what} needs more memory than can be allocated{size}: choose smaller sizes", size
         ) from None
+
+
+class _TooLarge(RnnkitValueError):
+    def __init__(self, message: str, size: str):
+        super().__init__(message)
+        self.size = size

@@ -44,7 +44,7 @@ from torch.func import functional_call
 from rnnkit._checks import check_choice, check_positive_int, check_tensor
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 from rnnkit.layers import GRU, LSTM, MGU, RNN
-from rnnkit.layers.recurrent import RecurrentBase
+from rnnkit.layers.recurrent import TorchLayer
 from rnnkit.train.checkpoint import write_bytes
 
 LOSSES = ("last", "all")
@@ -55,7 +55,7 @@ GATE_NAMES = {"rnn": ("hh",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n
 
 def _check_layer(layer) -> None:
     """One layer, one direction: only then is the layer's state a single recurrence h_t."""
-    if not isinstance(layer, (nn.RNNBase, RecurrentBase)):
+    if not isinstance(layer, (nn.RNNBase, TorchLayer)):
         raise RnnkitTypeError(
             "layer must be an rnnkit or torch.nn RNN, LSTM, GRU (or rnnkit MGU) layer, "
             f"got {type(layer).__name__}"
@@ -244,7 +244,7 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
     """(cell name, a one-layer unidirectional copy) of the bottom layer, forward direction, of the
     first recurrent layer in `model` (a trained model's recurrence, for `gradient_flow`)."""
     for module in model.modules():
-        if isinstance(module, (nn.RNNBase, RecurrentBase)):
+        if isinstance(module, (nn.RNNBase, TorchLayer)):
             break
     else:
         raise RnnkitValueError(f"model {type(model).__name__} has no recurrent layer")

@@ -30,7 +30,8 @@ EPS = 1e-5  # torch.nn.LayerNorm's default, so a step matches torch.nn.functiona
 
 # Where each family normalises, with the normalised size in units of H: the input and recurrent
 # pre-activations (all gates at once, as in Ba et al.) and, for the LSTM, the cell state.
-SITES = {"lstm": (("ih", 4), ("hh", 4), ("c", 1)), "gru": (("ih", 3), ("hh", 3))}
+LSTM_SITES = (("ih", 4), ("hh", 4), ("c", 1))
+GRU_SITES = (("ih", 3), ("hh", 3))
 
 
 def layer_norm(v: torch.Tensor, ln: tuple) -> torch.Tensor:
@@ -112,10 +113,11 @@ def stacked_stats(per_step, v: torch.Tensor, batch_sizes) -> tuple[torch.Tensor,
 # --- parameters: names, shapes, initialisation ------------------------------------------------
 
 
-def check_layer_norm_flag(layer_norm, owner: str, family: str | None) -> bool:
-    """The `layer_norm` keyword of a cell or layer: a bool, and True only where the family has it."""
+def check_layer_norm_flag(layer_norm, owner: str, sites: tuple | None) -> bool:
+    """The `layer_norm` keyword of a cell or layer: a bool, and True only where the family has
+    sites to normalise (`sites`, None where it has none)."""
     check_bool("layer_norm", layer_norm)
-    if layer_norm and family not in SITES:
+    if layer_norm and sites is None:
         raise RnnkitUnsupportedError(
             f"layer_norm=True is not supported by {owner}: layer normalisation is implemented for "
             "the LSTM and the GRU (rnnkit.LSTM, rnnkit.GRU, rnnkit.cells.LSTMCell, GRUCell)"
@@ -123,11 +125,11 @@ def check_layer_norm_flag(layer_norm, owner: str, family: str | None) -> bool:
     return layer_norm
 
 
-def layer_norm_shapes(family: str, hidden_size: int, suffix: str = "") -> dict[str, tuple[int]]:
+def layer_norm_shapes(sites: tuple, hidden_size: int, suffix: str = "") -> dict[str, tuple[int]]:
     """Parameter name -> shape, in registration order: layer_norm_{site}_weight{suffix} (the gain)
     and layer_norm_{site}_bias{suffix} (the shift) for each site, e.g. layer_norm_ih_weight_l0."""
     shapes = {}
-    for site, gates in SITES[family]:
+    for site, gates in sites:
         shapes[f"layer_norm_{site}_weight{suffix}"] = (gates * hidden_size,)
         shapes[f"layer_norm_{site}_bias{suffix}"] = (gates * hidden_size,)
     return shapes
@@ -141,17 +143,17 @@ def reset_layer_norm_(params: dict[str, nn.Parameter]) -> None:
             p.fill_(1.0 if "_weight" in name else 0.0)
 
 
-def layer_norm_args(params: dict[str, nn.Parameter], family: str, suffix: str = "") -> dict[str, tuple]:
+def layer_norm_args(params: dict[str, nn.Parameter], sites: tuple, suffix: str = "") -> dict[str, tuple]:
     """The kernels' keyword arguments ln_ih=(gain, shift), ln_hh=..., (ln_c=...) from the params."""
     return {
         f"ln_{site}": (params[f"layer_norm_{site}_weight{suffix}"], params[f"layer_norm_{site}_bias{suffix}"])
-        for site, _ in SITES[family]
+        for site, _ in sites
     }
 
 
-def check_layer_norm_args(family: str, hidden_size: int, w_ih: torch.Tensor, **lns) -> None:
+def check_layer_norm_args(sites: tuple, hidden_size: int, w_ih: torch.Tensor, **lns) -> None:
     """Each ln_{site} must be a pair (gain, shift) of 1-D tensors of the site's size, like w_ih."""
-    for site, gates in SITES[family]:
+    for site, gates in sites:
         name = f"ln_{site}"
         pair = lns[name]
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:

@@ -46,7 +46,7 @@ class CellBase(nn.Module):
 
     gates: int = 1
     num_states: int = 1  # 2 for the LSTM: (h, c)
-    layer_norm_family: str | None = None  # "lstm" or "gru": where `layer_norm=True` normalises
+    layer_norm_sites: tuple | None = None  # where `layer_norm=True` normalises (`_layernorm`)
 
     def __init__(
         self,
@@ -89,8 +89,8 @@ class CellBase(nn.Module):
         for name in ("initial_h", "initial_c")[: self.num_states if learn_initial_state else 0]:
             self.register_parameter(name, nn.Parameter(torch.zeros(hidden_size, **factory)))
         # layer_norm: the gains and shifts of `rnnkit.cells._layernorm`, e.g. layer_norm_ih_weight
-        self.layer_norm = check_layer_norm_flag(layer_norm, type(self).__name__, self.layer_norm_family)
-        shapes = layer_norm_shapes(self.layer_norm_family, hidden_size) if layer_norm else {}
+        self.layer_norm = check_layer_norm_flag(layer_norm, type(self).__name__, self.layer_norm_sites)
+        shapes = layer_norm_shapes(self.layer_norm_sites, hidden_size) if layer_norm else {}
         for name, shape in shapes.items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
@@ -105,7 +105,7 @@ class CellBase(nn.Module):
 
     def _layer_norm_args(self) -> dict[str, tuple]:
         """The kernels' ln_ih=(gain, shift), ln_hh=... (and ln_c=...) keywords, when layer_norm."""
-        return layer_norm_args(dict(self.named_parameters()), self.layer_norm_family)
+        return layer_norm_args(dict(self.named_parameters()), self.layer_norm_sites)
 
     def _initial_params(self) -> list[nn.Parameter]:
         """initial_h (and initial_c), when learn_initial_state; else none."""
@@ -126,7 +126,7 @@ class CellBase(nn.Module):
         """One step with the masks given, or drawn (training), or zoneout's expectation (eval)."""
         if masks is not None:
             shapes = self.regularizer.shapes(
-                x.shape[0], (self.hidden_size,) * self.num_states, self.weight_hh.shape
+                x.shape[0], (self.hidden_size,) * self.num_states, self.weight_hh
             )
             masks = check_masks("masks", masks, shapes)
         elif self.training and self.regularizer.active:

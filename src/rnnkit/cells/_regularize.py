@@ -107,18 +107,25 @@ class Regularizer:
         }
         return "".join(f", {name}={value!r}" for name, value in parts.items() if value != 0.0)
 
-    def sample(
-        self, batch: int, sizes: tuple[int, ...], w_hh: torch.Tensor, steps: int | None = None
-    ) -> Masks:
-        """Fresh masks for `batch` sequences with states of `sizes`, like w_hh (G*H, P): zoneout
-        masks (steps, batch, n), or (batch, n) for one step when steps is None. Drawn in a fixed
-        order (weight, recurrent, zoneout per state), so a seed fixes them."""
+    def sample(self, batch: int, sizes: tuple[int, ...], w_hh, steps: int | None = None, like=None) -> Masks:
+        """Fresh masks for `batch` sequences with states of `sizes`: a weight mask like w_hh (the
+        recurrent weight; a tuple of them gives a tuple of masks; None: no recurrent weight),
+        recurrent (batch, sizes[0]), zoneout (steps, batch, n), or (batch, n) for one step when
+        steps is None; dtype and device of w_hh (or of `like`). Drawn in a fixed order (weight,
+        recurrent, zoneout per state), so a seed fixes them."""
         lead = (batch,) if steps is None else (steps, batch)
+        ws = () if w_hh is None else w_hh if isinstance(w_hh, tuple) else (w_hh,)
+        like = ws[0] if ws else like
+        weight = tuple(_dropout_mask(w.shape, self.weight_dropout, w) for w in ws)
         return Masks(
-            weight=_dropout_mask(w_hh.shape, self.weight_dropout, w_hh),
-            recurrent=_dropout_mask((batch, w_hh.shape[1]), self.recurrent_dropout, w_hh),
+            weight=None
+            if not ws or not self.weight_dropout
+            else weight
+            if isinstance(w_hh, tuple)
+            else weight[0],
+            recurrent=_dropout_mask((batch, sizes[0]), self.recurrent_dropout, like),
             zoneout=tuple(
-                torch.empty(*lead, n, dtype=w_hh.dtype, device=w_hh.device).bernoulli_(p) if p else None
+                torch.empty(*lead, n, dtype=like.dtype, device=like.device).bernoulli_(p) if p else None
                 for p, n in zip(self.zoneout, sizes)
             ),
         )
@@ -127,12 +134,16 @@ class Regularizer:
         """At eval both dropouts are the identity and zoneout its expectation; None: no change."""
         return Masks(zoneout=tuple(p or None for p in self.zoneout)) if any(self.zoneout) else None
 
-    def shapes(self, batch: int, sizes: tuple[int, ...], w_shape, steps: int | None = None) -> Masks:
-        """The shapes `sample` draws (None where off), to check masks a caller passes."""
+    def shapes(self, batch: int, sizes: tuple[int, ...], w_hh, steps: int | None = None) -> Masks:
+        """The shapes `sample` draws (None where off), to check masks a caller passes; the weight
+        masks' as a list of shapes where w_hh is a tuple."""
         lead = (batch,) if steps is None else (steps, batch)
+        weight = None
+        if self.weight_dropout and w_hh is not None:
+            weight = [tuple(w.shape) for w in w_hh] if isinstance(w_hh, tuple) else tuple(w_hh.shape)
         return Masks(
-            recurrent=(batch, w_shape[1]) if self.recurrent_dropout else None,
-            weight=tuple(w_shape) if self.weight_dropout else None,
+            recurrent=(batch, sizes[0]) if self.recurrent_dropout else None,
+            weight=weight,
             zoneout=tuple((*lead, n) if p else None for p, n in zip(self.zoneout, sizes)),
         )
 
@@ -156,6 +167,14 @@ def check_masks(name: str, masks, expected: Masks) -> Masks:
         )
     pairs = [("recurrent", masks.recurrent, expected.recurrent), ("weight", masks.weight, expected.weight)]
     pairs += [(f"zoneout[{i}]", m, e) for i, (m, e) in enumerate(zip(masks.zoneout, expected.zoneout))]
+    if isinstance(expected.weight, list):  # several recurrent weights: one mask each
+        if not isinstance(masks.weight, tuple) or len(masks.weight) != len(expected.weight):
+            raise RnnkitValueError(
+                f"{name}.weight must be a tuple of {len(expected.weight)} masks, one per recurrent weight"
+            )
+        pairs = [(f"weight[{i}]", m, e) for i, (m, e) in enumerate(zip(masks.weight, expected.weight))]
+        pairs += [("recurrent", masks.recurrent, expected.recurrent)]
+        pairs += [(f"zoneout[{i}]", m, e) for i, (m, e) in enumerate(zip(masks.zoneout, expected.zoneout))]
     for part, m, shape in pairs:
         if m is None or (part.startswith("zoneout") and isinstance(m, numbers.Real)):
             continue

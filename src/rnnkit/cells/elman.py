@@ -35,6 +35,7 @@ from rnnkit.cells._common import (
 )
 from rnnkit.cells._gemm import Product
 from rnnkit.cells._module import CellBase
+from rnnkit.cells._unit import Unit, torch_weights
 
 NONLINEARITIES = ("tanh", "relu")
 _ACT = {"tanh": torch.tanh, "relu": torch.relu}
@@ -175,3 +176,31 @@ class RNNCell(CellBase):
         x, (h,), unbatched = self._batched(input, {"hx": hx})
         (h,) = self._regularized_step(x, (h,), masks)
         return h.squeeze(0) if unbatched else h
+
+
+class ElmanUnit(Unit):
+    """The Elman family's `Cell` (registered as "rnn"; `ElmanReluUnit`, "rnn_relu"): the equations
+    above with phi = `nonlinearity`; parameters and their use as `rnnkit.cells._unit.Unit`."""
+
+    def __init__(self, input_size, hidden_size, *, bias=True, nonlinearity="tanh"):
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias=bias)
+
+    def step(self, x_t, state, w, rec_mask=None):
+        return elman_step(x_t, state, *torch_weights(w), self.nonlinearity, rec_mask=rec_mask)
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        y, h = _elman(x, state[0], *torch_weights(w), self.nonlinearity, batch_sizes, impl)
+        return y, (h,)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.nonlinearity == "tanh" else s + f", nonlinearity={self.nonlinearity!r}"
+
+
+class ElmanReluUnit(ElmanUnit):
+    """`ElmanUnit` with phi = relu by default."""
+
+    def __init__(self, input_size, hidden_size, *, bias=True, nonlinearity="relu"):
+        super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity)

@@ -52,7 +52,9 @@ from rnnkit.cells._common import (
     zero_padding_,
 )
 from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._layernorm import GRU_SITES
 from rnnkit.cells._module import CellBase
+from rnnkit.cells._unit import Unit, torch_weights
 from rnnkit.cells.ln_gru import check_reset_after, ln_gru_step
 
 
@@ -309,7 +311,7 @@ class GRUCell(CellBase):
     """
 
     gates = 3
-    layer_norm_family = "gru"
+    layer_norm_sites = GRU_SITES
 
     def __init__(
         self,
@@ -360,3 +362,34 @@ class GRUCell(CellBase):
         x, (h,), unbatched = self._batched(input, {"hx": hx})
         (h,) = self._regularized_step(x, (h,), masks)
         return h.squeeze(0) if unbatched else h
+
+
+class GRUUnit(Unit):
+    """The GRU's `Cell` (registered as "gru"; `GRUResetBeforeUnit`, "gru_reset_before"): the
+    equations above in the form `reset_after` picks; parameters as `rnnkit.cells._unit.Unit`."""
+
+    gates = 3
+
+    def __init__(self, input_size, hidden_size, *, bias=True, reset_after=True):
+        check_bool("reset_after", reset_after)
+        self.reset_after = reset_after
+        super().__init__(input_size, hidden_size, bias=bias)
+
+    def step(self, x_t, state, w, rec_mask=None):
+        return gru_step(x_t, state, *torch_weights(w), self.reset_after, rec_mask=rec_mask)
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        y, h = gru(
+            x, state[0], *torch_weights(w), reset_after=self.reset_after, batch_sizes=batch_sizes, impl=impl
+        )
+        return y, (h,)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+
+class GRUResetBeforeUnit(GRUUnit):
+    """`GRUUnit` in the original form of Cho et al. 2014 by default (reset_after=False)."""
+
+    def __init__(self, input_size, hidden_size, *, bias=True, reset_after=False):
+        super().__init__(input_size, hidden_size, bias=bias, reset_after=reset_after)

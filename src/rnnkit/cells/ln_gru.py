@@ -60,12 +60,16 @@ from rnnkit.cells._common import (
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._layernorm import (
     EPS,
+    GRU_SITES,
     check_layer_norm_args,
     layer_norm,
+    layer_norm_args,
+    layer_norm_shapes,
     normalize,
     normalize_backward,
     stacked_stats,
 )
+from rnnkit.cells._unit import Unit, torch_weights
 from rnnkit.errors import RnnkitUnsupportedError
 
 
@@ -249,7 +253,7 @@ def ln_gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, ln_ih, ln_hh, batch_sizes
     `rnnkit.functional.gru` in its default (reset-after) form: `batch_sizes` as in PackedSequence,
     `impl="fused"` the hand-derived BPTT, `"loop"` the step equations under autograd."""
     if isinstance(w_ih, torch.Tensor) and w_ih.dim() == 2 and w_ih.shape[0] % 3 == 0:
-        check_layer_norm_args("gru", w_ih.shape[0] // 3, w_ih, ln_ih=ln_ih, ln_hh=ln_hh)
+        check_layer_norm_args(GRU_SITES, w_ih.shape[0] // 3, w_ih, ln_ih=ln_ih, ln_hh=ln_hh)
 
     def fused(h0, bs):
         H = w_hh.shape[1]
@@ -271,3 +275,22 @@ def ln_gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, ln_ih, ln_hh, batch_sizes
         step=lambda x_t, s: ln_gru_step(x_t, s, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),
         fused=fused,
     )
+
+
+class LNGRUUnit(Unit):
+    """The layer-normalised GRU's `Cell` (registered as "ln_gru"): the equations above (torch's
+    reset-after form); torch's GRU parameters (`rnnkit.cells._unit.Unit`), then the gains
+    layer_norm_{ih,hh}_weight (3H,) (1 at first) and shifts layer_norm_{ih,hh}_bias (3H,) (0)."""
+
+    gates = 3
+
+    def extra_shapes(self):
+        return layer_norm_shapes(GRU_SITES, self.hidden_size)
+
+    def step(self, x_t, state, w, rec_mask=None):
+        return ln_gru_step(x_t, state, *torch_weights(w), **layer_norm_args(w, GRU_SITES), rec_mask=rec_mask)
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        lns = layer_norm_args(w, GRU_SITES)
+        y, h = ln_gru(x, state[0], *torch_weights(w), **lns, batch_sizes=batch_sizes, impl=impl)
+        return y, (h,)

@@ -68,13 +68,17 @@ from rnnkit.cells._common import (
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._layernorm import (
     EPS,
+    LSTM_SITES,
     check_layer_norm_args,
     layer_norm,
+    layer_norm_args,
+    layer_norm_shapes,
     normalize,
     normalize_backward,
     stacked_stats,
 )
 from rnnkit.cells._record import StepRecord
+from rnnkit.cells._unit import Unit, check_projection, torch_weights
 
 
 def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=None, *, rec_mask=None):
@@ -350,7 +354,7 @@ def ln_lstm(
     `impl="fused"` the hand-derived BPTT, `"loop"` the step equations under autograd."""
     if isinstance(w_ih, torch.Tensor) and w_ih.dim() == 2 and w_ih.shape[0] % 4 == 0:
         H = w_ih.shape[0] // 4
-        check_layer_norm_args("lstm", H, w_ih, ln_ih=ln_ih, ln_hh=ln_hh, ln_c=ln_c)
+        check_layer_norm_args(LSTM_SITES, H, w_ih, ln_ih=ln_ih, ln_hh=ln_hh, ln_c=ln_c)
 
     def fused(h0, c0, bs):
         shift = ln_ih[1] + ln_hh[1]  # every constant added outside a product (module docstring)
@@ -375,3 +379,31 @@ def ln_lstm(
         step=lambda x_t, s: ln_lstm_step(x_t, s, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr),
         fused=fused,
     )
+
+
+class LNLSTMUnit(Unit):
+    """The layer-normalised LSTM's `Cell` (registered as "ln_lstm"): the equations above, states
+    (h, c) of sizes (P, H); torch's LSTM parameters (`rnnkit.cells._unit.Unit`), then the gains
+    layer_norm_{ih,hh}_weight (4H,) (1 at first), shifts layer_norm_{ih,hh}_bias (4H,) (0) and
+    layer_norm_c_weight, _bias (H,)."""
+
+    gates = 4
+    num_states = 2
+
+    def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
+        check_projection(proj_size, hidden_size)
+        super().__init__(input_size, hidden_size, bias=bias, proj_size=proj_size)
+
+    def extra_shapes(self):
+        return layer_norm_shapes(LSTM_SITES, self.hidden_size)
+
+    def step(self, x_t, state, w, rec_mask=None):
+        lns = layer_norm_args(w, LSTM_SITES)
+        return ln_lstm_step(x_t, state, *torch_weights(w), **lns, w_hr=w.get("weight_hr"), rec_mask=rec_mask)
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        lns = layer_norm_args(w, LSTM_SITES)
+        y, h, c = ln_lstm(
+            x, *state, *torch_weights(w), **lns, w_hr=w.get("weight_hr"), batch_sizes=batch_sizes, impl=impl
+        )
+        return y, (h, c)

@@ -54,7 +54,9 @@ from rnnkit.cells._common import (
     without_cycle_gc,
 )
 from rnnkit.cells._gemm import Product
+from rnnkit.cells._layernorm import LSTM_SITES
 from rnnkit.cells._module import CellBase
+from rnnkit.cells._unit import Unit, check_projection, torch_weights
 from rnnkit.cells.ln_lstm import ln_lstm_step
 from rnnkit.errors import RnnkitTypeError
 
@@ -243,7 +245,7 @@ class LSTMCell(CellBase):
 
     gates = 4
     num_states = 2
-    layer_norm_family = "lstm"
+    layer_norm_sites = LSTM_SITES
 
     def _step(self, x, state, w_hh, rec_mask):
         if self.layer_norm:
@@ -264,3 +266,24 @@ class LSTMCell(CellBase):
         x, (h, c), unbatched = self._batched(input, {"hx[0] (h)": hx[0], "hx[1] (c)": hx[1]})
         h, c = self._regularized_step(x, (h, c), masks)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
+
+
+class LSTMUnit(Unit):
+    """The LSTM's `Cell` (registered as "lstm"): the equations above, states (h, c) of sizes
+    (P, H); parameters and their use as `rnnkit.cells._unit.Unit`, weight_hr with `proj_size`."""
+
+    gates = 4
+    num_states = 2
+
+    def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
+        check_projection(proj_size, hidden_size)
+        super().__init__(input_size, hidden_size, bias=bias, proj_size=proj_size)
+
+    def step(self, x_t, state, w, rec_mask=None):
+        return lstm_step(x_t, state, *torch_weights(w), w.get("weight_hr"), rec_mask=rec_mask)
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        y, h, c = lstm(
+            x, *state, *torch_weights(w), w_hr=w.get("weight_hr"), batch_sizes=batch_sizes, impl=impl
+        )
+        return y, (h, c)

@@ -39,6 +39,7 @@ from rnnkit.cells._common import (
 )
 from rnnkit.cells._gemm import Product, weight_grads
 from rnnkit.cells._module import CellBase
+from rnnkit.cells._unit import Unit, torch_weights
 
 
 def mgu_step(x_t, state, w_ih, w_hh, b_ih, b_hh, *, rec_mask=None):
@@ -173,3 +174,17 @@ class MGUCell(CellBase):
         x, (h,), unbatched = self._batched(input, {"hx": hx})
         (h,) = self._regularized_step(x, (h,), masks)
         return h.squeeze(0) if unbatched else h
+
+
+class MGUUnit(Unit):
+    """The MGU's `Cell` (registered as "mgu"): the equations above; parameters as
+    `rnnkit.cells._unit.Unit`."""
+
+    gates = 2
+
+    def step(self, x_t, state, w, rec_mask=None):
+        return mgu_step(x_t, state, *torch_weights(w), rec_mask=rec_mask)
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        y, h = mgu(x, state[0], *torch_weights(w), batch_sizes=batch_sizes, impl=impl)
+        return y, (h,)

@@ -51,6 +51,7 @@ from rnnkit._checks import (
 )
 from rnnkit.cells._common import check_batch_sizes, forbid_double_backward, linear, without_cycle_gc
 from rnnkit.cells._gemm import Product
+from rnnkit.cells._unit import Unit
 from rnnkit.cells.scan import MODES, scan, scan_backward
 from rnnkit.errors import RnnkitValueError
 
@@ -382,6 +383,68 @@ class MinGRUCell(_MinCell):
 
 class MinLSTMCell(_MinCell):
     """One minLSTM step (module docstring); weight_ih (3H, I) stacked f, i, h~."""
+
+    gates = 3
+    cell = "lstm"
+
+
+class _MinUnit(Unit):
+    """The `Cell` of minGRU ("min_gru") and minLSTM ("min_lstm"): the equations above, on values
+    or in log space (`log_space`), the whole sequence by the scan of `mode` ("parallel" or
+    "sequential"). Parameters weight_ih (G*H, I) and bias_ih (G*H,), U(-1/sqrt(H), 1/sqrt(H));
+    no recurrent weights (the gates read only x_t), so no weight or recurrent dropout."""
+
+    recurrent_weights = ()
+    cell = "gru"
+
+    def __init__(self, input_size, hidden_size, *, bias=True, log_space=False, mode="parallel"):
+        check_bool("log_space", log_space)
+        check_choice("mode", mode, MODES)
+        self.log_space, self.mode = log_space, mode
+        super().__init__(input_size, hidden_size, bias=bias)
+
+    def parameter_shapes(self):
+        GH = self.gates * self.hidden_size
+        return {"weight_ih": (GH, self.input_size), **({"bias_ih": (GH,)} if self.bias else {})}
+
+    def default_state(self, like: torch.Tensor, batch: int) -> tuple:
+        """The state when none is given: zeros, or g(0) = 0.5 in log space (the paper's)."""
+        return (initial_state(like, batch, self.hidden_size, self.log_space),)
+
+    def step(self, x_t, state, w, rec_mask=None):
+        return (
+            min_step(
+                x_t, state[0], w["weight_ih"], w.get("bias_ih"), cell=self.cell, log_space=self.log_space
+            ),
+        )
+
+    def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
+        y, h = min_rnn(
+            x,
+            state[0],
+            w["weight_ih"],
+            w.get("bias_ih"),
+            cell=self.cell,
+            log_space=self.log_space,
+            mode=self.mode,
+            batch_sizes=batch_sizes,
+        )
+        return y, (h,)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + (", log_space=True" if self.log_space else "")
+        return s + (f", mode={self.mode!r}" if self.mode != "parallel" else "")
+
+
+class MinGRUUnit(_MinUnit):
+    """minGRU's `Cell` (module docstring); weight_ih (2H, I) stacked z, h~."""
+
+    gates = 2
+    cell = "gru"
+
+
+class MinLSTMUnit(_MinUnit):
+    """minLSTM's `Cell` (module docstring); weight_ih (3H, I) stacked f, i, h~."""
 
     gates = 3
     cell = "lstm"

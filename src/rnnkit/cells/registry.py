@@ -12,23 +12,31 @@ import importlib.metadata
 import re
 
 from rnnkit.cells.base import Cell
+from rnnkit.cells.elman import ElmanReluUnit, ElmanUnit
+from rnnkit.cells.gru import GRUResetBeforeUnit, GRUUnit
 from rnnkit.cells.indrnn import IndRNNCell
+from rnnkit.cells.ln_gru import LNGRUUnit
+from rnnkit.cells.ln_lstm import LNLSTMUnit
+from rnnkit.cells.lstm import LSTMUnit
+from rnnkit.cells.mgu import MGUUnit
+from rnnkit.cells.minimal import MinGRUUnit, MinLSTMUnit
 from rnnkit.cells.peephole import PeepholeLSTMCell
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
-# The built-in families, each a layer of `rnnkit.layers` (rnnkit.layers.by_name builds them).
-BUILTIN = (
-    "rnn",
-    "rnn_relu",
-    "lstm",
-    "gru",
-    "gru_reset_before",
-    "mgu",
-    "ln_lstm",
-    "ln_gru",
-    "min_gru",
-    "min_lstm",
-)
+# The built-in families: the only place their names are written. Each also has a torch-style
+# layer (rnnkit.layers.by_name), which `rnnkit.Recurrent(name, ...)` builds.
+BUILTIN: dict[str, type] = {
+    "rnn": ElmanUnit,
+    "rnn_relu": ElmanReluUnit,
+    "lstm": LSTMUnit,
+    "gru": GRUUnit,
+    "gru_reset_before": GRUResetBeforeUnit,
+    "mgu": MGUUnit,
+    "ln_lstm": LNLSTMUnit,
+    "ln_gru": LNGRUUnit,
+    "min_gru": MinGRUUnit,
+    "min_lstm": MinLSTMUnit,
+}
 ENTRY_POINTS = "rnnkit.cells"
 
 # Cells written against the public hook, as a user's are: one file each, one line here.
@@ -60,8 +68,8 @@ def available() -> list[str]:
 
 
 def registered(name: str) -> type | None:
-    """The user cell class registered as `name`, or None (a built-in name or an unknown one)."""
-    return _REGISTERED.get(name)
+    """The cell class of `name` (a built-in family's unit or a registered cell), or None."""
+    return BUILTIN.get(name) or _REGISTERED.get(name)
 
 
 def load_entry_points() -> None:

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells._regularize import Masks, Regularizer, check_masks, drop_weight, masked_loop
+from rnnkit.cells._regularize import Masks, Regularizer, check_masks
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
-
-
-def sample_layer_masks(reg: Regularizer, steps: int, batch: int, sizes: tuple, w_hhs: list) -> list[Masks]:
-    """Fresh masks for every layer-direction, in order (layer * D + direction)."""
-    return [reg.sample(batch, sizes, w_hh, steps=steps) for w_hh in w_hhs]
 
 
 def layer_masks(layer, masks, batch) -> list[Masks | None]:
@@ -26,27 +21,28 @@ def layer_masks(layer, masks, batch) -> list[Masks | None]:
     caller's (checked), else drawn with `layer.sample_masks` (training) or zoneout's expectation
     (eval); None where nothing changes."""
     reg: Regularizer = layer.regularizer
-    w_shapes = [w.shape for w in layer._recurrent_weights()]
+    LD = layer.num_layers * layer.num_directions
     steps, B = max(batch.total_length, batch.x.shape[0]), batch.x.shape[1]
     if masks is None:
         if not layer.training:
-            return [reg.eval_masks()] * len(w_shapes)
+            return [reg.eval_masks()] * LD
         if not reg.active:
-            return [None] * len(w_shapes)
+            return [None] * LD
         masks = layer.sample_masks(steps, B)
     else:
         if not isinstance(masks, (list, tuple)):
             raise RnnkitTypeError(
                 f"masks must be a list of Masks (one per layer and direction), got {type(masks).__name__}"
             )
-        if len(masks) != len(w_shapes):
+        if len(masks) != LD:
             raise RnnkitValueError(
-                f"masks must hold {len(w_shapes)} Masks (num_layers * num_directions), got {len(masks)}"
+                f"masks must hold {LD} Masks (num_layers * num_directions), got {len(masks)}"
             )
-        sizes = layer._state_sizes()
         masks = [
-            check_masks(f"masks[{i}]", m, reg.shapes(B, sizes, shape, steps=steps))
-            for i, (m, shape) in enumerate(zip(masks, w_shapes))
+            check_masks(
+                f"masks[{i}]", m, reg.shapes(B, layer.state_sizes, layer._recurrent_weights(i), steps=steps)
+            )
+            for i, m in enumerate(masks)
         ]
     return [_kernel_order(m, batch) for m in masks]
 
@@ -63,15 +59,3 @@ def _kernel_order(m: Masks, batch) -> Masks:
         weight=m.weight,
         zoneout=tuple(rows(d[:steps], 1) if isinstance(d, torch.Tensor) else d for d in m.zoneout),
     )
-
-
-def run_direction(kernel, step, x, state: tuple, w: dict, batch_sizes, masks: Masks | None):
-    """One layer and direction: the fused kernel when no per-step mask is in play (DropConnect
-    only masks W_hh, so the kernel still applies), else the masked loop over the family's step
-    equations, `step(x_t, state, w, rec_mask)`. Returns (y (T, B, P), final state tuple)."""
-    if masks is None:
-        return kernel(x, state, w, batch_sizes)
-    w = {**w, "w_hh": drop_weight(w["w_hh"], masks)}
-    if masks.recurrent is None and all(d is None for d in masks.zoneout):
-        return kernel(x, state, w, batch_sizes)
-    return masked_loop(lambda x_t, s, m: step(x_t, s, w, m), x, state, batch_sizes, masks)

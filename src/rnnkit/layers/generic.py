@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rnnkit._checks import check_choice
+from rnnkit._checks import check_bool, check_choice, check_positive_int
 from rnnkit.cells._common import IMPLS, run_loop
-from rnnkit.cells._regularize import Masks, check_rate, check_zoneout, masked_loop
+from rnnkit.cells._regularize import Masks, Regularizer, masked_loop
+from rnnkit.cells._unit import Unit
 from rnnkit.cells.base import Cell
 from rnnkit.cells.registry import BUILTIN, available, registered
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
@@ -46,18 +47,26 @@ from rnnkit.layers._inputs import (
     prepare_input,
     reverse_index,
 )
+from rnnkit.layers._regularize import layer_masks
 
 
-class Recurrent(nn.Module):
-    """forward(input, hx=None, *, lengths=None) -> (output, state_n); see the module docstring.
-    hx and state_n are tuples with one (num_layers * num_directions, B, size) tensor per state."""
+class _ByName(type(nn.Module)):
+    """`Recurrent(name, ...)` with a built-in family's name builds that family's torch-style layer
+    (`rnnkit.layers.by_name`); any other call constructs as usual."""
 
-    def __new__(cls, cell, *args, **kwargs):
-        if isinstance(cell, str) and cell in BUILTIN:
+    def __call__(cls, *args, **kwargs):
+        cell = args[0] if args else kwargs.get("cell")
+        if cls is Recurrent and isinstance(cell, str) and cell in BUILTIN:
             from rnnkit.layers.by_name import recurrent_of
 
-            return recurrent_of(cell, *args, **kwargs)
-        return super().__new__(cls)
+            return recurrent_of(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class Recurrent(nn.Module, metaclass=_ByName):
+    """forward(input, hx=None, *, lengths=None, masks=None) -> (output, state_n); see the module
+    docstring. hx and state_n are tuples with one (num_layers * num_directions, B, size) tensor
+    per state; masks as `sample_masks` draws them (drawn afresh in training when None)."""
 
     def __init__(
         self,
@@ -80,40 +89,83 @@ class Recurrent(nn.Module):
     ):
         super().__init__()
         cell_class = cell_class_of(cell)
-        check_stack_args(
-            input_size,
-            hidden_size,
-            num_layers,
-            dropout,
-            batch_first=batch_first,
-            bidirectional=bidirectional,
-            learn_initial_state=learn_initial_state,
+        self._configure(
+            cell_class, input_size, hidden_size, num_layers, batch_first, dropout, bidirectional, impl
         )
-        check_choice("impl", impl, IMPLS)
-        self.cell_class, self.input_size, self.hidden_size = cell_class, input_size, hidden_size
-        self.num_layers, self.batch_first, self.dropout = num_layers, batch_first, float(dropout)
-        self.bidirectional, self.impl, self.learn_initial_state = bidirectional, impl, learn_initial_state
         self.cells = nn.ModuleList()
         for k in range(num_layers):
             for _ in range(self.num_directions):
                 layer_in = input_size if k == 0 else self.num_directions * self.state_sizes[0]
                 self.cells.append(_make_cell(cell_class, layer_in, hidden_size, cell_options, device, dtype))
-        sizes = self.state_sizes
-        self.zoneout = check_zoneout(zoneout, len(sizes))
-        self.recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
-        self.weight_dropout = check_rate("weight_dropout", weight_dropout)
-        names = tuple(cell_class.recurrent_weights)
-        params = dict(self.cells[0].named_parameters())
-        if self.weight_dropout and (not names or any(n not in params for n in names)):
+        self._regularize(zoneout, recurrent_dropout, weight_dropout, learn_initial_state, device, dtype)
+
+    # --- construction, shared with the torch-style layers -----------------------------------------
+
+    def _configure(
+        self, cell_class, input_size, hidden_size, num_layers, batch_first, dropout, bidirectional, impl
+    ):
+        check_stack_args(
+            input_size, hidden_size, num_layers, dropout, batch_first=batch_first, bidirectional=bidirectional
+        )
+        check_choice("impl", impl, IMPLS)
+        self.cell_class, self.input_size, self.hidden_size = cell_class, input_size, hidden_size
+        self.num_layers, self.batch_first, self.dropout = num_layers, batch_first, float(dropout)
+        self.bidirectional, self.impl = bidirectional, impl
+
+    def _regularize(self, zoneout, recurrent_dropout, weight_dropout, learn_initial_state, device, dtype):
+        """The regularisers' rates (checked against what the cell can do) and, with
+        `learn_initial_state`, the initial states as parameters, zeros at first."""
+        check_bool("learn_initial_state", learn_initial_state)
+        self.regularizer = Regularizer.from_args(
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            weight_dropout=weight_dropout,
+            num_states=len(self.state_sizes),
+        )
+        names, cell = tuple(self.cell_class.recurrent_weights), self._unit(0)
+        params = self._parameter_names()
+        if weight_dropout and (not names or any(n not in params for n in names)):
             raise RnnkitValueError(
-                f"weight_dropout needs {cell_class.__name__}.recurrent_weights to name its parameters "
+                f"weight_dropout needs {self.cell_class.__name__}.recurrent_weights to name its parameters "
                 f"that multiply the previous state, got {names!r} (parameters: {', '.join(params)})"
             )
-        for j, n in enumerate(sizes if learn_initial_state else ()):
-            LD = num_layers * self.num_directions
-            self.register_parameter(
-                f"initial_state_{j}", nn.Parameter(torch.zeros(LD, n, device=device, dtype=dtype))
+        if recurrent_dropout and isinstance(cell, Unit) and not names:
+            raise RnnkitValueError(
+                f"recurrent_dropout needs a recurrent product to mask, and {self.cell_class.__name__} "
+                "has none (its gates read only x_t)"
             )
+        self.learn_initial_state = learn_initial_state
+        LD = self.num_layers * self.num_directions
+        for name, n in zip(self._initial_names(), self.state_sizes if learn_initial_state else ()):
+            self.register_parameter(name, nn.Parameter(torch.zeros(LD, n, device=device, dtype=dtype)))
+
+    def _initial_names(self) -> list[str]:
+        return [f"initial_state_{j}" for j in range(len(self.state_sizes))]
+
+    # --- where the cells and their parameters live (the torch-style layers override these) -------
+
+    def _unit(self, idx: int) -> Cell:
+        """The cell of layer-direction idx (= layer * num_directions + direction)."""
+        return self.cells[idx]
+
+    def _parameter_names(self) -> list[str]:
+        """The names of a cell's parameters (in the cell)."""
+        return [n for n, _ in self.cells[0].named_parameters()]
+
+    def _unit_parameters(self, idx: int):
+        """(name in the cell, parameter) of layer-direction idx."""
+        return self.cells[idx].named_parameters()
+
+    def _weights(self, idx: int) -> dict | None:
+        """A built-in unit's parameters by its names (what its step and sequence take); None for a
+        user's cell, which reads its own."""
+        return dict(self._unit_parameters(idx)) if isinstance(self._unit(idx), Unit) else None
+
+    def _recurrent_weights(self, idx: int):
+        """The tensors weight dropout masks: one (a tensor), several (a tuple), or None."""
+        found = dict(self._unit_parameters(idx))
+        ws = tuple(found[n] for n in self.cell_class.recurrent_weights)
+        return None if not ws else ws[0] if len(ws) == 1 else ws
 
     @property
     def num_directions(self) -> int:
@@ -121,38 +173,55 @@ class Recurrent(nn.Module):
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
-        return tuple(self.cells[0].state_sizes)
+        return tuple(self._unit(0).state_sizes)
 
     @property
     def num_states(self) -> int:
         return len(self.state_sizes)
+
+    @property
+    def zoneout(self) -> tuple[float, ...]:
+        return self.regularizer.zoneout
+
+    @property
+    def recurrent_dropout(self) -> float:
+        return self.regularizer.recurrent_dropout
+
+    @property
+    def weight_dropout(self) -> float:
+        return self.regularizer.weight_dropout
 
     def extra_repr(self) -> str:
         s = f"{self.cell_class.__name__}, {self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("batch_first", False), ("dropout", 0.0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
-        for name in ("bidirectional", "learn_initial_state"):
-            if getattr(self, name):
-                s += f", {name}=True"
-        if any(self.zoneout):
-            s += f", zoneout={self.zoneout if len(set(self.zoneout)) > 1 else self.zoneout[0]!r}"
-        for name in ("recurrent_dropout", "weight_dropout"):
-            if getattr(self, name):
-                s += f", {name}={getattr(self, name)!r}"
-        return s
+        s += ", bidirectional=True" if self.bidirectional else ""
+        s += self.regularizer.extra_repr()
+        return s + (", learn_initial_state=True" if self.learn_initial_state else "")
+
+    def sample_masks(self, steps: int, batch_size: int) -> list[Masks]:
+        """Fresh regularisation masks for a call over `steps` steps (the padded length) and
+        `batch_size` sequences (1 for unbatched input), one `Masks` per layer and direction; what
+        forward draws first in training when not given `masks`. Pass them as forward(...,
+        masks=) to fix them, e.g. to keep one recurrent-dropout mask over the chunks of
+        truncated BPTT."""
+        check_positive_int("steps", steps)
+        check_positive_int("batch_size", batch_size)
+        like = next(self.parameters(), None)
+        LD = self.num_layers * self.num_directions
+        return [
+            self.regularizer.sample(
+                batch_size, self.state_sizes, self._recurrent_weights(i), steps, like=like
+            )
+            for i in range(LD)
+        ]
 
     # --- states -----------------------------------------------------------------------------------
 
-    def _initial_states(self, hx, batch: Batch, like: torch.Tensor) -> list[torch.Tensor]:
-        """hx (None, or a tuple of one tensor per state) -> states (L*D, B, n) in kernel order."""
-        LD, B, sizes = self.num_layers * self.num_directions, batch.x.shape[1], self.state_sizes
-        if hx is None:
-            if self.learn_initial_state:
-                return [
-                    getattr(self, f"initial_state_{j}")[:, None].expand(LD, B, n) for j, n in enumerate(sizes)
-                ]
-            return [batch.x.new_zeros(LD, B, n) for n in sizes]
+    def _given_states(self, hx) -> tuple[list, list[str]]:
+        """hx as the caller gives it -> (one tensor per state, their names for errors)."""
+        sizes = self.state_sizes
         if isinstance(hx, torch.Tensor) and len(sizes) == 1:
             hx = (hx,)
         if not isinstance(hx, (tuple, list)) or len(hx) != len(sizes):
@@ -161,33 +230,59 @@ class Recurrent(nn.Module):
                 f"got {type(hx).__name__}"
                 + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
             )
-        return initial_states(batch, hx, [f"hx[{j}]" for j in range(len(sizes))], sizes, LD, like)
+        return list(hx), [f"hx[{j}]" for j in range(len(sizes))]
+
+    def _returned_states(self, states: list):
+        """The final states (L*D, B, n) as this layer returns them: a tuple."""
+        return tuple(states)
+
+    def _initial_states(self, hx, batch: Batch) -> list[torch.Tensor]:
+        """hx (None, or as `_given_states` takes it) -> states (L*D, B, n) in kernel order."""
+        LD, B, sizes = self.num_layers * self.num_directions, batch.x.shape[1], self.state_sizes
+        if hx is None:
+            if self.learn_initial_state:  # (L*D, n) -> (L*D, B, n), a copy the kernels may read
+                return [
+                    getattr(self, name)[:, None].expand(LD, B, n).contiguous()
+                    for name, n in zip(self._initial_names(), sizes)
+                ]
+            default = getattr(self._unit(0), "default_state", None)
+            if default is not None:  # a family whose zero state is not zeros (log-space minGRU)
+                return [s.expand(LD, B, n).contiguous() for s, n in zip(default(batch.x, B), sizes)]
+            return [batch.x.new_zeros(LD, B, n) for n in sizes]
+        states, names = self._given_states(hx)
+        return initial_states(batch, states, names, sizes, LD, batch.x)
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def forward(self, input, hx=None, *, lengths=None):
-        weight = next(self.cells[0].parameters(), None)
+    def forward(self, input, hx=None, *, lengths=None, masks=None):
+        """Under autocast (e.g. bfloat16), the recurrence runs in the parameters' precision: a
+        long product of low-precision steps drifts, so inputs are cast up and autocast is paused
+        here; the outputs come back in that precision for the ops that follow."""
+        weight = next(self.parameters(), None)
         like = weight if weight is not None else (input.data if hasattr(input, "data") else input)
         if isinstance(like, torch.Tensor) and torch.is_autocast_enabled(like.device.type):
-            with torch.autocast(like.device.type, enabled=False):  # the recurrence in full precision
-                return self.forward(*cast_floats((input, hx), like.dtype), lengths=lengths)
+            with torch.autocast(like.device.type, enabled=False):
+                return self.forward(*cast_floats((input, hx), like.dtype), lengths=lengths, masks=masks)
         batch = prepare_input(
             input, lengths=lengths, batch_first=self.batch_first, input_size=self.input_size, weight=like
         )
-        states = self._initial_states(hx, batch, batch.x)
+        states = self._initial_states(hx, batch)
         D, P = self.num_directions, self.state_sizes[0]
-        if batch.x.shape[1] == 0:  # an empty batch: the shapes, nothing to compute
+        if batch.x.shape[1] == 0:  # an empty batch: torch's shapes, nothing to compute
             y = batch.empty(self, batch.x.shape[0], 0, D * P)
-            return batch.output(y), tuple(batch.state_out(s + batch.empty(self, *s.shape)) for s in states)
+            return batch.output(y), self._returned_states(
+                [batch.state_out(s + batch.empty(self, *s.shape)) for s in states]
+            )
+        masks = layer_masks(self, masks, batch)  # drawn before anything else random
         backwards = reverse_index(batch) if self.bidirectional else None
         x, finals = batch.x, [[] for _ in states]
         for k in range(self.num_layers):
             outputs = []
             for d in range(D):
                 idx = k * D + d
-                x_in = x if d == 0 else flip_valid(x, backwards)
+                x_in = x if d == 0 else flip_valid(x, backwards)  # each valid part read backwards
                 y, final = self._direction(
-                    self.cells[idx], x_in, tuple(s[idx] for s in states), batch.batch_sizes
+                    idx, x_in, tuple(s[idx] for s in states), batch.batch_sizes, masks[idx]
                 )
                 outputs.append(y if d == 0 else flip_valid(y, backwards))
                 for acc, s in zip(finals, final):
@@ -195,19 +290,29 @@ class Recurrent(nn.Module):
             x = outputs[0] if D == 1 else torch.cat(outputs, dim=2)  # (T, B, D*P)
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        return batch.output(x), tuple(batch.state_out(torch.stack(acc)) for acc in finals)
+        return batch.output(x), self._returned_states([batch.state_out(torch.stack(acc)) for acc in finals])
 
-    def _direction(self, cell: Cell, x: torch.Tensor, state: tuple, batch_sizes):
-        """One layer-direction: (y (T, B, P), final state tuple)."""
+    def _direction(self, idx: int, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks | None):
+        """One layer-direction: (y (T, B, P), final state tuple). The fused kernel (a unit's
+        `sequence`, a cell's `forward_sequence`) when no per-step mask is in play (weight dropout
+        composes with it: the masked weights stand in for the cell's own), else the loop over
+        the cell's step with the masks applied."""
+        cell, w = self._unit(idx), self._weights(idx)
         dropped = {}
-        if self.training and self.weight_dropout:  # DropConnect: one mask per forward
-            p = self.weight_dropout
-            for name in self.cell_class.recurrent_weights:
-                w = cell.get_parameter(name)
-                dropped[name] = w * torch.empty_like(w).bernoulli_(1 - p).div_(1 - p)
-        masks = self._step_masks(x, state)
+        if masks is not None and masks.weight is not None:
+            found = dict(self._unit_parameters(idx))
+            ms = masks.weight if isinstance(masks.weight, tuple) else (masks.weight,)
+            dropped = {n: found[n] * m for n, m in zip(self.cell_class.recurrent_weights, ms)}
+        per_step = masks is not None and (
+            masks.recurrent is not None or any(d is not None for d in masks.zoneout)
+        )
+        if w is not None:  # a built-in family's unit: its functions take the parameters
+            w = {**w, **dropped}
+            if per_step:
+                return masked_loop(lambda x_t, s, m: cell.step(x_t, s, w, m), x, state, batch_sizes, masks)
+            return cell.sequence(x, state, w, batch_sizes, self.impl)
 
-        def step(x_t, s, rec_mask=None):
+        def step(x_t, s, rec_mask=None):  # a user's cell: recurrent dropout masks the state it reads
             if rec_mask is not None:
                 s = (s[0] * rec_mask, *s[1:])
             new = cell(x_t, s)
@@ -219,12 +324,12 @@ class Recurrent(nn.Module):
             return tuple(new)
 
         def run():
-            if masks is None and self.impl == "fused" and hasattr(cell, "forward_sequence"):
+            if per_step:
+                return masked_loop(step, x, state, batch_sizes, masks)
+            if self.impl == "fused" and hasattr(cell, "forward_sequence"):
                 y, final = cell.forward_sequence(x, state, batch_sizes=batch_sizes)
                 return y, tuple(final)
-            if masks is None:
-                return run_loop(step, x, state, batch_sizes)
-            return masked_loop(step, x, state, batch_sizes, masks)
+            return run_loop(step, x, state, batch_sizes)
 
         if not dropped:
             return run()
@@ -232,27 +337,6 @@ class Recurrent(nn.Module):
         return functional_call(
             _Swapped(cell), {f"cell.{n}": w for n, w in dropped.items()}, (run,), strict=False
         )
-
-    def _step_masks(self, x: torch.Tensor, state: tuple) -> Masks | None:
-        """The per-step masks of this call (None when no per-step regulariser is in play)."""
-        T, B = x.shape[0], x.shape[1]
-        if not self.training:
-            return Masks(zoneout=tuple(p or None for p in self.zoneout)) if any(self.zoneout) else None
-        if not (any(self.zoneout) or self.recurrent_dropout):
-            return None
-        p = self.recurrent_dropout
-        rec = None
-        if p:
-            rec = (
-                torch.empty(B, state[0].shape[1], dtype=x.dtype, device=x.device)
-                .bernoulli_(1 - p)
-                .div_(1 - p)
-            )
-        zoneout = tuple(
-            torch.empty(T, B, s.shape[1], dtype=x.dtype, device=x.device).bernoulli_(q) if q else None
-            for q, s in zip(self.zoneout, state)
-        )
-        return Masks(recurrent=rec, zoneout=zoneout)
 
 
 class _Swapped(nn.Module):
