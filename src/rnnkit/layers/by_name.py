@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from functools import partial
 
-import torch
 from torch import nn
 
 from rnnkit.cells.registry import BUILTIN
@@ -52,11 +51,13 @@ class _TupleStates:
     tuples with one tensor per state, also for the families whose own layer takes and returns a
     bare tensor (torch's convention for RNN and GRU)."""
 
-    def forward(self, input, hx=None, *, lengths=None):
+    def _given_states(self, hx):
         if isinstance(hx, (tuple, list)) and len(hx) == 1:
             hx = hx[0]
-        y, state = super().forward(input, hx, lengths=lengths)
-        return y, ((state,) if isinstance(state, torch.Tensor) else tuple(state))
+        return super()._given_states(hx)
+
+    def _returned_states(self, states: list) -> tuple:
+        return tuple(states)
 
 
 _TUPLE_CLASSES: dict[type, type] = {}
