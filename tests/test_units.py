@@ -3,6 +3,9 @@ parameters inside rnnkit.Recurrent equals the family's torch-style layer (the sa
 outputs and every gradient, to 1e-10 in float64), and each unit's fused kernel
 (forward_sequence) equals stepping its forward in a loop written here."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -143,3 +146,49 @@ def test_a_builtin_unit_is_registered_and_cannot_be_taken():
         rnnkit.Recurrent(BUILTIN["gru"], I, H, proj_size=2)
     with pytest.raises(rnnkit.RnnkitValueError, match="recurrent_dropout"):
         rnnkit.Recurrent(BUILTIN["min_gru"], I, H, recurrent_dropout=0.1)
+
+
+def _allowed_literals(tree: ast.AST, path: Path) -> set[int]:
+    """ids of string constants that may spell a cell name outside the registry: default values
+    (of config fields and of function parameters), `__all__` lists of function names, and
+    min_rnn's two forms (MIN_GRU, MIN_LSTM in cells/minimal.py)."""
+    allowed: set[int] = set()
+
+    def mark(node):
+        allowed.update(id(n) for n in ast.walk(node))
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for d in [*node.args.defaults, *node.args.kw_defaults]:
+                if d is not None:
+                    mark(d)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and item.value is not None:
+                    v = item.value
+                    is_option = isinstance(v, ast.Call) and getattr(v.func, "id", "") == "option"
+                    mark(v.args[0] if is_option and v.args else v)
+        elif isinstance(node, ast.Assign):
+            targets = {getattr(t, "id", None) for t in node.targets}
+            for t in node.targets:
+                if isinstance(t, ast.Tuple):
+                    targets |= {getattr(e, "id", None) for e in t.elts}
+            if "__all__" in targets or (path.name == "minimal.py" and {"MIN_GRU", "MIN_LSTM"} & targets):
+                mark(node.value)
+    return allowed
+
+
+def test_builtin_cell_names_are_written_only_in_the_registry():
+    """Issue 17: adding a cell is one file plus one registry line, so no other module lists the
+    built-in names (models, tasks, diagnostics and help texts ask the registry)."""
+    root = Path(rnnkit.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "cells" / "registry.py":
+            continue
+        tree = ast.parse(path.read_text())
+        allowed = _allowed_literals(tree, path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in BUILTIN and id(node) not in allowed:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}")
+    assert not found, "built-in cell names outside the registry:\n" + "\n".join(found)

@@ -233,8 +233,11 @@ def ints(low: int = 1, high: int | None = None, special: dict | None = None) -> 
     return Valid(tuple, low, high, special=tuple((special or {}).items()))
 
 
-def names(*choices: str) -> Valid:
-    """A non-empty list of names from `choices` (comma-separated on the command line)."""
+def names(*choices) -> Valid:
+    """A non-empty list of names from `choices`, or from what a function passed alone returns
+    when a value is checked (comma-separated on the command line)."""
+    if len(choices) == 1 and callable(choices[0]):
+        return Valid(list, choices=choices[0])
     return Valid(list, choices=tuple(choices))
 
 

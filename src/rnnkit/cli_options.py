@@ -22,7 +22,7 @@ from rnnkit._config import (
     real,
     string,
 )
-from rnnkit.diagnostics import CELLS as GRADIENT_CELLS
+from rnnkit.diagnostics import gradient_cells
 
 MAX_SAMPLE = MAX_LENGTH  # characters `sample` draws: ~1 minute of a 1x256 LSTM on 2 cores
 
@@ -88,7 +88,7 @@ class PlotOptions(Options):
 
 @dataclass(frozen=True)
 class GradientsOptions(Options):
-    cell: tuple = option(("rnn", "lstm", "gru"), "fresh cells to compare", names(*GRADIENT_CELLS))
+    cell: tuple = option(("rnn", "lstm", "gru"), "fresh cells to compare", names(gradient_cells))
     length: int = option(100, "time steps T", integer(1, 10_000))
     hidden_size: int = option(64, "units of the fresh cells", integer(1, MAX_UNITS // 4))
     clip: float = option(1.0, "gradient-norm clipping threshold shown", real(0.0, low_open=True))

@@ -42,15 +42,22 @@ from torch import nn
 from torch.func import functional_call
 
 from rnnkit._checks import check_choice, check_positive_int, check_tensor
+from rnnkit.cells.elman import ElmanReluUnit, ElmanUnit
+from rnnkit.cells.gru import GRUUnit
+from rnnkit.cells.lstm import LSTMUnit
+from rnnkit.cells.registry import available, name_of, registered
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
-from rnnkit.layers import GRU, LSTM, MGU, RNN
+from rnnkit.layers.by_name import builtin_layer
 from rnnkit.layers.recurrent import TorchLayer
 from rnnkit.train.checkpoint import write_bytes
 
 LOSSES = ("last", "all")
-CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mgu": MGU}
-# Row blocks of weight_hh_l0, in torch's (and rnnkit's) order.
-GATE_NAMES = {"rnn": ("hh",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "mgu": ("f", "n")}
+
+
+def gradient_cells() -> list[str]:
+    """The cells whose gradient flow is defined here: the built-in ones with a square recurrent
+    weight whose row blocks (gates) they name (`gate_names`)."""
+    return [n for n in available() if getattr(registered(n), "gate_names", ())]
 
 
 def _check_layer(layer) -> None:
@@ -67,14 +74,16 @@ def _check_layer(layer) -> None:
         )
 
 
-def _cell_kind(layer) -> str:
-    if isinstance(layer, (nn.LSTM, LSTM)):
-        return "lstm"
-    if isinstance(layer, (nn.GRU, GRU)):
-        return "gru"
-    if isinstance(layer, MGU):
-        return "mgu"
-    return "rnn"
+def _unit_of(layer) -> type:
+    """The unit (`rnnkit.cells._unit.Unit`) whose equations a layer runs: an rnnkit layer says so;
+    torch's layers are the LSTM, GRU and Elman units."""
+    if isinstance(layer, TorchLayer):
+        return layer.cell_class
+    if isinstance(layer, nn.LSTM):
+        return LSTMUnit
+    if isinstance(layer, nn.GRU):
+        return GRUUnit
+    return ElmanReluUnit if getattr(layer, "nonlinearity", "tanh") == "relu" else ElmanUnit
 
 
 def _unroll(layer, x: torch.Tensor, *, step_params: bool = False):
@@ -156,8 +165,12 @@ def spectrum(layer) -> dict:
         raise RnnkitValueError(
             f"layer must have square recurrent blocks (proj_size=0), got proj_size={layer.proj_size}"
         )
+    names = _unit_of(layer).gate_names
+    if not names:
+        raise RnnkitValueError(
+            f"layer {type(layer).__name__} has no recurrent weight W_hh to take the spectrum of"
+        )
     w = layer.weight_hh_l0.detach()  # (G*H, H)
-    names = GATE_NAMES[_cell_kind(layer)]
     blocks = {n: _block_spectrum(b) for n, b in zip(names, w.split(layer.hidden_size, dim=0))}
     return {
         "gates": list(names),
@@ -169,10 +182,11 @@ def spectrum(layer) -> dict:
 
 def _check_cells(cells) -> tuple[str, ...]:
     cells = (cells,) if isinstance(cells, str) else tuple(cells)
+    known = tuple(gradient_cells())
     if not cells:
-        raise RnnkitValueError(f"cells must name at least one of {', '.join(CELLS)}, got an empty sequence")
+        raise RnnkitValueError(f"cells must name at least one of {', '.join(known)}, got an empty sequence")
     for c in cells:
-        check_choice("cells", c, tuple(CELLS))
+        check_choice("cells", c, known)
     if len(set(cells)) != len(cells):
         raise RnnkitValueError(f"cells must not repeat a name, got {cells!r}")
     return cells
@@ -237,7 +251,7 @@ def _fresh(cell: str, input_size: int, hidden_size: int, seed: int, dtype) -> nn
     # fork_rng leaves the caller's global generator as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CELLS[cell](input_size, hidden_size, dtype=dtype)
+        return builtin_layer(cell, input_size, hidden_size, dtype=dtype)
 
 
 def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
@@ -252,16 +266,15 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
         raise RnnkitValueError(
             "an LSTM with proj_size has no square W_hh; its gradient flow is not defined here"
         )
-    kind = _cell_kind(module)
-    options = {"bias": module.bias}
-    if kind == "rnn":
-        options["nonlinearity"] = module.nonlinearity
-    if kind == "gru" and getattr(module, "reset_after", True) is False:
-        options["reset_after"] = False
-    single = CELLS[kind](module.input_size, module.hidden_size, **options)
-    names = [n for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0") if hasattr(single, n)]
-    single.load_state_dict({n: getattr(module, n).detach().cpu() for n in names})
-    return kind, single
+    unit = _unit_of(module)
+    name = name_of(unit)
+    if not unit.gate_names:
+        raise RnnkitValueError(
+            f"{type(module).__name__} has no recurrent weight W_hh; its gradient flow is not defined here"
+        )
+    single = builtin_layer(name, module.input_size, module.hidden_size, bias=module.bias)
+    single.load_state_dict({n: getattr(module, n).detach().cpu() for n in single.state_dict()})
+    return name, single
 
 
 def gradient_flow(
@@ -277,7 +290,8 @@ def gradient_flow(
     layers: dict[str, nn.Module] | None = None,
 ) -> dict:
     """Gradient flow through `length` steps of fresh, default-initialised (U(-1/sqrt(H), 1/sqrt(H)))
-    rnnkit layers of each named cell ("rnn" (tanh), "lstm", "gru", "mgu"), on one seeded N(0, 1)
+    rnnkit layers of each named cell (`gradient_cells()`: the built-in cells with a recurrent
+    weight W_hh, e.g. rnn (tanh), lstm, gru, mgu), on one seeded N(0, 1)
     input (length, batch_size, input_size), in float64 so that geometrically vanishing gradients
     stay representable. L is as in `hidden_grad_norms` (`loss`).
 

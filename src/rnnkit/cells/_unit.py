@@ -36,6 +36,8 @@ class Unit(Cell):
     gates = 1
     num_states = 1  # 2 for the LSTMs: (h, c)
     recurrent_weights = ("weight_hh",)
+    gate_names: tuple[str, ...] = ()  # the row blocks of weight_hh, in order (diagnostics)
+    forget_gate: int | None = None  # the block of the forget gate, where there is one
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, proj_size: int = 0):
         super().__init__(input_size, hidden_size)

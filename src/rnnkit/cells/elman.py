@@ -78,7 +78,7 @@ class ElmanFused(torch.autograd.Function):
     @staticmethod
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
-        forbid_double_backward("rnn")
+        forbid_double_backward("Elman RNN")
         x, h0, w_ih, w_hh, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = y.shape
@@ -181,6 +181,8 @@ class RNNCell(CellBase):
 class ElmanUnit(Unit):
     """The Elman family's `Cell` (registered as "rnn"; `ElmanReluUnit`, "rnn_relu"): the equations
     above with phi = `nonlinearity`; parameters and their use as `rnnkit.cells._unit.Unit`."""
+
+    gate_names = ("hh",)
 
     def __init__(self, input_size, hidden_size, *, bias=True, nonlinearity="tanh"):
         check_choice("nonlinearity", nonlinearity, NONLINEARITIES)

@@ -122,7 +122,7 @@ class GRUResetAfter(torch.autograd.Function):
     @staticmethod
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
-        forbid_double_backward("gru")
+        forbid_double_backward("GRU")
         x, h0, w_ih, w_hh, a, n, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = y.shape
@@ -235,7 +235,7 @@ class GRUResetBefore(torch.autograd.Function):
     @staticmethod
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
-        forbid_double_backward("gru")
+        forbid_double_backward("GRU")
         x, h0, w_ih, w_hh, gates, u, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = y.shape
@@ -369,6 +369,7 @@ class GRUUnit(Unit):
     equations above in the form `reset_after` picks; parameters as `rnnkit.cells._unit.Unit`."""
 
     gates = 3
+    gate_names = ("r", "z", "n")
 
     def __init__(self, input_size, hidden_size, *, bias=True, reset_after=True):
         check_bool("reset_after", reset_after)

@@ -283,6 +283,7 @@ class LNGRUUnit(Unit):
     layer_norm_{ih,hh}_weight (3H,) (1 at first) and shifts layer_norm_{ih,hh}_bias (3H,) (0)."""
 
     gates = 3
+    gate_names = ("r", "z", "n")
 
     def extra_shapes(self):
         return layer_norm_shapes(GRU_SITES, self.hidden_size)

@@ -389,6 +389,8 @@ class LNLSTMUnit(Unit):
 
     gates = 4
     num_states = 2
+    gate_names = ("i", "f", "g", "o")
+    forget_gate = 1
 
     def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
         check_projection(proj_size, hidden_size)

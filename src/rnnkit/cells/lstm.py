@@ -116,7 +116,7 @@ class LSTMFused(torch.autograd.Function):
     @staticmethod
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn, grad_cn):
-        forbid_double_backward("lstm")
+        forbid_double_backward("LSTM")
         x, h0, c0, w_ih_p, w_hh, w_hr, gates, c, tanh_c, m, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = c.shape
@@ -274,6 +274,8 @@ class LSTMUnit(Unit):
 
     gates = 4
     num_states = 2
+    gate_names = ("i", "f", "g", "o")
+    forget_gate = 1
 
     def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
         check_projection(proj_size, hidden_size)

@@ -93,7 +93,7 @@ class MGUFused(torch.autograd.Function):
     @staticmethod
     @without_cycle_gc
     def backward(ctx, grad_y, grad_hn):
-        forbid_double_backward("mgu")
+        forbid_double_backward("MGU")
         x, h0, w_ih, w_hh, f, fh, n, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = y.shape
@@ -181,6 +181,7 @@ class MGUUnit(Unit):
     `rnnkit.cells._unit.Unit`."""
 
     gates = 2
+    gate_names = ("f", "n")
 
     def step(self, x_t, state, w, rec_mask=None):
         return mgu_step(x_t, state, *torch_weights(w), rec_mask=rec_mask)

@@ -55,7 +55,10 @@ from rnnkit.cells._unit import Unit
 from rnnkit.cells.scan import MODES, scan, scan_backward
 from rnnkit.errors import RnnkitValueError
 
-GATES = {"gru": 2, "lstm": 3}
+# The two forms, as min_rnn's `cell=` names them, and their gate counts. (These spell the forms of
+# this family's kernel, not registry names: the cells are registered as min_gru and min_lstm.)
+MIN_GRU, MIN_LSTM = "gru", "lstm"
+GATES = {MIN_GRU: 2, MIN_LSTM: 3}
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +74,7 @@ def log_g(x: torch.Tensor) -> torch.Tensor:
 def coefficients(pre: torch.Tensor, cell: str, log_space: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Gate pre-activations W_ih x + b_ih (..., G*H) -> the recurrence's (a, b), or (log a, log b)
     when log_space, each (..., H): the equations of the module docstring."""
-    if cell == "gru":
+    if cell == MIN_GRU:
         k, h_tilde = pre.chunk(2, dim=-1)
         if log_space:
             return -softplus(k), -softplus(-k) + log_g(h_tilde)
@@ -98,7 +101,7 @@ def gate_values(pre, cell, log_space, out=None):
         return coefficients(pre, cell, log_space)
     k, *_, h_tilde = pre.chunk(GATES[cell], dim=-1)
     a, b = out if out is not None else (torch.empty_like(h_tilde), torch.empty_like(h_tilde))
-    if cell == "gru":
+    if cell == MIN_GRU:
         z = torch.sigmoid(k, out=a)
         torch.mul(z, h_tilde, out=b)
         return z.neg_().add_(1), b  # a = 1 - z
@@ -115,7 +118,7 @@ def gate_grads(pre, da, db, cell, log_space, out=None, scratch=None):
     and then concatenate the gate blocks); `scratch` (..., H) an optional buffer for the minLSTM's
     f'. Gate values are recomputed from the pre-activations."""
     d_pre = torch.empty_like(pre) if out is None else out
-    if cell == "gru":
+    if cell == MIN_GRU:
         (k, h_tilde), (dk, dh) = pre.chunk(2, dim=-1), d_pre.chunk(2, dim=-1)
         z = torch.sigmoid(k, out=dh)  # recomputed into dh~'s slot
         if log_space:  # dk = dlb (1 - z) - dla z
@@ -269,7 +272,7 @@ def check_log_state(name: str, h: torch.Tensor) -> None:
 
 
 def min_rnn(
-    x, h0, w_ih, b_ih=None, *, cell="gru", log_space=False, mode="parallel", batch_sizes=None, block=None
+    x, h0, w_ih, b_ih=None, *, cell=MIN_GRU, log_space=False, mode="parallel", batch_sizes=None, block=None
 ):
     """minGRU (cell="gru") or minLSTM (cell="lstm") over a whole sequence: x (T, B, I), h0 (B, H)
     or None -> (y (T, B, H), h_n (B, H)). `batch_sizes` as in PackedSequence: a finished sequence
@@ -328,7 +331,7 @@ class _MinCell(nn.Module):
     torch's GRUCell; no recurrent weights, as the gates read only x_t."""
 
     gates = 2
-    cell = "gru"
+    cell = MIN_GRU
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, log_space=False):
         super().__init__()
@@ -378,14 +381,14 @@ class MinGRUCell(_MinCell):
     """One minGRU step (module docstring); weight_ih (2H, I) stacked z, h~."""
 
     gates = 2
-    cell = "gru"
+    cell = MIN_GRU
 
 
 class MinLSTMCell(_MinCell):
     """One minLSTM step (module docstring); weight_ih (3H, I) stacked f, i, h~."""
 
     gates = 3
-    cell = "lstm"
+    cell = MIN_LSTM
 
 
 class _MinUnit(Unit):
@@ -395,7 +398,7 @@ class _MinUnit(Unit):
     no recurrent weights (the gates read only x_t), so no weight or recurrent dropout."""
 
     recurrent_weights = ()
-    cell = "gru"
+    cell = MIN_GRU
 
     def __init__(self, input_size, hidden_size, *, bias=True, log_space=False, mode="parallel"):
         check_bool("log_space", log_space)
@@ -440,11 +443,11 @@ class MinGRUUnit(_MinUnit):
     """minGRU's `Cell` (module docstring); weight_ih (2H, I) stacked z, h~."""
 
     gates = 2
-    cell = "gru"
+    cell = MIN_GRU
 
 
 class MinLSTMUnit(_MinUnit):
     """minLSTM's `Cell` (module docstring); weight_ih (3H, I) stacked f, i, h~."""
 
     gates = 3
-    cell = "lstm"
+    cell = MIN_LSTM

@@ -25,13 +25,13 @@ from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 # The built-in families: the only place their names are written. Each also has a torch-style
 # layer (rnnkit.layers.by_name), which `rnnkit.Recurrent(name, ...)` builds.
-BUILTIN: dict[str, type] = {
+BUILTIN: dict[str, type] = {  # the textbooks' three first, then their variants and the newer cells
     "rnn": ElmanUnit,
-    "rnn_relu": ElmanReluUnit,
     "lstm": LSTMUnit,
     "gru": GRUUnit,
-    "gru_reset_before": GRUResetBeforeUnit,
     "mgu": MGUUnit,
+    "rnn_relu": ElmanReluUnit,
+    "gru_reset_before": GRUResetBeforeUnit,
     "ln_lstm": LNLSTMUnit,
     "ln_gru": LNGRUUnit,
     "min_gru": MinGRUUnit,
@@ -70,6 +70,11 @@ def available() -> list[str]:
 def registered(name: str) -> type | None:
     """The cell class of `name` (a built-in family's unit or a registered cell), or None."""
     return BUILTIN.get(name) or _REGISTERED.get(name)
+
+
+def name_of(cell_class: type) -> str | None:
+    """The name `cell_class` is registered under (the first, if several), or None."""
+    return next((n for n, c in {**BUILTIN, **_REGISTERED}.items() if c is cell_class), None)
 
 
 def load_entry_points() -> None:

@@ -3,34 +3,46 @@ what `rnnkit.Recurrent(name, ...)` and the models' `cell=` build for a built-in 
 
 from __future__ import annotations
 
+import inspect
 import re
 from functools import partial
 
 from torch import nn
 
+from rnnkit.cells.elman import ElmanReluUnit, ElmanUnit
+from rnnkit.cells.gru import GRUResetBeforeUnit, GRUUnit
+from rnnkit.cells.ln_gru import LNGRUUnit
+from rnnkit.cells.ln_lstm import LNLSTMUnit
+from rnnkit.cells.lstm import LSTMUnit
+from rnnkit.cells.mgu import MGUUnit
+from rnnkit.cells.minimal import MinGRUUnit, MinLSTMUnit
 from rnnkit.cells.registry import BUILTIN
 from rnnkit.errors import RnnkitTypeError
 from rnnkit.layers.minimal import MinGRU, MinLSTM
 from rnnkit.layers.rnn import GRU, LSTM, MGU, RNN
 
-LAYERS = dict(
-    zip(
-        BUILTIN,
-        (
-            partial(RNN, nonlinearity="tanh"),
-            partial(RNN, nonlinearity="relu"),
-            LSTM,
-            GRU,
-            partial(GRU, reset_after=False),
-            MGU,
-            partial(LSTM, layer_norm=True),
-            partial(GRU, layer_norm=True),
-            MinGRU,
-            MinLSTM,
-        ),
-        strict=True,
-    )
-)
+# Each built-in unit's torch-style layer (its torch signature and parameter names).
+_LAYER_OF_UNIT = {
+    ElmanUnit: partial(RNN, nonlinearity="tanh"),
+    ElmanReluUnit: partial(RNN, nonlinearity="relu"),
+    LSTMUnit: LSTM,
+    GRUUnit: GRU,
+    GRUResetBeforeUnit: partial(GRU, reset_after=False),
+    MGUUnit: MGU,
+    LNLSTMUnit: partial(LSTM, layer_norm=True),
+    LNGRUUnit: partial(GRU, layer_norm=True),
+    MinGRUUnit: MinGRU,
+    MinLSTMUnit: MinLSTM,
+}
+LAYERS = {name: _LAYER_OF_UNIT[unit] for name, unit in BUILTIN.items()}
+
+
+def takes(name: str, option: str) -> bool:
+    """Whether the layer of built-in cell `name` takes the keyword `option` (the minimal cells'
+    layers, a parallel scan, take no `impl`)."""
+    factory = LAYERS[name]
+    base = factory.func if isinstance(factory, partial) else factory
+    return option in inspect.signature(base).parameters
 
 
 def builtin_layer(name: str, *args, _layer=None, _preset=None, **kwargs) -> nn.Module:

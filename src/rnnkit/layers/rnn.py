@@ -10,10 +10,10 @@ layer_norm_{ih,hh}_bias_l{k}[_reverse] (0), and for the LSTM layer_norm_c_weight
 
 from __future__ import annotations
 
-from rnnkit._checks import check_bool, check_no_projection
+from rnnkit._checks import check_bool, check_choice, check_no_projection
 from rnnkit.cells._layernorm import GRU_SITES, LSTM_SITES, check_layer_norm_flag
-from rnnkit.cells.elman import ElmanUnit
-from rnnkit.cells.gru import GRUUnit
+from rnnkit.cells.elman import NONLINEARITIES, ElmanReluUnit, ElmanUnit
+from rnnkit.cells.gru import GRUResetBeforeUnit, GRUUnit
 from rnnkit.cells.ln_gru import LNGRUUnit, check_reset_after
 from rnnkit.cells.ln_lstm import LNLSTMUnit
 from rnnkit.cells.lstm import LSTMUnit
@@ -57,8 +57,9 @@ class RNN(_Normalizable):
     ):
         check_no_projection(proj_size, "RNN")
         check_layer_norm_flag(layer_norm, "RNN", None)
+        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         super().__init__(
-            ElmanUnit,
+            ElmanReluUnit if nonlinearity == "relu" else ElmanUnit,
             input_size,
             hidden_size,
             num_layers,
@@ -160,7 +161,7 @@ class GRU(_Normalizable):
         if layer_norm:
             check_reset_after(reset_after, "GRU")
         super().__init__(
-            LNGRUUnit if layer_norm else GRUUnit,
+            LNGRUUnit if layer_norm else GRUUnit if reset_after else GRUResetBeforeUnit,
             input_size,
             hidden_size,
             num_layers,

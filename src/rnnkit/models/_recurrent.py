@@ -9,11 +9,9 @@ from torch import nn
 
 from rnnkit.cells.registry import BUILTIN, available, registered
 from rnnkit.errors import RnnkitValueError
-from rnnkit.layers.by_name import builtin_layer
+from rnnkit.layers.by_name import builtin_layer, takes
 from rnnkit.layers.generic import Recurrent
 
-# The plain layers of the built-in families take `impl`; the minimal ones (a parallel scan) do not.
-_NO_IMPL = ("min_gru", "min_lstm")
 REGULARIZERS = ("zoneout", "recurrent_dropout", "weight_dropout", "learn_initial_state")
 
 
@@ -57,7 +55,7 @@ def recurrent_layer(
     }
     if cell in BUILTIN:
         return builtin_layer(
-            cell, input_size, hidden_size, **options, **({} if cell in _NO_IMPL else {"impl": impl})
+            cell, input_size, hidden_size, **options, **({"impl": impl} if takes(cell, "impl") else {})
         )
     if registered(cell) is None:
         raise RnnkitValueError(f"cell must be one of {', '.join(available())}, got {cell!r}")

@@ -54,10 +54,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit._checks import check_choice, check_like, check_positive_int, check_tensor, shape_str
-from rnnkit.cells import LSTMCell
+from rnnkit.cells.lstm import LSTMUnit
+from rnnkit.cells.registry import name_of, registered
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
-CONTROLLERS = ("lstm", "feedforward")
+FEEDFORWARD = "feedforward"  # the controller that is not a recurrent cell
+
+
+def controllers() -> tuple[str, ...]:
+    """A controller: the LSTM cell (Graves et al.'s choice), by its registered name, or
+    feedforward. (The model builds a cell controller through the registry, from its name.)"""
+    return (name_of(LSTMUnit), FEEDFORWARD)
+
 
 MEMORY_INIT = 1e-6  # Collier and Beel's constant memory initialisation
 COSINE_EPS = 1e-8  # inside the norms of eq. (6)
@@ -223,7 +231,7 @@ class NTMConfig:
     input_size: int
     output_size: int
     _: KW_ONLY
-    controller: str = "lstm"  # "lstm" (an LSTM cell) or "feedforward" (one tanh layer)
+    controller: str = "lstm"  # the LSTM cell (its step), or "feedforward" (one tanh layer)
     controller_size: int = 100
     memory_slots: int = 128  # N
     memory_width: int = 20  # M
@@ -233,7 +241,7 @@ class NTMConfig:
     def __post_init__(self):
         check_positive_int("input_size", self.input_size)
         check_positive_int("output_size", self.output_size)
-        check_choice("controller", self.controller, CONTROLLERS)
+        check_choice("controller", self.controller, controllers())
         check_positive_int("controller_size", self.controller_size)
         check_positive_int("memory_slots", self.memory_slots)
         check_positive_int("memory_width", self.memory_width)
@@ -257,8 +265,9 @@ class NTM(nn.Module):
     "write_weights" (B, T, N) and the final "memory" (B, N, M).
 
     Parameters:
-      controller        LSTMCell(I + R M, H), or Linear(I + R M, H) followed by tanh
-      controller_h0/c0  (H,) learned initial LSTM state, zeros at first (LSTM only)
+      controller        the LSTM cell's step (I + R M -> H), or Linear(I + R M, H) followed by
+                        tanh; its output h is its first state
+      controller_h0/c0  (H,) learned initial states (h, c) of the LSTM controller, zeros at first
       heads             Linear(H, (R + 1)(M + 2K + 4) + 2M): the R read heads' addressing
                         outputs, then the write head's, each [k, beta, g, s, gamma]; then [e, a]
       output            Linear(H + R M, output_size)
@@ -279,12 +288,14 @@ class NTM(nn.Module):
         c = config
         R, N, M, H = c.read_heads, c.memory_slots, c.memory_width, c.controller_size
         controller_in = c.input_size + R * M
-        if c.controller == "lstm":
-            self.controller = LSTMCell(controller_in, H)
-            self.controller_h0 = nn.Parameter(torch.zeros(H))
-            self.controller_c0 = nn.Parameter(torch.zeros(H))
-        else:
+        self._initial = []  # the names of a cell controller's learned initial states
+        if c.controller == FEEDFORWARD:
             self.controller = nn.Linear(controller_in, H)
+        else:
+            self.controller = registered(c.controller)(controller_in, H)
+            for name, n in zip(("controller_h0", "controller_c0"), self.controller.state_sizes):
+                self.register_parameter(name, nn.Parameter(torch.zeros(n)))
+                self._initial.append(name)
         self.head_width = head_width(M, c.shift_range)
         self.heads = nn.Linear(H, (R + 1) * self.head_width + 2 * M)
         self.output = nn.Linear(H + R * M, c.output_size)
@@ -294,10 +305,10 @@ class NTM(nn.Module):
         self.memory_init = MEMORY_INIT
 
     def _controller(self, inp: torch.Tensor, state):
-        if self.config.controller == "lstm":
-            h, c = self.controller(inp, state)  # (B, H) each
-            return h, (h, c)
-        return torch.tanh(self.controller(inp)), None  # (B, H)
+        if self.config.controller == FEEDFORWARD:
+            return torch.tanh(self.controller(inp)), None  # (B, H)
+        state = tuple(self.controller(inp, state))  # the cell's step; h (B, H) first
+        return state[0], state
 
     def forward(self, x: torch.Tensor, *, return_trace: bool = False):
         check_tensor("x", x, ndim=3)
@@ -318,8 +329,8 @@ class NTM(nn.Module):
         reads = self.read0.expand(B, R, M)  # (B, R, M) r_0
         weights = torch.softmax(self.weighting0, dim=-1).expand(B, R + 1, N)  # (B, R+1, N) w_0
         state = None
-        if c.controller == "lstm":
-            state = (self.controller_h0.expand(B, -1), self.controller_c0.expand(B, -1))  # (B, H) each
+        if self._initial:
+            state = tuple(getattr(self, n).expand(B, -1) for n in self._initial)  # (B, n) each
 
         logits, read_trace, write_trace = [], [], []
         for t in range(T):

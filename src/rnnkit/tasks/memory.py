@@ -35,7 +35,7 @@ from rnnkit._config import (
     option,
     shown,
 )
-from rnnkit.cells.registry import available
+from rnnkit.cells.registry import available, registered
 from rnnkit.data.memory import COPY_DATA, COPY_SYMBOLS, adding_batch, copy_memory_baseline, copy_memory_batch
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig, SequenceTagger, SequenceTaggerConfig
@@ -114,11 +114,13 @@ class LagProblem:
             model = SequenceTagger(
                 SequenceTaggerConfig(COPY_DATA + 1, vocab_size=COPY_SYMBOLS, embedding_dim=16, **common)
             )
-        if c.model == "lstm":  # forget gates start open (Gers et al. 2000; Jozefowicz et al. 2015)
+        forget = getattr(registered(c.model), "forget_gate", None)
+        if forget is not None:  # forget gates start open (Gers et al. 2000; Jozefowicz et al. 2015)
+            rows = slice(forget * c.hidden_size, (forget + 1) * c.hidden_size)
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    if name.startswith("rnn.bias_"):  # gate order i, f, g, o
-                        p[c.hidden_size : 2 * c.hidden_size] = 1.0 if "bias_ih" in name else 0.0
+                    if name.startswith("rnn.bias_"):
+                        p[rows] = 1.0 if "bias_ih" in name else 0.0
         return model
 
     def draw(self, n: int, seed: int, lag: int | None = None):
