@@ -11,11 +11,11 @@ import time
 
 
 def compiled_loops() -> str:
-    """Whether the kernels' compiled CPU loops (`rnnkit.cells._native`) are in use, for a header:
+    """Whether the kernels' compiled CPU loops (`rnnkit.cells.speed.native`) are in use, for a header:
     the figures differ by up to 2x without them."""
     import torch
 
-    from rnnkit.cells import _native
+    from rnnkit.cells.speed import native as _native
 
     built = _native.ops(torch.zeros(1)) is not None
     return "compiled loops " + ("on" if built else "off (could not be built)")

@@ -2,7 +2,7 @@
 
 For each config and cell, in one process and interleaved (so machine load hits all alike):
   ours   rnnkit.LSTM / GRU / RNN / MGU, impl="fused", weights loaded from the torch module (with
-         the LSTM's and GRU's compiled CPU loops, `rnnkit.cells._native`, where they apply)
+         the LSTM's and GRU's compiled CPU loops, `rnnkit.cells.speed.native`, where they apply)
   torch  torch.nn.LSTM / GRU / RNN (none for MGU)
   naive  the loop a user would write: `for x_t in x.unbind(0)`, the step equations with the
          weights as stored, torch.stack of the outputs, autograd for the backward

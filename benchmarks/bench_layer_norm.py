@@ -4,7 +4,7 @@ For each config and cell, in one process and interleaved (so machine load hits a
 training step (forward + backward of y.sum() + h_n.sum()), float32, median of several runs after a
 warm-up:
   ours    rnnkit.LSTM / GRU(layer_norm=True), impl="fused" (the hand-derived BPTT), with its
-          compiled CPU loops (`rnnkit.cells._native`) where they could be built
+          compiled CPU loops (`rnnkit.cells.speed.native`) where they could be built
   py      the same kernel with its Python loops (`_native.disabled()`): what the compiled loops gain
   naive   the loop a user writes: `for x_t in x.unbind(0)`, the step equations with
           torch.nn.functional.layer_norm, torch.stack of the outputs, autograd for the backward
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import rnnkit
 from _harness import compiled_loops, stamped, time_interleaved, write_section
-from rnnkit.cells import _native
+from rnnkit.cells.speed import native as _native
 
 CONFIGS = [(1000, 16, 64), (100, 64, 256)]  # (T, B, I=H); the first is the target
 TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}

@@ -1,9 +1,9 @@
-"""The compiled CPU loops (`rnnkit.cells._native`) against the Python loops they replace.
+"""The compiled CPU loops (`rnnkit.cells.speed.native`) against the Python loops they replace.
 
 For each kernel with compiled loops and each config, in one process and interleaved, a training
 step (forward + backward of y.sum() + h_n.sum()) and an inference forward of the same rnnkit
 layer, float32, as is (compiled loops, where they apply) and with its forward inside
-`rnnkit.cells._native.disabled()` (the Python loops; the backward follows the forward's choice).
+`rnnkit.cells.speed.native.disabled()` (the Python loops; the backward follows the forward's choice).
 Ratio: Python / compiled (> 1: the compiled loops are faster). Past `_native.MAX_STEP_MACS` both
 columns are the Python loops (the kernels choose them there), so the ratio is ~1.
 
@@ -21,7 +21,7 @@ import torch
 
 import rnnkit
 from _harness import compiled_loops, stamped, time_interleaved, write_section
-from rnnkit.cells import _native
+from rnnkit.cells.speed import native as _native
 
 CONFIGS = [(1000, 16, 64), (200, 32, 128), (100, 64, 256)]  # (T, B, I=H)
 LAYERS = {

@@ -58,9 +58,9 @@ def layer_norm(v: torch.Tensor) -> str:
 
 def tanh_costs(shapes=((16, 64), (32, 128), (64, 256), (128, 512))) -> str:
     """torch's tanh against 2 sigmoid(2v) - 1 (a sigmoid and one add, as the fused kernels compute
-    it on CPU, `rnnkit.cells._common.Tanh`; the 2v comes free from doubled weights), out of place
+    it on CPU, `rnnkit.cells.speed.tanh.Tanh`; the 2v comes free from doubled weights), out of place
     on fresh operands each call."""
-    from rnnkit.cells._common import Tanh
+    from rnnkit.cells.speed.tanh import Tanh
 
     parts = []
     for B, H in shapes:
@@ -130,7 +130,7 @@ def pool_faults(T: int = 1000, B: int = 16, H: int = 64, runs: int = 7) -> str:
     torch.manual_seed(0)
     m = rnnkit.LSTM(H, H, layer_norm=True)
     x = torch.randn(T, B, H, requires_grad=True)
-    on = rnnkit.cells._workspace.limit()
+    on = rnnkit.cells.speed.workspace.limit()
     parts = []
     for name, limit in (("pool on", on), ("pool off", 0)):
         rnnkit.cells.set_workspace_limit(limit)
@@ -153,7 +153,7 @@ def pool_faults(T: int = 1000, B: int = 16, H: int = 64, runs: int = 7) -> str:
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     # What a full collection of Python's cycle collector costs with torch (and rnnkit) imported:
-    # why the fused kernels pause it (rnnkit.cells._common.without_cycle_gc).
+    # why the fused kernels pause it (rnnkit.cells.speed.gc_pause.without_cycle_gc).
     import gc
 
     import rnnkit  # noqa: F401  (its objects are on the heap in real use)

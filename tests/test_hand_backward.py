@@ -122,7 +122,7 @@ def test_kernels_pause_the_cycle_collector_and_restore_it(case):
 def test_cycle_collector_comes_back_after_an_error():
     import gc
 
-    from rnnkit.cells._common import without_cycle_gc
+    from rnnkit.cells.speed.gc_pause import without_cycle_gc
 
     @without_cycle_gc
     def fails():

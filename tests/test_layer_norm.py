@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import rnnkit
 from rnnkit.cells import _layernorm as layernorm
 from rnnkit.cells._layernorm import normalize, normalize_backward
-from rnnkit.cells._record import StepRecord
+from rnnkit.cells.speed.record import StepRecord
 from rnnkit.functional import ln_gru, ln_lstm
 
 D = torch.float64

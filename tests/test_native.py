@@ -1,4 +1,4 @@
-"""The compiled CPU loops (`rnnkit.cells._native`, `native/*.cpp`) of the layer-norm LSTM, the
+"""The compiled CPU loops (`rnnkit.cells.speed.native`, `speed/cpp/*.cpp`) of the layer-norm LSTM, the
 layer-norm GRU, the LSTM and the GRU (torch's form): against the Python loops they replace and
 against the step equations, gradcheck, that they are used where they should be (and only there),
 the fallback when they cannot be built, and the build lock.
@@ -26,7 +26,7 @@ from torch.utils import cpp_extension
 
 import rnnkit
 from rnnkit import functional
-from rnnkit.cells import _native
+from rnnkit.cells.speed import native as _native
 
 D = torch.float64
 I, H, P = 3, 6, 4
@@ -511,7 +511,7 @@ RELOAD = """
 import contextlib
 
 import torch
-from rnnkit.cells import _native
+from rnnkit.cells.speed import native as _native
 from rnnkit.cells.ln_lstm import ln_lstm
 
 from torch.utils import cpp_extension

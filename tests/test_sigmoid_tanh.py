@@ -1,4 +1,4 @@
-"""The fused kernels' tanh (`rnnkit.cells._common.Tanh`): on CPU 2 sigmoid(2v) - 1 from a
+"""The fused kernels' tanh (`rnnkit.cells.speed.tanh.Tanh`): on CPU 2 sigmoid(2v) - 1 from a
 pre-activation made doubled, elsewhere torch's tanh; against torch.tanh. And the kernels with
 torch's tanh, as they run on CUDA, against their step equations."""
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rnnkit import functional as F
-from rnnkit.cells import _common
-from rnnkit.cells._common import Tanh, doubled
+from rnnkit.cells.speed import tanh as _tanh
+from rnnkit.cells.speed.tanh import Tanh, doubled
 
 
 def values(dtype):
@@ -38,7 +38,7 @@ def test_limits_and_nan():
 
 
 def test_other_devices_use_torch_tanh(monkeypatch):
-    monkeypatch.setattr(_common, "TANH_VIA_SIGMOID", set())
+    monkeypatch.setattr(_tanh, "TANH_VIA_SIGMOID", set())
     v = values(torch.float32)
     tanh_ = Tanh(v)
     assert not tanh_.via_sigmoid and tanh_.k == 1 and tanh_.prep(v) is v
@@ -92,7 +92,7 @@ KERNELS = ["rnn_tanh", "gru", "gru_before", "mgu", "lstm", "ln_lstm", "ln_gru", 
 def test_kernels_with_torch_tanh_equal_the_loop(name, monkeypatch):
     """The fused kernels as they run where tanh is torch's (CUDA), here on CPU: fused = loop to
     1e-10 in float64, outputs and gradients, with and without lengths."""
-    monkeypatch.setattr(_common, "TANH_VIA_SIGMOID", set())
+    monkeypatch.setattr(_tanh, "TANH_VIA_SIGMOID", set())
     fn, args, kw = kernel_case(name)
     leaves = [a for a in args if a is not None] + [t for v in kw.values() if isinstance(v, tuple) for t in v]
     for bs in (None, BATCH_SIZES):

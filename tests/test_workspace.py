@@ -1,4 +1,4 @@
-"""The fused kernels' buffer pool (rnnkit.cells._workspace): a buffer is reused only once nothing
+"""The fused kernels' buffer pool (rnnkit.cells.speed.workspace): a buffer is reused only once nothing
 references its storage, the pool stays within its bound, and kernels that draw from it give the
 same numbers call after call while the caller's earlier outputs stay intact."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells import _workspace as workspace
+from rnnkit.cells.speed import workspace
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 pytestmark = pytest.mark.skipif(workspace._use_count is None, reason="this torch has no storage use count")

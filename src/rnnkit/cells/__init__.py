@@ -2,9 +2,6 @@
 hand-derived BPTT backward, and its single-step module (drop-in for torch's cells)."""
 
 from rnnkit.cells._regularize import Masks
-from rnnkit.cells._workspace import held as workspace_held
-from rnnkit.cells._workspace import release as release_workspace
-from rnnkit.cells._workspace import set_limit as set_workspace_limit
 from rnnkit.cells.base import Cell
 from rnnkit.cells.elman import RNNCell
 from rnnkit.cells.gru import GRUCell
@@ -13,6 +10,9 @@ from rnnkit.cells.lstm import LSTMCell
 from rnnkit.cells.mgu import MGUCell
 from rnnkit.cells.minimal import MinGRUCell, MinLSTMCell
 from rnnkit.cells.registry import available, register
+from rnnkit.cells.speed.workspace import held as workspace_held
+from rnnkit.cells.speed.workspace import release as release_workspace
+from rnnkit.cells.speed.workspace import set_limit as set_workspace_limit
 
 __all__ = [
     "Cell",

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from rnnkit._checks import check_bool, check_like, check_shape, check_tensor
-from rnnkit.cells._workspace import empty as workspace_empty
+from rnnkit.cells.speed.workspace import empty as workspace_empty
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError
 
 EPS = 1e-5  # torch.nn.LayerNorm's default, so a step matches torch.nn.functional.layer_norm
@@ -41,7 +41,7 @@ def layer_norm(v: torch.Tensor, ln: tuple) -> torch.Tensor:
 
 def normalize(v: torch.Tensor, gain=None, shift=None, *, pooled: bool = False):
     """(gain * vhat + shift, mean, 1/sigma) over v's last dimension; mean and 1/sigma keep it as 1.
-    With `pooled`, the first is a buffer of `rnnkit.cells._workspace` (a whole sequence's),
+    With `pooled`, the first is a buffer of `rnnkit.cells.speed.workspace` (a whole sequence's),
     written piece by piece (`_pieces`)."""
     if not pooled:
         return torch.native_layer_norm(v, (v.shape[-1],), gain, shift, EPS)
@@ -61,7 +61,7 @@ def normalize_backward(
     of v independent; `mask` says which of the three to compute (None for the others; dL/dshift
     needs `shift`, which it does not read otherwise). With `pooled`, the work goes piece by piece
     (`_pieces`): dL/dv into a pooled buffer, the parameters' sums summed over the pieces, and
-    strided dy and v (blocks of a `rnnkit.cells._record.StepRecord`) are read a piece at a time
+    strided dy and v (blocks of a `rnnkit.cells.speed.record.StepRecord`) are read a piece at a time
     where torch's kernel would copy them whole."""
     n = v.shape[-1]
     backward = torch.ops.aten.native_layer_norm_backward
@@ -80,7 +80,7 @@ def normalize_backward(
 # Rows per piece when a whole-sequence normalisation writes into a pooled buffer: torch's kernels
 # return fresh tensors (their out= forms allocate one too), and a piece's is small enough (256
 # KiB) for malloc to recycle, where a whole sequence's would be a fresh mapping, faulted page by
-# page (see `rnnkit.cells._workspace`).
+# page (see `rnnkit.cells.speed.workspace`).
 PIECE_ELEMS = 1 << 16
 
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from rnnkit.cells._common import run_loop
+from rnnkit.cells._kernel import run_loop
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 

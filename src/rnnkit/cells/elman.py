@@ -16,26 +16,24 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_choice
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
     add_final_grad,
-    forbid_double_backward,
     gate_weight_grads,
     input_grad,
     input_projection,
     last_valid,
-    linear,
     next_rows,
-    run_kernel,
-    without_cycle_gc,
     zero_padding_,
 )
-from rnnkit.cells._gemm import Product
+from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, torch_weights
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product
+from rnnkit.cells.speed.tanh import Tanh
 
 NONLINEARITIES = ("tanh", "relu")
 _ACT = {"tanh": torch.tanh, "relu": torch.relu}

@@ -33,29 +33,27 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
-from rnnkit.cells import _native
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
     add_final_grad,
-    forbid_double_backward,
     gru_shared_factors_,
     input_grad,
     input_projection,
     last_valid,
-    linear,
     prev_rows,
-    run_kernel,
-    without_cycle_gc,
     zero_padding_,
 )
-from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._layernorm import GRU_SITES
 from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, torch_weights
 from rnnkit.cells.ln_gru import check_reset_after, ln_gru_step
+from rnnkit.cells.speed import native as _native
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product, weight_grads
+from rnnkit.cells.speed.tanh import Tanh
 
 
 def gru_step(x_t, state, w_ih, w_hh, b_ih, b_hh, reset_after=True, *, rec_mask=None):
@@ -84,7 +82,7 @@ class GRUResetAfter(torch.autograd.Function):
     turns the factors (B, 4, H) into [dn~, dr~, dz~, dn~ r]: its first 3H columns are the
     input-side pre-activation gradients, its last 3H the recurrent side's (W_hh's order r, z, n).
 
-    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    The two loops over time run compiled on CPU where `rnnkit.cells.speed.native.ops` allows
     (native/gru.cpp, same buffers and results); otherwise the Python loops below
     (`_reset_after_forward_steps`, `_reset_after_backward_steps`), which are also the compiled
     ones' reference in tests/test_native.py.

@@ -27,8 +27,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from rnnkit._checks import check_bool, check_positive_int
-from rnnkit.cells._common import without_cycle_gc  # no cycle collection inside the time loop
 from rnnkit.cells.base import Cell
+from rnnkit.cells.speed.gc_pause import without_cycle_gc  # no cycle collection inside the time loop
 
 
 class _IndRNNSequence(torch.autograd.Function):

@@ -45,28 +45,24 @@ from rnnkit._checks import (
     check_shape,
     check_tensor,
 )
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    IMPLS,
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_final_grad,
-    check_batch_sizes,
-    forbid_double_backward,
     gate_weight_grads,
     input_grad,
     input_projection,
     last_valid,
-    linear,
     next_rows,
     prev_rows,
-    run_loop,
     stack_prev,
     weight_grad,
-    without_cycle_gc,
     zero_padding_,
 )
-from rnnkit.cells._gemm import Product
+from rnnkit.cells._kernel import IMPLS, check_batch_sizes, forbid_double_backward, linear, run_loop
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product
+from rnnkit.cells.speed.tanh import Tanh
 from rnnkit.errors import RnnkitValueError
 
 OUTPUT_ACTIVATIONS = (None, "tanh", "sigmoid", "relu", "softmax")

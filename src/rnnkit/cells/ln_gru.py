@@ -40,24 +40,17 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
-from rnnkit.cells import _native
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_final_grad,
-    forbid_double_backward,
     gru_shared_factors_,
     input_grad,
     input_projection,
     last_valid,
-    linear,
     prev_rows,
-    run_kernel,
-    without_cycle_gc,
     zero_padding_,
 )
-from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._layernorm import (
     EPS,
     GRU_SITES,
@@ -70,6 +63,11 @@ from rnnkit.cells._layernorm import (
     stacked_stats,
 )
 from rnnkit.cells._unit import Unit, torch_weights
+from rnnkit.cells.speed import native as _native
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product, weight_grads
+from rnnkit.cells.speed.tanh import Tanh
 from rnnkit.errors import RnnkitUnsupportedError
 
 
@@ -107,7 +105,7 @@ class LNGRUFused(torch.autograd.Function):
     `shift_x` (3H,) is what the step adds outside r's product: b_ih and LN_ih's shift, plus the
     r, z blocks of b_hh and LN_hh's shift; `s_n` (H,) is the n block of those two, inside it.
 
-    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    The two loops over time run compiled on CPU where `rnnkit.cells.speed.native.ops` allows
     (native/ln_gru.cpp, same buffers and results); otherwise the Python loops below
     (`_forward_steps`, `_backward_steps`), which are also the compiled ones' reference in
     tests/test_native.py.

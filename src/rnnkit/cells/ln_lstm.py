@@ -48,24 +48,16 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells import _native
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_final_grad,
-    doubled,
-    forbid_double_backward,
     input_grad,
     input_projection,
     last_valid,
-    linear,
-    run_kernel,
     weight_grad,
-    without_cycle_gc,
     zero_padding_,
 )
-from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._layernorm import (
     EPS,
     LSTM_SITES,
@@ -77,8 +69,13 @@ from rnnkit.cells._layernorm import (
     normalize_backward,
     stacked_stats,
 )
-from rnnkit.cells._record import StepRecord
 from rnnkit.cells._unit import Unit, check_projection, torch_weights
+from rnnkit.cells.speed import native as _native
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product, weight_grads
+from rnnkit.cells.speed.record import StepRecord
+from rnnkit.cells.speed.tanh import Tanh, doubled
 
 
 def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=None, *, rec_mask=None):
@@ -95,7 +92,7 @@ def ln_lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c, w_hr=No
     return (m if w_hr is None else linear(m, w_hr, None)), c
 
 
-# The blocks of one step's record (`rnnkit.cells._record`), each (B, width): what the backward
+# The blocks of one step's record (`rnnkit.cells.speed.record`), each (B, width): what the backward
 # reads (K, E, a, c and the gates G, for f) come first, so that it copies one span a step.
 def _record(B: int, H: int, P: int | None) -> StepRecord:
     """K: the backward's factors [K_i, K_f, K_g, K_o] (4H), E (H), a = W_hh h_{t-1} (4H), c_t (H),
@@ -116,7 +113,7 @@ class LNLSTMFused(torch.autograd.Function):
     on the forward alone, are computed for all steps at once after the Python forward loop (when a
     backward can follow), or by the compiled one as it goes.
 
-    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
+    The two loops over time run compiled on CPU where `rnnkit.cells.speed.native.ops` allows
     (native/ln_lstm.cpp, same buffers and results); otherwise the Python loops below
     (`_forward_steps`, `_backward_steps`), which are also the compiled ones' reference in
     tests/test_native.py.

@@ -32,32 +32,29 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells import _native
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
     add_final_grad,
-    doubled,
-    forbid_double_backward,
     gate_weight_grads,
     ifog_order,
     input_grad,
     input_projection,
     last_valid,
-    linear,
     next_rows,
-    run_kernel,
     stack_prev,
     weight_grad,
-    without_cycle_gc,
 )
-from rnnkit.cells._gemm import Product
+from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._layernorm import LSTM_SITES
 from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, check_projection, torch_weights
 from rnnkit.cells.ln_lstm import ln_lstm_step
+from rnnkit.cells.speed import native as _native
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product
+from rnnkit.cells.speed.tanh import Tanh, doubled
 from rnnkit.errors import RnnkitTypeError
 
 
@@ -75,8 +72,8 @@ def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None, *, rec_mask=None):
 class LSTMFused(torch.autograd.Function):
     """Whole-sequence LSTM with the hand-derived BPTT backward of the module docstring.
 
-    The two loops over time run compiled on CPU where `rnnkit.cells._native.ops` allows
-    (native/lstm.cpp, same buffers and results); otherwise the Python loops below
+    The two loops over time run compiled on CPU where `rnnkit.cells.speed.native.ops` allows
+    (speed/cpp/lstm.cpp, same buffers and results); otherwise the Python loops below
     (`_forward_steps`, `_backward_steps`), which are also the compiled ones' reference in
     tests/test_native.py.
     """
@@ -101,7 +98,7 @@ class LSTMFused(torch.autograd.Function):
         y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
         m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
         native = _native.ops(x, (B, w_hh_p2))
-        if native is not None:  # the same loop, compiled (native/lstm.cpp); g and c unscaled
+        if native is not None:  # the same loop, compiled (speed/cpp/lstm.cpp); g and c unscaled
             w_hr_t = None if w_hr is None else w_hr.t().contiguous()
             native.lstm_forward(
                 gates, w_hh_p2.t().contiguous(), h0.contiguous(), c0.contiguous(), w_hr_t, batch_sizes or [],

@@ -21,25 +21,23 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells import _workspace as workspace
-from rnnkit.cells._common import (
-    Tanh,
+from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
     add_final_grad,
-    forbid_double_backward,
     input_grad,
     input_projection,
     last_valid,
-    linear,
     prev_rows,
-    run_kernel,
     stack_prev,
-    without_cycle_gc,
 )
-from rnnkit.cells._gemm import Product, weight_grads
+from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, torch_weights
+from rnnkit.cells.speed import workspace
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product, weight_grads
+from rnnkit.cells.speed.tanh import Tanh
 
 
 def mgu_step(x_t, state, w_ih, w_hh, b_ih, b_hh, *, rec_mask=None):

@@ -49,10 +49,11 @@ from rnnkit._checks import (
     check_tensor,
     shape_str,
 )
-from rnnkit.cells._common import check_batch_sizes, forbid_double_backward, linear, without_cycle_gc
-from rnnkit.cells._gemm import Product
+from rnnkit.cells._kernel import check_batch_sizes, forbid_double_backward, linear
 from rnnkit.cells._unit import Unit
 from rnnkit.cells.scan import MODES, scan, scan_backward
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
+from rnnkit.cells.speed.gemm import Product
 from rnnkit.errors import RnnkitValueError
 
 # The two forms, as min_rnn's `cell=` names them, and their gate counts. (These spell the forms of

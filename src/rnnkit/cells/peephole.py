@@ -33,8 +33,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from rnnkit._checks import check_bool
-from rnnkit.cells._common import without_cycle_gc  # no cycle collection inside the time loop
 from rnnkit.cells.base import Cell
+from rnnkit.cells.speed.gc_pause import without_cycle_gc  # no cycle collection inside the time loop
 
 
 def _step(a, c_prev, p_i, p_f, p_o):

@@ -46,7 +46,8 @@ import math
 
 import torch
 
-from rnnkit.cells._common import forbid_double_backward, without_cycle_gc
+from rnnkit.cells._kernel import forbid_double_backward
+from rnnkit.cells.speed.gc_pause import without_cycle_gc
 
 MODES = ("parallel", "sequential")
 SEQUENTIAL_BELOW = 32  # shorter scans (and the recursion's last level) run as a plain loop

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from rnnkit._checks import check_bool, check_choice, check_positive_int
-from rnnkit.cells._common import IMPLS, run_loop
+from rnnkit.cells._kernel import IMPLS, run_loop
 from rnnkit.cells._regularize import Masks, Regularizer, masked_loop
 from rnnkit.cells._unit import Unit
 from rnnkit.cells.base import Cell

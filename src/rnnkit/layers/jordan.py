@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from rnnkit._checks import check_bool, check_choice, check_like, check_shape, check_tensor, shape_str
-from rnnkit.cells._common import IMPLS
+from rnnkit.cells._kernel import IMPLS
 from rnnkit.cells.jordan import JordanParameters, jordan, jordan_teacher_forced
 from rnnkit.errors import RnnkitValueError
 from rnnkit.layers._inputs import Batch, prepare_input

@@ -15,6 +15,8 @@ import functools
 
 import torch
 
+from rnnkit.cells import speed
+
 # Products smaller than this many multiply-adds go to torch.mm: below it oneDNN's fixed cost per
 # call outweighs its faster inner kernel (measured crossover on 2 cores: ~1.5M, e.g. 32x128x384).
 ONEDNN_MIN_MACS = 2_000_000
@@ -42,7 +44,8 @@ def _onednn_linear():
 
 def use_onednn(rows: int, w: torch.Tensor) -> bool:
     return (
-        _onednn_linear() is not None
+        speed.on("onednn")
+        and _onednn_linear() is not None
         and w.device.type == "cpu"
         and w.dtype == torch.float32
         and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
@@ -82,7 +85,7 @@ def linear(
     """x W^T + bias for a single large product (the input projection of all steps, dx), into
     `out` if given. oneDNN has no out= form: into `out` it costs a temporary as large as the
     result (a page fault every 4 KiB when fresh, ~1.5 ns an element here, see
-    `rnnkit.cells._workspace`) and a copy, which its faster kernel repays only for long inner
+    `rnnkit.cells.speed.workspace`) and a copy, which its faster kernel repays only for long inner
     products (measured on 2 cores, N=16,000 rows: MKL ahead at K=64, level at K=256)."""
     onednn = use_onednn(x.shape[0], w) and x.is_contiguous()
     if onednn and (out is None or w.shape[1] >= ONEDNN_OUT_MIN_K):

@@ -30,6 +30,7 @@ import threading
 
 import torch
 
+from rnnkit.cells import speed
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -87,7 +88,8 @@ def empty(shape, like: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
     t = None
     # plain CPU tensors only: a tensor subclass (FakeTensor while torch.compile traces, say) has
     # no real storage to share
-    if type(like) is torch.Tensor and like.device.type == "cpu" and _use_count is not None:
+    pooled = _use_count is not None and speed.on("workspace")
+    if type(like) is torch.Tensor and like.device.type == "cpu" and pooled:
         t = _POOL.lend(shape, like.dtype)
     if t is None:
         t = torch.empty(shape, dtype=like.dtype, device=like.device)

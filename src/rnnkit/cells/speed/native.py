@@ -1,4 +1,4 @@
-"""Compiled loops over time for CPU (`native/*.cpp`), built on this machine on first use.
+"""Compiled loops over time for CPU (`cpp/*.cpp`), built on this machine on first use.
 
 Why: at small sizes a step of a fused kernel's Python loop costs its ~20 eager ops (1-7 us each,
 `python benchmarks/op_floor.py`), not its arithmetic. A compiled loop makes a step one GEMM and
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from rnnkit.cells import _common
+from rnnkit.cells import speed
+from rnnkit.cells.speed import tanh
 
-_DIR = Path(__file__).with_name("native")
+_DIR = Path(__file__).with_name("cpp")
 SOURCES = [_DIR / "lstm.cpp", _DIR / "gru.cpp", _DIR / "ln_lstm.cpp", _DIR / "ln_gru.cpp"]
 HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
@@ -43,14 +44,13 @@ DTYPES = (torch.float32, torch.float64)
 # From this size of a step's recurrent product (rows x W's elements) on, the Python loops are
 # used: the step is then bound by its GEMM, which the compiled loops leave to torch.mm (MKL, half
 # as fast on this machine at these sizes) and the Python loops route to oneDNN
-# (`rnnkit.cells._gemm`). Measured (training step, T=100, compiled against Python loops, ms;
+# (`rnnkit.cells.speed.gemm`). Measured (training step, T=100, compiled against Python loops, ms;
 # `python benchmarks/bench_native.py --force` gives the B=64 H=256 pair): LSTM
 # at B=64 H=128 (4.2M) 31 against 37, B=32 H=256 (8.4M) 59 against 57, B=64 H=256 (16.8M) 108
 # against 100; GRU at B=64 H=128 (3.1M) 29 against 32, B=32 H=256 (6.3M) 51 against 48.
 MAX_STEP_MACS = 5_000_000
 
 _lock = threading.Lock()
-_forced_off = False  # set by `disabled()`
 
 
 def _digest() -> str:
@@ -139,10 +139,10 @@ def ops(like: torch.Tensor, recurrent: tuple[int, torch.Tensor] | None = None):
     apply: not CPU, not float32/float64, disabled, the build failed, or `recurrent` = (rows, W),
     a step's recurrent product, has MAX_STEP_MACS multiply-adds or more. The compiled loops take
     every tanh from a sigmoid, so they also need the kernels to prepare their pre-activations that
-    way (`_common.Tanh`, on by default on CPU; tests turn it off to run torch's tanh)."""
-    if _forced_off or like.device.type != "cpu" or like.dtype not in DTYPES:
+    way (`speed.tanh.Tanh`, on by default on CPU; tests turn it off to run torch's tanh)."""
+    if like.device.type != "cpu" or like.dtype not in DTYPES:
         return None
-    if like.device.type not in _common.TANH_VIA_SIGMOID:
+    if not (speed.on("native") and speed.on("sigmoid_tanh")) or like.device.type not in tanh.TANH_VIA_SIGMOID:
         return None
     if recurrent is not None and recurrent[0] * recurrent[1].numel() >= MAX_STEP_MACS:
         return None
@@ -150,13 +150,7 @@ def ops(like: torch.Tensor, recurrent: tuple[int, torch.Tensor] | None = None):
         return _build()
 
 
-class disabled:
-    """Context manager: the Python loops everywhere inside (the tests' reference path)."""
-
-    def __enter__(self):
-        global _forced_off
-        self._before, _forced_off = _forced_off, True
-
-    def __exit__(self, *exc):
-        global _forced_off
-        _forced_off = self._before
+def disabled():
+    """Context manager: the Python loops everywhere inside (the tests' reference path); the
+    "native" switch of `rnnkit.cells.speed` for a block."""
+    return speed.off("native")
