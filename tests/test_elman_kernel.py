@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells.elman import RNNCell
+from rnnkit.cells import RNNCell
 from rnnkit.functional import rnn_relu, rnn_tanh
 
 D = torch.float64

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells.gru import GRUCell, gru
+from rnnkit.cells import GRUCell
+from rnnkit.cells.gru import gru
 
 D = torch.float64
 T, B, I, H = 5, 4, 3, 6

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells.lstm import LSTMCell, lstm
+from rnnkit.cells import LSTMCell
+from rnnkit.cells.lstm import lstm
 
 D = torch.float64
 T, B, I, H, P = 5, 4, 3, 6, 4

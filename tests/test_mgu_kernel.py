@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells.mgu import MGUCell, mgu
+from rnnkit.cells import MGUCell
+from rnnkit.cells.mgu import mgu
 
 D = torch.float64
 T, B, I, H = 5, 4, 3, 6

@@ -80,3 +80,17 @@ def test_import_draws_no_random_numbers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
+
+
+FAMILIES = ("elman", "lstm", "gru", "mgu", "ln_lstm", "ln_gru", "minimal", "jordan", "indrnn", "peephole")
+
+
+def test_no_cell_family_imports_another():
+    """A family file holds its equations, kernel and unit; what several share sits below them
+    (rnnkit.cells._*, rnnkit.cells.speed), what combines them above (registry, dropin)."""
+    root = SRC / "cells"
+    for family in FAMILIES:
+        tree = ast.parse((root / f"{family}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        others = {f"rnnkit.cells.{f}" for f in FAMILIES if f != family}
+        assert not imported & others, f"cells/{family}.py imports {sorted(imported & others)}"

@@ -3,11 +3,8 @@ hand-derived BPTT backward, and its single-step module (drop-in for torch's cell
 
 from rnnkit.cells._regularize import Masks
 from rnnkit.cells.base import Cell
-from rnnkit.cells.elman import RNNCell
-from rnnkit.cells.gru import GRUCell
+from rnnkit.cells.dropin import GRUCell, LSTMCell, MGUCell, RNNCell
 from rnnkit.cells.jordan import JordanCell
-from rnnkit.cells.lstm import LSTMCell
-from rnnkit.cells.mgu import MGUCell
 from rnnkit.cells.minimal import MinGRUCell, MinLSTMCell
 from rnnkit.cells.registry import available, register
 from rnnkit.cells.speed.workspace import held as workspace_held

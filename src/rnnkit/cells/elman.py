@@ -28,7 +28,6 @@ from rnnkit.cells._bptt import (
     zero_padding_,
 )
 from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
-from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, torch_weights
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
@@ -124,56 +123,6 @@ def rnn_tanh(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl=
 def rnn_relu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fused"):
     """Elman RNN with relu; otherwise as `rnn_tanh`."""
     return _elman(x, h0, w_ih, w_hh, b_ih, b_hh, "relu", batch_sizes, impl)
-
-
-class RNNCell(CellBase):
-    """One Elman step, drop-in for `torch.nn.RNNCell` (same arguments, parameters and shapes).
-
-    forward(input (B, I) or (I,), hx (B, H) or (H,) or None, *, masks=None) -> h' of hx's shape.
-    The keyword-only regularisers and `learn_initial_state` are `CellBase`'s.
-    """
-
-    gates = 1
-
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        bias=True,
-        nonlinearity="tanh",
-        device=None,
-        dtype=None,
-        *,
-        zoneout=0.0,
-        recurrent_dropout=0.0,
-        weight_dropout=0.0,
-        learn_initial_state=False,
-        layer_norm=False,  # accepted so that True meets a clear error: LSTM and GRU only
-    ):
-        check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias,
-            device=device,
-            dtype=dtype,
-            zoneout=zoneout,
-            recurrent_dropout=recurrent_dropout,
-            weight_dropout=weight_dropout,
-            learn_initial_state=learn_initial_state,
-            layer_norm=layer_norm,
-        )
-        self.nonlinearity = nonlinearity
-
-    def _step(self, x, state, w_hh, rec_mask):
-        return elman_step(
-            x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, self.nonlinearity, rec_mask=rec_mask
-        )
-
-    def forward(self, input, hx=None, *, masks=None):
-        x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = self._regularized_step(x, (h,), masks)
-        return h.squeeze(0) if unbatched else h
 
 
 class ElmanUnit(Unit):

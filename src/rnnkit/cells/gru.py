@@ -45,10 +45,7 @@ from rnnkit.cells._bptt import (
     zero_padding_,
 )
 from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
-from rnnkit.cells._layernorm import GRU_SITES
-from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, torch_weights
-from rnnkit.cells.ln_gru import check_reset_after, ln_gru_step
 from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
@@ -297,69 +294,6 @@ def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, batch_size
         step=lambda x_t, s: gru_step(x_t, s, w_ih, w_hh, b_ih, b_hh, reset_after),
         fused=lambda h0, bs: kernel.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs),
     )
-
-
-class GRUCell(CellBase):
-    """One GRU step, drop-in for `torch.nn.GRUCell` (same arguments, parameters and shapes), plus
-    `reset_after` (False: the original form of Cho et al. 2014).
-
-    forward(input (B, I) or (I,), hx (B, H) or (H,) or None, *, masks=None) -> h' of hx's shape.
-    The keyword-only regularisers and `learn_initial_state` are `CellBase`'s. `layer_norm=True`:
-    the layer-normalised step of `rnnkit.cells.ln_gru` (Ba et al. 2016; reset_after=True only).
-    """
-
-    gates = 3
-    layer_norm_sites = GRU_SITES
-
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        bias=True,
-        device=None,
-        dtype=None,
-        *,
-        reset_after=True,
-        zoneout=0.0,
-        recurrent_dropout=0.0,
-        weight_dropout=0.0,
-        learn_initial_state=False,
-        layer_norm=False,
-    ):
-        check_bool("reset_after", reset_after)
-        if layer_norm is True:
-            check_reset_after(reset_after, "GRUCell")
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias,
-            device=device,
-            dtype=dtype,
-            zoneout=zoneout,
-            recurrent_dropout=recurrent_dropout,
-            weight_dropout=weight_dropout,
-            learn_initial_state=learn_initial_state,
-            layer_norm=layer_norm,
-        )
-        self.reset_after = reset_after
-
-    def _step(self, x, state, w_hh, rec_mask):
-        if self.layer_norm:
-            lns = self._layer_norm_args()
-            return ln_gru_step(
-                x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, **lns, rec_mask=rec_mask
-            )
-        return gru_step(
-            x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, self.reset_after, rec_mask=rec_mask
-        )
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
-
-    def forward(self, input, hx=None, *, masks=None):
-        x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = self._regularized_step(x, (h,), masks)
-        return h.squeeze(0) if unbatched else h
 
 
 class GRUUnit(Unit):

@@ -46,16 +46,12 @@ from rnnkit.cells._bptt import (
     weight_grad,
 )
 from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
-from rnnkit.cells._layernorm import LSTM_SITES
-from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, check_projection, torch_weights
-from rnnkit.cells.ln_lstm import ln_lstm_step
 from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
 from rnnkit.cells.speed.gemm import Product
 from rnnkit.cells.speed.tanh import Tanh, doubled
-from rnnkit.errors import RnnkitTypeError
 
 
 def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None, *, rec_mask=None):
@@ -230,39 +226,6 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=
         step=lambda x_t, s: lstm_step(x_t, s, w_ih, w_hh, b_ih, b_hh, w_hr),
         fused=lambda h0, c0, bs: LSTMFused.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, bs),
     )
-
-
-class LSTMCell(CellBase):
-    """One LSTM step, drop-in for `torch.nn.LSTMCell` (same arguments, parameters and shapes).
-
-    forward(input (B, I) or (I,), hx=(h, c) or None, *, masks=None) -> (h', c'). The keyword-only
-    regularisers and `learn_initial_state` are `CellBase`'s; zoneout may be a pair (p_h, p_c).
-    `layer_norm=True`: the layer-normalised step of `rnnkit.cells.ln_lstm` (Ba et al. 2016).
-    """
-
-    gates = 4
-    num_states = 2
-    layer_norm_sites = LSTM_SITES
-
-    def _step(self, x, state, w_hh, rec_mask):
-        if self.layer_norm:
-            lns = self._layer_norm_args()
-            return ln_lstm_step(
-                x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, **lns, rec_mask=rec_mask
-            )
-        return lstm_step(x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, rec_mask=rec_mask)
-
-    def forward(self, input, hx=None, *, masks=None):
-        if hx is None:
-            hx = (None, None)
-        elif not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise RnnkitTypeError(
-                f"hx must be a tuple (h, c) of two tensors or None, got {type(hx).__name__}"
-                + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
-            )
-        x, (h, c), unbatched = self._batched(input, {"hx[0] (h)": hx[0], "hx[1] (c)": hx[1]})
-        h, c = self._regularized_step(x, (h, c), masks)
-        return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
 class LSTMUnit(Unit):

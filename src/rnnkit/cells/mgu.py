@@ -32,7 +32,6 @@ from rnnkit.cells._bptt import (
     stack_prev,
 )
 from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
-from rnnkit.cells._module import CellBase
 from rnnkit.cells._unit import Unit, torch_weights
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
@@ -154,24 +153,6 @@ def mgu(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, batch_sizes=None, impl="fuse
         step=lambda x_t, s: mgu_step(x_t, s, w_ih, w_hh, b_ih, b_hh),
         fused=lambda h0, bs: MGUFused.apply(x, h0, w_ih, w_hh, b_ih, b_hh, bs),
     )
-
-
-class MGUCell(CellBase):
-    """One MGU step, with torch.nn.GRUCell's arguments (parameters stacked f, n: (2H, I), (2H, H)).
-
-    forward(input (B, I) or (I,), hx (B, H) or (H,) or None, *, masks=None) -> h' of hx's shape.
-    The keyword-only regularisers and `learn_initial_state` are `CellBase`'s.
-    """
-
-    gates = 2
-
-    def _step(self, x, state, w_hh, rec_mask):
-        return mgu_step(x, state, self.weight_ih, w_hh, self.bias_ih, self.bias_hh, rec_mask=rec_mask)
-
-    def forward(self, input, hx=None, *, masks=None):
-        x, (h,), unbatched = self._batched(input, {"hx": hx})
-        (h,) = self._regularized_step(x, (h,), masks)
-        return h.squeeze(0) if unbatched else h
 
 
 class MGUUnit(Unit):
