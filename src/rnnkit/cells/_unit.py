@@ -98,6 +98,20 @@ class Unit(Cell):
         return s + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
+class LSTMShaped(Unit):
+    """What the LSTM and the layer-normalised LSTM units share: gates i, f, g, o (the forget gate
+    second), states (h, c) of sizes (P, H), and torch's optional projection (`proj_size`)."""
+
+    gates = 4
+    num_states = 2
+    gate_names = ("i", "f", "g", "o")
+    forget_gate = 1
+
+    def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
+        check_projection(proj_size, hidden_size)
+        super().__init__(input_size, hidden_size, bias=bias, proj_size=proj_size)
+
+
 def torch_weights(w: dict) -> tuple:
     """(w_ih, w_hh, b_ih, b_hh) of a unit's parameter dict: the positional weights every fused
     kernel takes, in torch's order (biases None without `bias`)."""

@@ -69,7 +69,7 @@ from rnnkit.cells._layernorm import (
     normalize_backward,
     stacked_stats,
 )
-from rnnkit.cells._unit import Unit, check_projection, torch_weights
+from rnnkit.cells._unit import LSTMShaped, torch_weights
 from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
@@ -378,20 +378,11 @@ def ln_lstm(
     )
 
 
-class LNLSTMUnit(Unit):
+class LNLSTMUnit(LSTMShaped):
     """The layer-normalised LSTM's `Cell` (registered as "ln_lstm"): the equations above, states
     (h, c) of sizes (P, H); torch's LSTM parameters (`rnnkit.cells._unit.Unit`), then the gains
     layer_norm_{ih,hh}_weight (4H,) (1 at first), shifts layer_norm_{ih,hh}_bias (4H,) (0) and
     layer_norm_c_weight, _bias (H,)."""
-
-    gates = 4
-    num_states = 2
-    gate_names = ("i", "f", "g", "o")
-    forget_gate = 1
-
-    def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
-        check_projection(proj_size, hidden_size)
-        super().__init__(input_size, hidden_size, bias=bias, proj_size=proj_size)
 
     def extra_shapes(self):
         return layer_norm_shapes(LSTM_SITES, self.hidden_size)

@@ -46,7 +46,7 @@ from rnnkit.cells._bptt import (
     weight_grad,
 )
 from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
-from rnnkit.cells._unit import Unit, check_projection, torch_weights
+from rnnkit.cells._unit import LSTMShaped, torch_weights
 from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
@@ -228,18 +228,9 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=
     )
 
 
-class LSTMUnit(Unit):
+class LSTMUnit(LSTMShaped):
     """The LSTM's `Cell` (registered as "lstm"): the equations above, states (h, c) of sizes
     (P, H); parameters and their use as `rnnkit.cells._unit.Unit`, weight_hr with `proj_size`."""
-
-    gates = 4
-    num_states = 2
-    gate_names = ("i", "f", "g", "o")
-    forget_gate = 1
-
-    def __init__(self, input_size, hidden_size, *, bias=True, proj_size=0):
-        check_projection(proj_size, hidden_size)
-        super().__init__(input_size, hidden_size, bias=bias, proj_size=proj_size)
 
     def step(self, x_t, state, w, rec_mask=None):
         return lstm_step(x_t, state, *torch_weights(w), w.get("weight_hr"), rec_mask=rec_mask)
