@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # xdist workers: both cores of the CI machine.
 WORKERS ?= 2
 
-.PHONY: setup test test-slow demo bench lint clean
+.PHONY: setup test test-slow demo bench bench-compare lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 	$(VENV)/bin/rnnkit train charlm --steps 1500 --eval-every 250 --out $(DEMO_RUN)
 	$(VENV)/bin/rnnkit evaluate $(DEMO_RUN)
 	$(VENV)/bin/rnnkit sample $(DEMO_RUN) --prime "The " --length 400 --temperature 0.8 --seed 0
+
+# the layers against another revision, side by side: make bench-compare REV=HEAD~1
+bench-compare: $(STAMP)
+	$(PY) benchmarks/compare_revisions.py $(REV) --out docs/benchmarks.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_kernels.py --out docs/benchmarks.md
