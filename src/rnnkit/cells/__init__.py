@@ -1,5 +1,6 @@
-"""Cell families: each file holds its step equations, its fused whole-sequence kernel with the
-hand-derived BPTT backward, and its single-step module (drop-in for torch's cells)."""
+"""Cells: one file per family (its step equations, its fused whole-sequence kernel with the
+hand-derived BPTT backward, and its unit, the family's `Cell`); the registry of cell names; the
+torch drop-in single-step cells (`dropin`); the speed machinery below them all (`speed`)."""
 
 from rnnkit.cells._regularize import Masks
 from rnnkit.cells.base import Cell
