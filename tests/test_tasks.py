@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rnnkit.cli import main
+from rnnkit.trained import Run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,7 +32,19 @@ def run_task(tmp_path, capsys, task, *flags, data=None):
 
 def predict(capsys, run, *inputs, extra=()):
     assert main(["predict", str(run), *inputs, *extra]) == 0
-    return capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    # rnnkit.Run.predict gives the values those lines format, each line's first field its value
+    options = {k.removeprefix("--"): v for k, v in zip(extra[::2], extra[1::2])}
+    values = Run.load(run).predict(list(inputs), **options)
+    assert len(values) == len(lines) == len(inputs)
+    for line, value in zip(lines, values):
+        if isinstance(value, tuple):  # classify: (label, probability)
+            assert line == f"{value[0]}\t{value[1]:.4f}" and 0 <= value[1] <= 1
+        elif isinstance(value, list):  # forecast: the next values
+            assert line == ",".join(f"{v:.4g}" for v in value) and all(isinstance(v, float) for v in value)
+        else:
+            assert line.split("\t")[0] == value
+    return lines
 
 
 def test_classify_digits(tmp_path, capsys):
@@ -111,7 +124,8 @@ def test_colors(tmp_path, capsys):
     run, m = run_task(tmp_path, capsys, "colors", "--hidden-size", "16")
     assert m["baseline_loss"] == pytest.approx(2.97, abs=0.05) and m["test_names"] == 94
     lines = predict(capsys, run, "0.1,0.5,0.2", "1,1,1")
-    assert len(lines) == 2 and lines[0].startswith("0.1,0.5,0.2\t") and lines[0].count(" | ") == 3
+    # the greedy name (Run.predict's value) first, then the input and three sampled names
+    assert len(lines) == 2 and lines[0].split("\t")[1] == "0.1,0.5,0.2" and lines[0].count(" | ") == 2
 
 
 @pytest.mark.parametrize("problem", ["adding", "copy-memory"])

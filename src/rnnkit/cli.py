@@ -31,11 +31,12 @@ from rnnkit.cli_options import (
     SampleOptions,
     TrainOptions,
 )
-from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitUnsupportedError, RnnkitValueError
+from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
 from rnnkit.models import build, describe
 from rnnkit.run_dir import check_weights, keep_data, prepare_out, read_config, task_of
 from rnnkit.tasks.registry import TASKS
 from rnnkit.train import TrainConfig, Trainer
+from rnnkit.trained import Run
 
 _METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", tuple: "INTS", list: "NAMES"}
 
@@ -400,14 +401,8 @@ def cmd_plot(args) -> int:
 
 def cmd_evaluate(args) -> int:
     opts = config_from(EvaluateOptions, args)
-    task = task_of(read_config(args.run_dir), args.run_dir)
     options = {} if opts.lengths is None else {"lengths": list(opts.lengths)}
-    _check_options("evaluate", task, options, task.evaluate_options)
-    metrics = task.test_metrics(_load(args.run_dir), data=opts.data, **options)
-    undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
-    if undefined:  # e.g. a test text too short to predict one character: an input error
-        source = f"--data {opts.data}" if opts.data else "the run's test data"
-        raise RnnkitValueError(f"{source} gives no finite {', '.join(undefined)} (too little test data?)")
+    metrics = Run.load(args.run_dir).evaluate(opts.data, **options)
     if opts.json:
         print(json.dumps(metrics, allow_nan=False))
     else:
@@ -418,20 +413,10 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _check_options(command: str, task, given: dict, known: tuple) -> None:
-    for name in given:
-        if name not in known:
-            raise RnnkitValueError(f"{command} --{name} does not apply to task {task.name}")
-
-
 def cmd_sample(args) -> int:
     opts = config_from(SampleOptions, args)
-    task = task_of(read_config(args.run_dir), args.run_dir)
-    if not hasattr(task, "sample"):
-        raise RnnkitUnsupportedError(f"task {task.name} has no sample; try rnnkit predict {args.run_dir}")
     print(
-        task.sample(
-            _load(args.run_dir),
+        Run.load(args.run_dir).sample(
             prime=opts.prime,
             length=opts.length,
             temperature=opts.temperature,
@@ -445,10 +430,9 @@ def cmd_sample(args) -> int:
 
 def cmd_predict(args) -> int:
     opts = config_from(PredictOptions, args)
-    task = task_of(read_config(args.run_dir), args.run_dir)
+    run = Run.load(args.run_dir)
     options = {} if opts.locale is None else {"locale": opts.locale}
-    _check_options("predict", task, options, task.predict_options)
-    for line in task.predict(_load(args.run_dir), args.inputs, **options):
+    for line in run.predict_lines(args.inputs, **options):
         print(line)
     return 0
 

@@ -41,8 +41,18 @@ class Task:
     def test_metrics(self, model, data=None, **options) -> dict:
         raise NotImplementedError
 
-    def predict(self, model, inputs: list[str], **options) -> list[str]:
+    def predict_values(self, model, inputs: list[str], **options) -> list:
+        """One Python value per input (what `rnnkit.Run.predict` returns)."""
         raise RnnkitUnsupportedError(f"task {self.name} has no predict")
+
+    def format_prediction(self, text: str, value) -> str:
+        """The line `rnnkit predict` prints for an input: its value first."""
+        return str(value)
+
+    def predict(self, model, inputs: list[str], **options) -> list[str]:
+        """The lines `rnnkit predict` prints: a formatting of `predict_values`."""
+        values = self.predict_values(model, inputs, **options)
+        return [self.format_prediction(text, v) for text, v in zip(inputs, values)]
 
     def plot(self, model, run_dir: Path) -> list[Path]:
         return []

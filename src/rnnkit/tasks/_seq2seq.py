@@ -178,7 +178,7 @@ class Seq2SeqTask(Task):
             "errors": [{"output": g, "truth": t} for g, t in errors[:20]],
         }
 
-    def predict(self, model, inputs: list[str], **options) -> list[str]:
+    def predict_values(self, model, inputs: list[str], **options) -> list[str]:
         return self.decode(model, [self.source_ids(text, **options) for text in inputs])
 
     def source_labels(self, source) -> list[str]:

@@ -144,7 +144,7 @@ class CharLMTask(Task):
         )
         return (prime or "") + self.vocab.decode(out[0])
 
-    def predict(self, model, inputs: list[str], **options) -> list[str]:
+    def predict_values(self, model, inputs: list[str], **options) -> list[str]:
         """Each input continued by 100 sampled characters (seed 0)."""
         return [
             self.sample(model, prime=text, length=100, temperature=1.0, top_k=None, top_p=None, seed=0)

@@ -266,7 +266,8 @@ class ClassifyTask(Task):
                 best = (score, fit)
         return float((best[1].predict(xs["test"]) == self.label_ids(test.labels)).mean())
 
-    def predict(self, model, inputs: list[str], **options) -> list[str]:
+    def predict_values(self, model, inputs: list[str], **options) -> list[tuple[str, float]]:
+        """(label, probability) of the likeliest label, per input."""
         if self.is_text:
             if not all(inputs):
                 raise RnnkitValueError("INPUT is empty: classify needs at least one character to read")
@@ -291,7 +292,10 @@ class ClassifyTask(Task):
             )
         p = self.probabilities(model, ex)
         best = p.argmax(-1)
-        return [f"{self.labels[k]}\t{p[i, k]:.4f}" for i, k in enumerate(best.tolist())]
+        return [(self.labels[k], float(p[i, k])) for i, k in enumerate(best.tolist())]
+
+    def format_prediction(self, text: str, value) -> str:
+        return f"{value[0]}\t{value[1]:.4f}"
 
     def plot(self, model, run_dir: Path) -> list[Path]:
         """RUN_DIR/confusion.png: the test confusion matrix, rows normalised (recall per label)."""

@@ -175,8 +175,21 @@ class ColorsTask(Task):
             )
         return [self.vocab.decode(row).split(EOS)[0] for row in out.tolist()]
 
+    def predict_values(self, model, inputs: list[str], **options) -> list[str]:
+        """Each INPUT `r,g,b` in [0, 1]: its greedy name."""
+        return self.generate(model, self._rgb(inputs))
+
     def predict(self, model, inputs: list[str], **options) -> list[str]:
-        """Each INPUT `r,g,b` in [0, 1]: the greedy name, then `samples` sampled names."""
+        """The lines of `rnnkit predict`: the greedy name (`predict_values`), the input, then
+        `samples` sampled names."""
+        greedy, rgb = self.predict_values(model, inputs), self._rgb(inputs)
+        sampled = [self.generate(model, rgb, seed=s) for s in range(self.config.samples)]
+        return [
+            f"{g}\t{text}\t" + " | ".join(n[i] for n in sampled)
+            for i, (g, text) in enumerate(zip(greedy, inputs))
+        ]
+
+    def _rgb(self, inputs: list[str]) -> torch.Tensor:
         rgb = []
         for text in inputs:
             try:
@@ -186,10 +199,7 @@ class ColorsTask(Task):
             if len(values) != 3 or not all(0 <= v <= 1 for v in values):
                 raise RnnkitValueError(f"INPUT must be r,g,b with each in [0, 1], got {text!r}")
             rgb.append(values)
-        rgb = torch.tensor(rgb)
-        names = [self.generate(model, rgb)]
-        names += [self.generate(model, rgb, seed=s) for s in range(self.config.samples)]
-        return [f"{text}\t" + " | ".join(n[i] for n in names) for i, text in enumerate(inputs)]
+        return torch.tensor(rgb)
 
     def plot(self, model, run_dir: Path) -> list[Path]:
         """RUN_DIR/colors.png: held-out colours as swatches, with the true and the greedy name."""

@@ -88,5 +88,5 @@ class DatesTask(Seq2SeqTask):
     def source_labels(self, source) -> list[str]:
         return [self.locales[source[0] - len(self.chars)]] + [self.chars.chars[i] for i in source[1:]]
 
-    def predict(self, model, inputs: list[str], locale: str | None = None, **options) -> list[str]:
+    def predict_values(self, model, inputs: list[str], locale: str | None = None, **options) -> list[str]:
         return self.decode(model, [self.source_ids(text, locale) for text in inputs])

@@ -283,9 +283,9 @@ class ForecastTask(Task):
             applied = fit.apply(target)
         return np.asarray(applied.predict(start=start, end=len(target) - 1)), order
 
-    def predict(self, model, inputs: list[str], **options) -> list[str]:
+    def predict_values(self, model, inputs: list[str], **options) -> list[list[float]]:
         """Each INPUT: recent values, comma-separated (several columns: steps separated by ';',
-        columns by ','); prints the next `predict_steps` values of the target."""
+        columns by ','); the next `predict_steps` values of the target."""
         C = len(self.series.names)
         out = []
         for text in inputs:
@@ -303,8 +303,11 @@ class ForecastTask(Task):
                 raise RnnkitValueError(f"INPUT must hold finite numbers, got {text!r}")
             history = torch.tensor(self.scale(np.array(steps)), dtype=torch.float32)
             nxt = self.recursive(model, history, self.config.predict_steps)[:, 0] * self.std[0] + self.mean[0]
-            out.append(",".join(f"{v:.4g}" for v in nxt))
+            out.append([float(v) for v in nxt])
         return out
+
+    def format_prediction(self, text: str, value) -> str:
+        return ",".join(f"{v:.4g}" for v in value)
 
     def plot(self, model, run_dir: Path) -> list[Path]:
         """RUN_DIR/forecast.png: truth, the model's one-step and recursive forecasts and ARIMA's."""

@@ -1,0 +1,70 @@
+"""rnnkit.Run (API.md, "Trained runs from Python"): a run directory used from Python gives what the
+command line prints, which is a formatting of it (predict, evaluate --json, sample); other tasks'
+predict values are checked against the command in tests/test_tasks.py."""
+
+import json
+
+import pytest
+
+import rnnkit
+from rnnkit.cli import main
+from rnnkit.trained import Run
+
+SMALL = ["--hidden-size", "16", "--embedding-dim", "8", "--seq-len", "16", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def charlm_run(tmp_path_factory, text_file):
+    run = tmp_path_factory.mktemp("runs") / "charlm"
+    argv = ["train", "--data", str(text_file), "--steps", "6", "--eval-every", "3", "--out", str(run)]
+    assert main([*argv, *SMALL]) == 0
+    return run
+
+
+def test_run_is_what_the_command_prints(charlm_run, capsys):
+    run = Run.load(charlm_run)
+    assert run.task == "charlm" and run.config["task"] == "charlm" and not run.model.training
+    assert isinstance(run.model, type(rnnkit.load(charlm_run)))
+    capsys.readouterr()
+    assert main(["evaluate", str(charlm_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(run.evaluate()))
+    assert main(["sample", str(charlm_run), "--prime", "The ", "--length", "40", "--seed", "3"]) == 0
+    sampled = run.sample(prime="The ", length=40, seed=3)
+    assert capsys.readouterr().out == sampled + "\n" and sampled.startswith("The ")
+    assert run.sample(prime="The ", length=40, seed=3) == sampled  # seeded
+    assert main(["predict", str(charlm_run), "import ", "def "]) == 0
+    values = run.predict(["import ", "def "])
+    assert all(isinstance(v, str) for v in values) and values[0].startswith("import ")
+    assert capsys.readouterr().out == "".join(v + "\n" for v in values)
+
+
+def test_run_leaves_the_global_generator_alone(charlm_run):
+    import torch
+
+    run = Run.load(charlm_run)
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
+    run.sample(length=20, seed=5)
+    run.predict(["x"])
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_bad_arguments_are_clear_errors(charlm_run, tmp_path):
+    run = Run.load(charlm_run)
+    with pytest.raises(rnnkit.RnnkitTypeError, match="list of strings"):
+        run.predict("import ")
+    with pytest.raises(rnnkit.RnnkitValueError, match="non-empty"):
+        run.predict([])
+    with pytest.raises(rnnkit.RnnkitValueError, match="--locale does not apply to task charlm"):
+        run.predict(["x"], locale="fr")
+    with pytest.raises(rnnkit.RnnkitTypeError, match="no option 'nope'"):
+        run.predict(["x"], nope=1)
+    with pytest.raises(rnnkit.RnnkitValueError, match="length"):
+        run.sample(length=0)
+    with pytest.raises(rnnkit.RnnkitValueError, match="temperature"):
+        run.sample(temperature=-1.0)
+    with pytest.raises(rnnkit.RnnkitValueError, match="--lengths does not apply"):
+        run.evaluate(lengths=[5])
+    with pytest.raises(rnnkit.RnnkitFileError):
+        Run.load(tmp_path / "nothing-here")
