@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+import rnnkit
 from rnnkit.cli import main
-from rnnkit.trained import Run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -35,7 +35,7 @@ def predict(capsys, run, *inputs, extra=()):
     lines = capsys.readouterr().out.splitlines()
     # rnnkit.Run.predict gives the values those lines format, each line's first field its value
     options = {k.removeprefix("--"): v for k, v in zip(extra[::2], extra[1::2])}
-    values = Run.load(run).predict(list(inputs), **options)
+    values = rnnkit.Run.load(run).predict(list(inputs), **options)
     assert len(values) == len(lines) == len(inputs)
     for line, value in zip(lines, values):
         if isinstance(value, tuple):  # classify: (label, probability)

@@ -8,7 +8,6 @@ import pytest
 
 import rnnkit
 from rnnkit.cli import main
-from rnnkit.trained import Run
 
 SMALL = ["--hidden-size", "16", "--embedding-dim", "8", "--seq-len", "16", "--batch-size", "4"]
 
@@ -22,7 +21,7 @@ def charlm_run(tmp_path_factory, text_file):
 
 
 def test_run_is_what_the_command_prints(charlm_run, capsys):
-    run = Run.load(charlm_run)
+    run = rnnkit.Run.load(charlm_run)
     assert run.task == "charlm" and run.config["task"] == "charlm" and not run.model.training
     assert isinstance(run.model, type(rnnkit.load(charlm_run)))
     capsys.readouterr()
@@ -41,7 +40,7 @@ def test_run_is_what_the_command_prints(charlm_run, capsys):
 def test_run_leaves_the_global_generator_alone(charlm_run):
     import torch
 
-    run = Run.load(charlm_run)
+    run = rnnkit.Run.load(charlm_run)
     torch.manual_seed(11)
     want = torch.rand(3)
     torch.manual_seed(11)
@@ -51,7 +50,7 @@ def test_run_leaves_the_global_generator_alone(charlm_run):
 
 
 def test_bad_arguments_are_clear_errors(charlm_run, tmp_path):
-    run = Run.load(charlm_run)
+    run = rnnkit.Run.load(charlm_run)
     with pytest.raises(rnnkit.RnnkitTypeError, match="list of strings"):
         run.predict("import ")
     with pytest.raises(rnnkit.RnnkitValueError, match="non-empty"):
@@ -67,4 +66,4 @@ def test_bad_arguments_are_clear_errors(charlm_run, tmp_path):
     with pytest.raises(rnnkit.RnnkitValueError, match="--lengths does not apply"):
         run.evaluate(lengths=[5])
     with pytest.raises(rnnkit.RnnkitFileError):
-        Run.load(tmp_path / "nothing-here")
+        rnnkit.Run.load(tmp_path / "nothing-here")

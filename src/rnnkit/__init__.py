@@ -13,6 +13,16 @@ from rnnkit.errors import (  # noqa: E402
 from rnnkit.layers import GRU, LSTM, MGU, RNN, JordanRNN, MinGRU, MinLSTM, Recurrent  # noqa: E402
 from rnnkit.runs import load  # noqa: E402
 
+
+def __getattr__(name: str):
+    # rnnkit.Run on first use: it rebuilds tasks, whose data libraries are slow to import
+    if name == "Run":
+        from rnnkit.trained import Run
+
+        return Run
+    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+
+
 __all__ = [
     "GRU",
     "LSTM",
@@ -22,6 +32,7 @@ __all__ = [
     "MinLSTM",
     "RNN",
     "Recurrent",
+    "Run",
     "RnnkitError",
     "RnnkitFileError",
     "RnnkitTypeError",
