@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.train import TrainConfig, Trainer
+from rnnkit.training import TrainConfig, Trainer
 
 CONFIG = TrainConfig(steps=6, lr=1e-2, eval_every=3, clip_norm=1.0)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.train import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rnnkit.training import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def make_training(seed=0):

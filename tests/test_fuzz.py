@@ -23,7 +23,7 @@ from rnnkit._config import Options, Valid, valid_of
 from rnnkit.cli import build_parser, main
 from rnnkit.cli_options import COMMAND_OPTIONS, TrainOptions
 from rnnkit.tasks.registry import TASKS
-from rnnkit.train import TrainConfig
+from rnnkit.training import TrainConfig
 
 # the positional arguments a command needs before its flags are looked at
 POSITIONALS = {"evaluate": ["no-run"], "sample": ["no-run"], "predict": ["no-run", "x"], "gradients": []}

@@ -43,7 +43,7 @@ LEVELS = {
     "models": 3,
     "decoding": 3,
     "attention": 3,
-    "train": 4,
+    "training": 4,
     "data": 4,
     "runs": 5,
     "tasks": 6,

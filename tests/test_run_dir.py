@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from rnnkit.cli import main
-from rnnkit.train import TrainConfig, Trainer
-from rnnkit.train.checkpoint import save_checkpoint, write_bytes
+from rnnkit.training import TrainConfig, Trainer
+from rnnkit.training.checkpoint import save_checkpoint, write_bytes
 
 SMALL = [
     "--hidden-size",
@@ -373,7 +373,7 @@ def test_a_non_finite_final_metric_warns():
 
 
 def test_resume_rewrites_metrics_atomically(run, monkeypatch):
-    import rnnkit.train.trainer as trainer_module
+    import rnnkit.training.trainer as trainer_module
 
     written = []
     real = trainer_module.write_bytes

@@ -5,7 +5,7 @@ import torch
 
 import rnnkit
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.train.tbptt import tbptt_step
+from rnnkit.training.tbptt import tbptt_step
 
 
 def setup():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.train import NonFiniteError, TrainConfig, Trainer
+from rnnkit.training import NonFiniteError, TrainConfig, Trainer
 
 
 def lm_setup(seed=0):
@@ -149,7 +149,7 @@ def test_early_stopping_stops(tmp_path):
     trainer.fit()
     assert trainer.step == 20  # best at the 2nd evaluation (step 10); two worse ones: 15, 20
     assert trainer.best_step == 10
-    assert rnnkit.train.load_checkpoint(tmp_path, "latest")["best_step"] == 10
+    assert rnnkit.training.load_checkpoint(tmp_path, "latest")["best_step"] == 10
 
 
 def test_load_gives_the_selected_model(tmp_path):
@@ -195,7 +195,7 @@ def test_load_gives_the_selected_model(tmp_path):
 
 
 def test_schedules():
-    from rnnkit.train.trainer import lr_factor
+    from rnnkit.training.trainer import lr_factor
 
     warm = TrainConfig(steps=100, warmup_steps=4, schedule="cosine")
     assert [lr_factor(warm, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -35,8 +35,8 @@ from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
 from rnnkit.models import build, describe
 from rnnkit.run_dir import check_weights, keep_data, prepare_out, read_config, task_of
 from rnnkit.tasks.registry import TASKS
-from rnnkit.train import TrainConfig, Trainer
 from rnnkit.trained import Run
+from rnnkit.training import TrainConfig, Trainer
 
 _METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", tuple: "INTS", list: "NAMES"}
 

@@ -49,7 +49,7 @@ from rnnkit.cells.registry import available, name_of, registered
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 from rnnkit.layers.by_name import builtin_layer
 from rnnkit.layers.recurrent import TorchLayer
-from rnnkit.train.checkpoint import write_bytes
+from rnnkit.training.checkpoint import write_bytes
 
 LOSSES = ("last", "all")
 

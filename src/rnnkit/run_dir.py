@@ -8,7 +8,7 @@ RUN_DIR/config.json        what rebuilds the run: task, task_config (and the tas
 RUN_DIR/model.safetensors  the weights selected by validation; checked against config.json's model.
 RUN_DIR/metrics.jsonl      one strict JSON object per line (a non-finite value is null).
 RUN_DIR/latest.json        the checkpoint resuming continues from, with its weights file
-                           latest-<sha256 prefix>.safetensors (rnnkit.train.checkpoint).
+                           latest-<sha256 prefix>.safetensors (rnnkit.training.checkpoint).
 RUN_DIR/data/NAME          the run's copy of its --data file; config.json records it relative to
                            the run, and only a regular file inside the run is ever read from there.
 RUN_DIR/tb/                TensorBoard event files.
@@ -30,8 +30,8 @@ from rnnkit._config import MAX_SEED
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
 from rnnkit.models import describe
 from rnnkit.tasks.registry import TASKS
-from rnnkit.train import TrainConfig
-from rnnkit.train.checkpoint import write_bytes
+from rnnkit.training import TrainConfig
+from rnnkit.training.checkpoint import write_bytes
 
 # What a run writes at its top level: --force never lets a run start where one of these is.
 RUN_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "latest.json", "data", "tb")

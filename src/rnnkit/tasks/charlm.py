@@ -25,7 +25,7 @@ from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.tasks._common import RegularizerOptions, Task, cell_option
-from rnnkit.train.tbptt import tbptt_step
+from rnnkit.training.tbptt import tbptt_step
 
 
 @dataclass(frozen=True)

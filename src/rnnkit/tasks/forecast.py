@@ -43,7 +43,7 @@ from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.tasks._common import RegularizerOptions, Task, cell_option, device_of, epoch_batch, pyplot
-from rnnkit.train.checkpoint import write_json
+from rnnkit.training.checkpoint import write_json
 
 
 @dataclass(frozen=True)

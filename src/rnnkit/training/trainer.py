@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rnnkit._config import MAX_STEPS, Options, integer, one_of, option, positive, real
 from rnnkit.errors import RnnkitError, RnnkitValueError
-from rnnkit.train.checkpoint import (
+from rnnkit.training.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,

@@ -1,8 +1,8 @@
 """Training: the loop, its configuration and checkpoints."""
 
-from rnnkit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from rnnkit.train.tbptt import tbptt_step
-from rnnkit.train.trainer import NonFiniteError, TrainConfig, Trainer
+from rnnkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rnnkit.training.tbptt import tbptt_step
+from rnnkit.training.trainer import NonFiniteError, TrainConfig, Trainer
 
 __all__ = [
     "NonFiniteError",
