@@ -5,6 +5,7 @@ predict values are checked against the command in tests/test_tasks.py."""
 import json
 
 import pytest
+import torch
 
 import rnnkit
 from rnnkit.cli import main
@@ -67,3 +68,35 @@ def test_bad_arguments_are_clear_errors(charlm_run, tmp_path):
         run.evaluate(lengths=[5])
     with pytest.raises(rnnkit.RnnkitFileError):
         rnnkit.Run.load(tmp_path / "nothing-here")
+
+
+def test_train_from_python_equals_the_command(tmp_path, text_file, capsys):
+    """rnnkit.train(...) runs what `rnnkit train` runs: the same metrics.jsonl for the same seed,
+    the Run returned, the caller's global random state untouched."""
+    from rnnkit.cli import train
+
+    flags = {"hidden_size": 16, "embedding_dim": 8, "seq_len": 16, "batch_size": 4, "eval_every": 3}
+    argv = ["train", "--data", str(text_file), "--steps", "5", "--seed", "2", "--out", str(tmp_path / "cli")]
+    for k, v in flags.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    assert main(argv) == 0
+    torch.manual_seed(123)
+    want = torch.rand(2)
+    torch.manual_seed(123)
+    run = train("charlm", data=text_file, out=tmp_path / "py", steps=5, seed=2, **flags)
+    assert torch.equal(torch.rand(2), want)  # the caller's generator as it was
+    assert isinstance(run, rnnkit.Run) and run.task == "charlm"
+
+    def records(d):
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in ("time", "elapsed", "wall_s")}
+            for line in (d / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    assert records(tmp_path / "py") == records(tmp_path / "cli")
+    resumed = train(resume=tmp_path / "py", steps=7)
+    assert records(tmp_path / "py")[-1]["step"] == 7 and resumed.task == "charlm"
+    with pytest.raises(rnnkit.RnnkitTypeError, match="no option 'hidden'"):
+        train("charlm", data=text_file, hidden=3)
+    with pytest.raises(rnnkit.RnnkitValueError, match="--hidden-size"):
+        train("charlm", data=text_file, out=tmp_path / "bad", hidden_size=0)

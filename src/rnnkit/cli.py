@@ -31,7 +31,7 @@ from rnnkit.cli_options import (
     SampleOptions,
     TrainOptions,
 )
-from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitValueError
+from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitTypeError, RnnkitValueError
 from rnnkit.models import build, describe
 from rnnkit.run_dir import check_weights, keep_data, prepare_out, read_config, task_of
 from rnnkit.tasks.registry import TASKS
@@ -194,7 +194,48 @@ def _load(run_dir) -> torch.nn.Module:
     return check_weights(rnnkit.load(run_dir), run_dir)
 
 
+def train(task: str | None = "charlm", *, data=None, out=None, steps=None, seed=0, resume=None, **options):
+    """`rnnkit.train`: train as `rnnkit train TASK` does, with the flags as keyword arguments
+    (underscores for dashes: hidden_size=64, clip_norm=None, learn_initial_state=True), and return
+    the run (`rnnkit.Run`). `resume=RUN_DIR` continues a run (task None, or the run's own). Every
+    value is checked by the flag's declaration; the caller's global random state (Python, numpy,
+    torch) and torch's thread count are as they were afterwards."""
+    if resume is not None and task == "charlm" and data is None:
+        task = None  # resuming: the run says which task
+    if task is not None and task not in TASKS:
+        raise RnnkitValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    classes = [TrainOptions, TrainConfig, *([TASKS[task][1]] if task else [c for _, c in TASKS.values()])]
+    names = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    seed = None if resume is not None and seed == 0 else seed  # a resumed run keeps its own
+    given = {"data": data, "out": out, "steps": steps, "seed": seed, "resume": resume, **options}
+    for name in options:
+        if name not in names:
+            raise RnnkitTypeError(f"train() takes no option {name!r} (for task {task or 'of the run'})")
+    args = argparse.Namespace(**dict.fromkeys(names), task=task)
+    for name, value in given.items():
+        if value is not None:
+            setattr(
+                args,
+                name,
+                tuple(value) if isinstance(value, list) else str(value) if isinstance(value, Path) else value,
+            )
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state(), torch.get_num_threads()  # noqa: NPY002
+    try:
+        return Run.load(_train(args))
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])  # noqa: NPY002
+        torch.random.set_rng_state(states[2])
+        torch.set_num_threads(states[3])
+
+
 def cmd_train(args) -> int:
+    _train(args)
+    return 0
+
+
+def _train(args) -> Path:
+    """Train (or resume) the run the arguments describe; its directory."""
     opts = config_from(TrainOptions, args)
     if opts.resume:
         return _resume(args, opts)
@@ -215,7 +256,8 @@ def cmd_train(args) -> int:
     data = keep_data(opts.data, out)
     meta = {"model": describe(model), **task.describe(), "data": data, "seed": opts.seed}
     task.run_dir = out
-    return _fit(task, model, train_config, out, meta, device, resume=False)
+    _fit(task, model, train_config, out, meta, device, resume=False)
+    return out
 
 
 def _resume(args, opts: TrainOptions) -> int:
@@ -243,10 +285,11 @@ def _resume(args, opts: TrainOptions) -> int:
         meta["data"] = keep_data(opts.data, run)
     fresh = not (run / "latest.json").exists()
     model = task.build_model() if fresh else build(saved["model"])
-    return _fit(task, model, train_config, run, meta, device, resume=True)
+    _fit(task, model, train_config, run, meta, device, resume=True)
+    return run
 
 
-def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool) -> int:
+def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool) -> None:
     def progress(record):
         if record["split"] != "train" or record["step"] % 50 == 0:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
@@ -285,7 +328,6 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resum
         # (rank 0 writing the test metrics) can abort the other at exit.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return 0
 
 
 def runaway(task, records: list[dict], after: int = 3) -> str | None:
