@@ -73,8 +73,7 @@ def test_bad_arguments_are_clear_errors(charlm_run, tmp_path):
 def test_train_from_python_equals_the_command(tmp_path, text_file, capsys):
     """rnnkit.train(...) runs what `rnnkit train` runs: the same metrics.jsonl for the same seed,
     the Run returned, the caller's global random state untouched."""
-    from rnnkit.cli import train
-
+    train = rnnkit.train
     flags = {"hidden_size": 16, "embedding_dim": 8, "seq_len": 16, "batch_size": 4, "eval_every": 3}
     argv = ["train", "--data", str(text_file), "--steps", "5", "--seed", "2", "--out", str(tmp_path / "cli")]
     for k, v in flags.items():

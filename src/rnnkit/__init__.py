@@ -15,11 +15,16 @@ from rnnkit.runs import load  # noqa: E402
 
 
 def __getattr__(name: str):
-    # rnnkit.Run on first use: it rebuilds tasks, whose data libraries are slow to import
+    # rnnkit.Run and rnnkit.train on first use: they rebuild tasks, whose data libraries are slow
+    # to import
     if name == "Run":
         from rnnkit.trained import Run
 
         return Run
+    if name == "train":
+        from rnnkit.cli import train
+
+        return train
     raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
 
 
@@ -44,4 +49,5 @@ __all__ = [
     "functional",
     "load",
     "models",
+    "train",
 ]
