@@ -99,3 +99,18 @@ def test_train_from_python_equals_the_command(tmp_path, text_file, capsys):
         train("charlm", data=text_file, hidden=3)
     with pytest.raises(rnnkit.RnnkitValueError, match="--hidden-size"):
         train("charlm", data=text_file, out=tmp_path / "bad", hidden_size=0)
+
+
+def test_the_readme_example_runs(tmp_path, capsys):
+    """README, "Use a trained model": the code block, as written, on fewer steps."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Use a trained model\n.*?```python\n(.*?)```", readme, re.S)[1]
+    code = block.replace("steps=300", "steps=3, eval_every=3, seq_len=16, batch_size=4")
+    code = code.replace('"runs/tour"', repr(str(tmp_path / "tour")))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.split("run directory: ")[-1].splitlines()[1:]  # after training
+    bpc, sampled, predicted = out[0], "\n".join(out[1:-1]), out[-1]
+    assert float(bpc) > 0 and sampled.startswith("The ") and predicted.startswith("['def ")
