@@ -194,6 +194,29 @@ def test_load_gives_the_selected_model(tmp_path):
         rnnkit.load(tmp_path)
 
 
+def test_a_run_of_your_own_model_loads_into_it(tmp_path):
+    """A run the library cannot rebuild (a user's model, no "model" in config.json) loads with
+    rnnkit.load(run_dir, model=...): the selected weights, checked against the model given."""
+    model, batches, step_fn, evaluate = lm_setup()
+    Trainer(model, CONFIG, batches=batches, step_fn=step_fn, evaluate=evaluate, run_dir=tmp_path).fit()
+    with pytest.raises(rnnkit.RnnkitValueError, match=r"model=YourModel"):
+        rnnkit.load(tmp_path)
+    fresh, *_ = lm_setup(seed=5)
+    loaded = rnnkit.load(tmp_path, model=fresh)
+    assert loaded is fresh and not loaded.training
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert saved.keys() == loaded.state_dict().keys()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, saved[k])
+    other = torch.nn.ModuleDict({"emb": torch.nn.Embedding(7, 9)})
+    with pytest.raises(rnnkit.RnnkitValueError, match="does not fit"):
+        rnnkit.load(tmp_path, model=other)
+    with pytest.raises(rnnkit.RnnkitTypeError, match="torch.nn.Module"):
+        rnnkit.load(tmp_path, model="GRU")
+
+
 def test_schedules():
     from rnnkit.training.trainer import lr_factor
 

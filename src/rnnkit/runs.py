@@ -14,12 +14,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rnnkit.cells.registry import load_entry_points
-from rnnkit.errors import RnnkitFileError, RnnkitValueError
+from rnnkit.errors import RnnkitFileError, RnnkitTypeError, RnnkitValueError
 from rnnkit.models.registry import build
 
 
-def load(run_dir) -> nn.Module:
-    """The trained model of a run directory, in eval mode, ready for inference."""
+def load(run_dir, model: nn.Module | None = None) -> nn.Module:
+    """The trained model of a run directory, in eval mode, ready for inference: built from
+    config.json's "model" entry, or, for a run whose model the library cannot build (one trained
+    with `rnnkit.training.Trainer` on a model of your own), `model` itself, given built as it was
+    trained, with the run's weights loaded into it (checked name by name and shape by shape)."""
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
     if not run_dir.is_dir():
@@ -31,13 +34,21 @@ def load(run_dir) -> nn.Module:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RnnkitValueError(f"{config_path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict) or "model" not in config:
-        raise RnnkitValueError(f"{config_path} does not describe a model (no 'model' entry)")
-    load_entry_points()  # a run trained with a cell an installed package registers
-    try:
-        model = build(config["model"])
-    except RnnkitValueError as e:
-        raise RnnkitValueError(f"{config_path}: {e}") from None
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise RnnkitTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    elif not isinstance(config, dict) or "model" not in config:
+        raise RnnkitValueError(
+            f"{config_path} does not describe a model (no 'model' entry): a run of your own model "
+            "loads with rnnkit.load(run_dir, model=YourModel(...)) (or give the Trainer "
+            "meta={'model': rnnkit.models.describe(model)} for a model of rnnkit.models)"
+        )
+    else:
+        load_entry_points()  # a run trained with a cell an installed package registers
+        try:
+            model = build(config["model"])
+        except RnnkitValueError as e:
+            raise RnnkitValueError(f"{config_path}: {e}") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
