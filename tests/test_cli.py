@@ -286,3 +286,86 @@ def test_charlm_on_a_short_text_and_a_one_character_test_file(tmp_path, capsys):
     assert main(["train", "charlm", "--data", str(tiny), "--steps", "2", "--out", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
     assert "fewer than one window" in err and err.count("\n") == 1
+
+
+def _in_a_terminal(argv: list[str]) -> str:
+    """The screen of `python -m rnnkit ARGV` run in a pseudo-terminal (stdout and stderr)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnnkit", *argv], stdout=slave, stderr=slave, close_fds=True
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    os.close(master)
+    return b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def test_a_terminal_shows_a_bar_evaluations_and_a_summary(tmp_path, text_file):
+    import re
+
+    common = ["train", "--data", str(text_file), *SMALL]
+    screen = _in_a_terminal([*common, "--steps", "60", "--eval-every", "30", "--out", str(tmp_path / "a")])
+    bars = re.findall(r"(\d+)/60 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+step/s", screen)  # rate and ETA
+    assert bars and int(bars[0]) < 50
+    assert "step 30: validation bpc" in screen and "step 60: validation bpc" in screen
+    assert "trained 60 steps in" in screen and "(reached --steps 60)" in screen
+    assert re.search(r"selected: step (30|60), validation bpc \d", screen)
+    assert re.search(r"test:\n +bpc +\d", screen) and f"run directory: {tmp_path / 'a'}" in screen
+    assert "{" not in screen  # no JSON lines on a terminal
+    # a learning rate too small to move any weight: validation never improves, patience 1 stops
+    screen = _in_a_terminal(
+        [
+            *common,
+            "--steps",
+            "60",
+            "--eval-every",
+            "10",
+            "--lr",
+            "1e-12",
+            "--patience",
+            "1",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
+    assert "early stop: no better validation bpc in 1 evaluations" in screen and "trained 20 steps" in screen
+
+
+def test_through_a_pipe_only_json_lines(tmp_path, text_file):
+    import subprocess
+    import sys
+
+    argv = [
+        "train",
+        "--data",
+        str(text_file),
+        *SMALL,
+        "--steps",
+        "60",
+        "--eval-every",
+        "30",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "rnnkit", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and all(json.loads(line)["split"] in ("train", "val", "test") for line in lines)
+    assert [json.loads(line)["step"] for line in lines if '"train"' in line] == [50]
+    assert f"run directory: {tmp_path / 'r'}" in done.stderr

@@ -111,6 +111,8 @@ def test_the_readme_example_runs(tmp_path, capsys):
     code = block.replace("steps=300", "steps=3, eval_every=3, seq_len=16, batch_size=4")
     code = code.replace('"runs/tour"', repr(str(tmp_path / "tour")))
     exec(compile(code, "README.md", "exec"), {})
-    out = capsys.readouterr().out.split("run directory: ")[-1].splitlines()[1:]  # after training
+    lines = capsys.readouterr().out.splitlines()
+    last_json = max(i for i, line in enumerate(lines) if line.startswith("{"))
+    out = lines[last_json + 1 :]  # after training's JSON lines
     bpc, sampled, predicted = out[0], "\n".join(out[1:-1]), out[-1]
     assert float(bpc) > 0 and sampled.startswith("The ") and predicted.startswith("['def ")

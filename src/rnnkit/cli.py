@@ -7,6 +7,7 @@ Exit status: 0 on success, 2 for a usage or input error (one line on standard er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -15,6 +16,7 @@ import os
 import random
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -290,11 +292,7 @@ def _resume(args, opts: TrainOptions) -> int:
 
 
 def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool) -> None:
-    def progress(record):
-        if record["split"] != "train" or record["step"] % 50 == 0:
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-            print(json.dumps(shown), flush=True)
-
+    progress = _Progress(train_config.steps, task.metric)
     model = model.to(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
@@ -311,18 +309,20 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resum
         metric=task.metric,
         run_dir=out,
         meta=meta,
-        progress=progress,
+        progress=progress if int(os.environ.get("RANK", "0")) == 0 else None,
     )
     if resume:
         trainer.resume()
-    trainer.fit()
+    started, first = time.perf_counter(), trainer.step
+    with progress.showing(first):
+        trainer.fit()
     if trainer.rank == 0:  # under torchrun, rank 0 alone reports
         test = task.test_metrics(_load(out))
         trainer.log({"step": trainer.step, "split": "test", **test})
         warning = runaway(task, _metrics(out))
         if warning:
             print(f"rnnkit train: warning: {warning}", file=sys.stderr)
-        print(f"run directory: {out}")
+        progress.summary(trainer, first, time.perf_counter() - started, test, out)
     if world > 1:
         # Tear down together: a rank that destroys its gloo pairs while another is still busy
         # (rank 0 writing the test metrics) can abort the other at exit.
@@ -352,30 +352,94 @@ def runaway(task, records: list[dict], after: int = 3) -> str | None:
 
 
 class _Progress:
-    """A tqdm bar (loss, rate, ETA) on a terminal; plain periodic lines when not a terminal."""
+    """What a person watching a training sees. On a terminal (standard error): a tqdm bar from the
+    first step (rate, ETA, the running loss, the last validation figure), each evaluation on its
+    own line above it, an early stop announced, and at the end a summary (`summary`). Elsewhere
+    (CI, a pipe, a file): the JSON lines of metrics.jsonl on standard output, every 50th
+    training step and every evaluation, and the run directory on standard error."""
 
-    def __init__(self, start: int, total: int):
-        self.bar = (
-            tqdm(total=total, initial=start, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
-        )
+    def __init__(self, total: int, metric: str, tty: bool | None = None):
+        self.total, self.metric = total, metric
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.bar, self.last_val = None, None
+
+    @contextlib.contextmanager
+    def showing(self, first: int):
+        if self.tty:
+            # a terminal that reports no size (a bare pseudo-terminal) gets 100 x 24: with 0 rows
+            # tqdm would hide the bar
+            size = os.get_terminal_size(sys.stderr.fileno())
+            sized = size.columns > 0 and size.lines > 0
+            self.bar = tqdm(
+                total=self.total,
+                initial=first,
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=sized,
+                ncols=None if sized else 100,
+                nrows=None if sized else 24,
+            )
+        try:
+            yield
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
     def __call__(self, record: dict) -> None:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-        if self.bar is not None:
-            if record["split"] == "train":
-                self.bar.update(record["step"] - self.bar.n)
-                self.bar.set_postfix(loss=shown.get("loss"))
-            else:
-                self.bar.write(json.dumps(shown))
-        elif record["split"] != "train" or record["step"] % 50 == 0:
-            print(json.dumps(shown), flush=True)
+        if not self.tty:
+            if record["split"] != "train" or record["step"] % 50 == 0:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+                print(json.dumps(shown), flush=True)
+            return
+        if self.bar is None:  # the test record, after the bar: the summary shows it
+            return
+        if record["split"] == "train":
+            self.bar.update(record["step"] - self.bar.n)
+            postfix = {"loss": f"{record['loss']:.4f}"}
+            if self.last_val is not None:
+                postfix[f"val {self.metric}"] = f"{self.last_val:.4f}"
+            self.bar.set_postfix(postfix, refresh=False)
+        elif record["split"] == "val":
+            self.last_val = record.get(self.metric)
+            self.bar.write(f"step {record['step']}: validation " + _figures(record))
 
-    def __enter__(self):
-        return self
+    def summary(self, trainer, first: int, seconds: float, test: dict, out: Path) -> None:
+        """The end of a run: what ran, why it stopped, what was selected, the test figures."""
+        if not self.tty:
+            print(f"run directory: {out}", file=sys.stderr)
+            return
+        ran = trainer.step - first
+        if trainer.step < self.total:
+            why = f"early stop: no better validation {self.metric} in {trainer.since_best} evaluations"
+        else:
+            why = f"reached --steps {self.total}"
+        lines = [f"trained {ran} steps in {_duration(seconds)} ({why})"]
+        if trainer.best_step is not None:
+            lines.append(f"selected: step {trainer.best_step}, validation {self.metric} {trainer.best:.4f}")
+        numbers = {k: v for k, v in test.items() if _number(v)}
+        if numbers:
+            width = max(map(len, numbers))
+            lines.append("test:")
+            lines += [
+                f"  {k:>{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:>{width}}  {v}"
+                for k, v in numbers.items()
+            ]
+        lines.append(f"run directory: {out}")
+        print("\n".join(lines), flush=True)
 
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+
+def _figures(record: dict) -> str:
+    return "  ".join(
+        f"{k} {v:.4f}"
+        for k, v in record.items()
+        if k not in ("step", "split") and _number(v) and isinstance(v, float)
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes}m{s:02d}s" if minutes else f"{seconds:.1f}s"
 
 
 def _metrics(run: Path) -> list[dict]:
