@@ -361,7 +361,7 @@ class _Progress:
     def __init__(self, total: int, metric: str, tty: bool | None = None):
         self.total, self.metric = total, metric
         self.tty = sys.stderr.isatty() if tty is None else tty
-        self.bar, self.last_val = None, None
+        self.bar, self.last_val, self.last_loss = None, None, None
 
     @contextlib.contextmanager
     def showing(self, first: int):
@@ -396,13 +396,14 @@ class _Progress:
             return
         if record["split"] == "train":
             self.bar.update(record["step"] - self.bar.n)
-            postfix = {"loss": f"{record['loss']:.4f}"}
-            if self.last_val is not None:
-                postfix[f"val {self.metric}"] = f"{self.last_val:.4f}"
-            self.bar.set_postfix(postfix, refresh=False)
+            self.last_loss = record["loss"]
         elif record["split"] == "val":
             self.last_val = record.get(self.metric)
             self.bar.write(f"step {record['step']}: validation " + _figures(record))
+        postfix = {} if self.last_loss is None else {"loss": f"{self.last_loss:.4f}"}
+        if _number(self.last_val):
+            postfix[f"val {self.metric}"] = f"{self.last_val:.4f}"
+        self.bar.set_postfix(postfix, refresh=record["split"] == "val")
 
     def summary(self, trainer, first: int, seconds: float, test: dict, out: Path) -> None:
         """The end of a run: what ran, why it stopped, what was selected, the test figures."""
