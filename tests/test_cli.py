@@ -365,7 +365,39 @@ def test_through_a_pipe_only_json_lines(tmp_path, text_file):
         [sys.executable, "-m", "rnnkit", *argv], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines and all(json.loads(line)["split"] in ("train", "val", "test") for line in lines)
-    assert [json.loads(line)["step"] for line in lines if '"train"' in line] == [50]
-    assert f"run directory: {tmp_path / 'r'}" in done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]  # JSON lines only
+    assert records[-1] == {"run_dir": str(tmp_path / "r")}
+    assert [r["split"] for r in records[:-1]] == ["val", "train", "val", "test"]  # 30, 50, 60
+    assert [r["step"] for r in records[:-1]] == [30, 50, 60, 60] and not done.stderr
+
+
+def test_the_test_record_names_the_selected_step_and_a_finished_run_resumes_to_nothing(
+    tmp_path, text_file, capsys
+):
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        str(text_file),
+        *SMALL,
+        "--steps",
+        "6",
+        "--eval-every",
+        "2",
+        "--clip-norm",
+        "0",
+    ]
+    assert main([*argv, "--out", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "val"]
+    best = min(val, key=lambda r: r["bpc"])  # the first of equals, as the trainer keeps it
+    assert records[-1]["split"] == "test" and records[-1]["selected_step"] == best["step"]
+    assert json.loads((run / "config.json").read_text())["train"]["clip_norm"] == 0  # 0: no clipping
+    before = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "has finished (step 6 of 6); nothing to do" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before  # nothing appended
+    assert main(["train", "--resume", str(run), "--steps", "8"]) == 0  # a larger --steps trains on
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["split"] == "test" and records[-1]["step"] == 8

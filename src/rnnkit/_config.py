@@ -117,7 +117,13 @@ class Valid:
         """`value` if it is allowed, else an rnnkit error naming the option, the allowed values
         and the value given."""
         if any(
-            value is v or (v is not None and type(value) is type(v) and value == v) for v, _ in self.special
+            value is v
+            or (
+                v is not None
+                and type(value) in (type(v), *((int,) if type(v) is float else ()))
+                and value == v
+            )
+            for v, _ in self.special
         ):
             return value
         wrong = RnnkitValueError(f"{shown(name)} must be {self.describe()}, got {value!r}")

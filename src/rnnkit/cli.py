@@ -313,12 +313,20 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resum
     )
     if resume:
         trainer.resume()
+        done = [r for r in _metrics(out) if r["split"] == "test" and r["step"] == trainer.step]
+        if trainer.step >= train_config.steps and done:  # a finished run: nothing to add
+            print(
+                f"rnnkit train: {out} has finished (step {trainer.step} of {train_config.steps}); "
+                "nothing to do (give a larger --steps to train on)",
+                file=sys.stderr,
+            )
+            return
     started, first = time.perf_counter(), trainer.step
     with progress.showing(first):
         trainer.fit()
     if trainer.rank == 0:  # under torchrun, rank 0 alone reports
         test = task.test_metrics(_load(out))
-        trainer.log({"step": trainer.step, "split": "test", **test})
+        trainer.log({"step": trainer.step, "split": "test", "selected_step": trainer.best_step, **test})
         warning = runaway(task, _metrics(out))
         if warning:
             print(f"rnnkit train: warning: {warning}", file=sys.stderr)
@@ -355,8 +363,8 @@ class _Progress:
     """What a person watching a training sees. On a terminal (standard error): a tqdm bar from the
     first step (rate, ETA, the running loss, the last validation figure), each evaluation on its
     own line above it, an early stop announced, and at the end a summary (`summary`). Elsewhere
-    (CI, a pipe, a file): the JSON lines of metrics.jsonl on standard output, every 50th
-    training step and every evaluation, and the run directory on standard error."""
+    (CI, a pipe, a file): JSON lines on standard output: those of metrics.jsonl (every 50th
+    training step, every evaluation, the test record), then {"run_dir": ...}."""
 
     def __init__(self, total: int, metric: str, tty: bool | None = None):
         self.total, self.metric = total, metric
@@ -407,8 +415,8 @@ class _Progress:
 
     def summary(self, trainer, first: int, seconds: float, test: dict, out: Path) -> None:
         """The end of a run: what ran, why it stopped, what was selected, the test figures."""
-        if not self.tty:
-            print(f"run directory: {out}", file=sys.stderr)
+        if not self.tty:  # one more JSON line: where the run is (its default name has a timestamp)
+            print(json.dumps({"run_dir": str(out)}), flush=True)
             return
         ran = trainer.step - first
         if trainer.step < self.total:

@@ -68,7 +68,9 @@ class TrainConfig(Options):
         2, "evaluations without improvement before a plateau decay", integer(1, MAX_STEPS)
     )
     clip_norm: float | None = option(
-        1.0, "clip the global gradient norm to this", positive(special={None: "no clipping"})
+        1.0,
+        "clip the global gradient norm to this",
+        positive(special={None: "no clipping", 0.0: "no clipping"}),
     )
     clip_value: float | None = option(
         None,
@@ -363,8 +365,8 @@ class Trainer:
             if any(bool((p.grad.abs() > self.config.clip_value).any()) for p in params):
                 self.counts["clipped_value"] += 1
             nn.utils.clip_grad_value_(params, self.config.clip_value)
-        norm = nn.utils.clip_grad_norm_(params, self.config.clip_norm or math.inf)
-        if self.config.clip_norm is not None and norm > self.config.clip_norm:
+        norm = nn.utils.clip_grad_norm_(params, self.config.clip_norm or math.inf)  # 0, None: off
+        if self.config.clip_norm and norm > self.config.clip_norm:
             self.counts["clipped"] += 1
         self.optimizer.step()
         if self.world > 1:  # log the global batch's loss
