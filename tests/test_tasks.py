@@ -56,6 +56,31 @@ def test_classify_digits(tmp_path, capsys):
     assert label in [str(d) for d in range(10)] and 0 < float(p) <= 1
 
 
+def test_classify_baseline_is_fitted_once_per_run(tmp_path, capsys, monkeypatch):
+    """The n-gram logistic regression is fitted by the training run and stored in
+    RUN_DIR/baseline.json; evaluate and plot read it back and never refit it."""
+    from rnnkit.tasks.classify import ClassifyTask
+
+    run = tmp_path / "run"
+    argv = ["train", "classify", "--hidden-size", "8", "--steps", "2", "--eval-every", "2", "--out", str(run)]
+    assert main(argv) == 0
+    stored = json.loads((run / "baseline.json").read_text())
+    test = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert stored["accuracy"] == test["baseline_accuracy"] > 0.8
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the baseline was refitted")
+
+    monkeypatch.setattr(ClassifyTask, "_fit_baseline", refit)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["baseline_accuracy"] == stored["accuracy"]
+    assert main(["plot", str(run)]) == 0
+    (run / "baseline.json").write_text('{"key": "edited", "accuracy": 2}')  # not ours: refitted
+    with pytest.raises(AssertionError, match="refitted"):
+        main(["evaluate", str(run)])
+
+
 def test_classify_text_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     rows = [

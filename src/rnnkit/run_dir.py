@@ -34,7 +34,15 @@ from rnnkit.training import TrainConfig
 from rnnkit.training.checkpoint import write_bytes
 
 # What a run writes at its top level: --force never lets a run start where one of these is.
-RUN_FILES = ("config.json", "model.safetensors", "metrics.jsonl", "latest.json", "data", "tb")
+RUN_FILES = (
+    "config.json",
+    "model.safetensors",
+    "metrics.jsonl",
+    "latest.json",
+    "baseline.json",
+    "data",
+    "tb",
+)
 
 
 def _strict(token: str):

@@ -7,6 +7,8 @@ A task owns its data, builds its model from its config, and says what `evaluate`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections import defaultdict
@@ -18,6 +20,7 @@ import torch
 from rnnkit._config import Options, flag, one_of, option, rate
 from rnnkit.cells.registry import available
 from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
+from rnnkit.training.checkpoint import write_json
 
 
 class Task:
@@ -151,3 +154,30 @@ def pyplot():
 
 def device_of(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def data_key(*arrays) -> str:
+    """A short hash of what a baseline depends on (numpy arrays, or lists of strings)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(a.tobytes() if hasattr(a, "tobytes") else "\x00".join(map(str, a)).encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def cached_baseline(run_dir: Path | None, key: str, compute, valid=lambda saved: True) -> dict:
+    """A baseline's figures, fitted once per run: RUN_DIR/baseline.json when it holds `key` (a
+    `data_key` of the data the fit used) and passes `valid`, else `compute()` (a dict of JSON
+    values), written there. A cache that is damaged or edited is ignored and rewritten."""
+    cache = None if run_dir is None else Path(run_dir) / "baseline.json"
+    if cache is not None and cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if isinstance(saved, dict) and saved.get("key") == key and valid(saved):
+                return saved
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    result = {"key": key, **compute()}
+    if cache is not None:
+        write_json(cache, result)
+    return result

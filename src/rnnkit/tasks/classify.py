@@ -40,7 +40,9 @@ from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks._common import (
     RegularizerOptions,
     Task,
+    cached_baseline,
     cell_option,
+    data_key,
     device_of,
     epoch_batch,
     pad_ids,
@@ -236,7 +238,22 @@ class ClassifyTask(Task):
         }
 
     def baseline_accuracy(self, test: Examples) -> float:
-        """Logistic regression (see the module docstring), C chosen on validation."""
+        """Logistic regression (see the module docstring), C chosen on validation; fitted once
+        per run and test set (RUN_DIR/baseline.json), so evaluate and plot read it back."""
+        parts = [self.train, self.val, test]
+        key = data_key(*[p.texts if self.is_text else p.numbers for p in parts], *[p.labels for p in parts])
+
+        def fit() -> dict:
+            return {"accuracy": self._fit_baseline(test)}
+
+        def valid(saved) -> bool:
+            a = saved["accuracy"]
+            return a is None or (isinstance(a, float) and 0 <= a <= 1)
+
+        accuracy = cached_baseline(self.run_dir, key, fit, valid)["accuracy"]
+        return float("nan") if accuracy is None else accuracy
+
+    def _fit_baseline(self, test: Examples) -> float | None:
         from sklearn.feature_extraction.text import CountVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -255,7 +272,7 @@ class ClassifyTask(Task):
         xs = {name: features(ex) for name, ex in (("train", self.train), ("val", self.val), ("test", test))}
         ys = {name: self.label_ids(ex.labels) for name, ex in (("train", self.train), ("val", self.val))}
         if len(set(ys["train"])) < 2:
-            return float("nan")
+            return None  # one label: nothing to fit (reported as NaN)
         best = None
         for C in (0.01, 0.1, 1.0, 10.0, 100.0):
             fit = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(

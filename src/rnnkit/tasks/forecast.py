@@ -15,8 +15,6 @@ everything before the test span; the search is cached in RUN_DIR/baseline.json).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +40,16 @@ from rnnkit.data.files import column_index, numbers, read_table
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models._recurrent import regularizers
-from rnnkit.tasks._common import RegularizerOptions, Task, cell_option, device_of, epoch_batch, pyplot
-from rnnkit.training.checkpoint import write_json
+from rnnkit.tasks._common import (
+    RegularizerOptions,
+    Task,
+    cached_baseline,
+    cell_option,
+    data_key,
+    device_of,
+    epoch_batch,
+    pyplot,
+)
 
 
 @dataclass(frozen=True)
@@ -240,36 +246,32 @@ class ForecastTask(Task):
         }
 
     def arima_order(self) -> tuple[int, int, int]:
-        """ARIMA(p, d, q) by AIC over p <= 10, d <= 1, q <= 2, fitted on the pre-test part."""
+        """ARIMA(p, d, q) by AIC over p <= 10, d <= 1, q <= 2, fitted on the pre-test part;
+        searched once per run (RUN_DIR/baseline.json)."""
         series = self.series.values[: self.test_start, 0]
-        key = hashlib.sha256(series.tobytes()).hexdigest()[:16]
-        cache = self.run_dir / "baseline.json" if self.run_dir else None
-        if cache and cache.is_file():  # a cache that is damaged or edited is ignored and rewritten
-            try:
-                saved = json.loads(cache.read_text())
-                order = tuple(saved["order"]) if saved.get("key") == key else None
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                order = None
-            if order is not None and _search_space(order):
-                return order
-        from statsmodels.tsa.arima.model import ARIMA
 
-        best = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter from orders that fit badly
-            for d in (0, 1):
-                for p in range(11):
-                    for q in range(3):
-                        try:
-                            aic = ARIMA(series, order=(p, d, q)).fit().aic
-                        except (ValueError, np.linalg.LinAlgError):
-                            continue
-                        if np.isfinite(aic) and (best is None or aic < best[0]):
-                            best = (aic, (p, d, q))
-        order = best[1] if best else (1, 0, 0)
-        if cache:
-            write_json(cache, {"key": key, "order": list(order), "aic": float(best[0]) if best else None})
-        return order
+        def search() -> dict:
+            from statsmodels.tsa.arima.model import ARIMA
+
+            best = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence chatter from orders that fit badly
+                for d in (0, 1):
+                    for p in range(11):
+                        for q in range(3):
+                            try:
+                                aic = ARIMA(series, order=(p, d, q)).fit().aic
+                            except (ValueError, np.linalg.LinAlgError):
+                                continue
+                            if np.isfinite(aic) and (best is None or aic < best[0]):
+                                best = (aic, (p, d, q))
+            return {"order": list(best[1] if best else (1, 0, 0)), "aic": float(best[0]) if best else None}
+
+        def valid(saved) -> bool:
+            order = saved["order"]
+            return isinstance(order, list) and len(order) == 3 and _search_space(tuple(order))
+
+        return tuple(cached_baseline(self.run_dir, data_key(series), search, valid)["order"])
 
     def arima_one_step(self, target: np.ndarray, start: int) -> tuple[np.ndarray, tuple]:
         """ARIMA's one-step forecasts of target[start:], its parameters fitted on the pre-test part
