@@ -1,31 +1,47 @@
-"""rnnkit: recurrent neural networks as the textbooks describe them, on PyTorch."""
+"""rnnkit: recurrent neural networks as the textbooks describe them, on PyTorch.
+
+The public names are imported on first use (PEP 562), so that `import rnnkit` alone, and the
+command's `--version` and `--help`, do not wait for torch."""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from rnnkit import cells, decoding, functional, models  # noqa: E402
-from rnnkit.errors import (  # noqa: E402
+from rnnkit.errors import (  # noqa: E402 (errors import nothing heavy)
     RnnkitError,
     RnnkitFileError,
     RnnkitTypeError,
     RnnkitUnsupportedError,
     RnnkitValueError,
 )
-from rnnkit.layers import GRU, LSTM, MGU, RNN, JordanRNN, MinGRU, MinLSTM, Recurrent  # noqa: E402
-from rnnkit.runs import load  # noqa: E402
+
+# name -> the module that defines it
+_LAZY = {
+    **dict.fromkeys(
+        ("GRU", "LSTM", "MGU", "RNN", "JordanRNN", "MinGRU", "MinLSTM", "Recurrent"), "rnnkit.layers"
+    ),
+    "load": "rnnkit.runs",
+    "Run": "rnnkit.trained",
+    "train": "rnnkit.cli",
+}
+_SUBPACKAGES = ("cells", "decoding", "functional", "models")
 
 
 def __getattr__(name: str):
-    # rnnkit.Run and rnnkit.train on first use: they rebuild tasks, whose data libraries are slow
-    # to import
-    if name == "Run":
-        from rnnkit.trained import Run
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"rnnkit.{name}")
+    else:
+        raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+    globals()[name] = value  # once: later lookups skip this function
+    return value
 
-        return Run
-    if name == "train":
-        from rnnkit.cli import train
 
-        return train
-    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [
