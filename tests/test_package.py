@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import rnnkit
 
 SRC = pathlib.Path(rnnkit.__file__).parent
@@ -94,3 +96,22 @@ def test_no_cell_family_imports_another():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         others = {f"rnnkit.cells.{f}" for f in FAMILIES if f != family}
         assert not imported & others, f"cells/{family}.py imports {sorted(imported & others)}"
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_do_not_import_torch(flag):
+    """`rnnkit --version` and `rnnkit --help` answer in well under a second: torch (seconds to
+    import) is not imported for them."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from rnnkit._entry import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    code = main([{flag!r}])\n"
+        "assert code == 0 and 'rnnkit' in out.getvalue(), (code, out.getvalue())\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    shown = subprocess.run([sys.executable, "-m", "rnnkit", flag], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "rnnkit" in shown.stdout

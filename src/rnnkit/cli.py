@@ -14,7 +14,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from tqdm import tqdm
 
 import rnnkit
 from rnnkit._config import as_flags, valid_of
+from rnnkit._entry import COMMANDS as HELP
+from rnnkit._entry import top_parser
 from rnnkit.cells.registry import load_entry_points
 from rnnkit.cli_options import (
     EvaluateOptions,
@@ -41,18 +42,6 @@ from rnnkit.trained import Run
 from rnnkit.training import TrainConfig, Trainer
 
 _METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", tuple: "INTS", list: "NAMES"}
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit 2; the usage stays with --help), and a leading
-    minus before a digit read as a value (`predict RUN -1,2,3`, `--lr -1e-3`), never as a flag."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = re.compile(r"^-\.?\d")
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _parser_of(valid):
@@ -141,38 +130,33 @@ def train_task(argv: list[str]) -> str:
 
 
 def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
-    parser = Parser(prog="rnnkit", description="Recurrent neural networks as the textbooks describe them.")
-    parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = top_parser()
 
-    train = sub.add_parser("train", help="train a task (default: charlm) into a run directory")
+    train = sub.add_parser("train", help=HELP["train"])
     train.add_argument("task", nargs="?", default=None, choices=sorted(TASKS))
     add_config_flags(train, TrainOptions, "run")
     task_cls, config_cls = TASKS.get(task, TASKS["charlm"])
     add_config_flags(train, TrainConfig, f"training (defaults of task {task})", task_cls.train_defaults)
     add_config_flags(train, config_cls, f"task {task} (see: rnnkit train TASK --help)")
 
-    evaluate = sub.add_parser("evaluate", help="the test metrics of a run")
+    evaluate = sub.add_parser("evaluate", help=HELP["evaluate"])
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     add_config_flags(evaluate, EvaluateOptions, "options")
 
-    sample = sub.add_parser("sample", help="generate from a run's model")
+    sample = sub.add_parser("sample", help=HELP["sample"])
     sample.add_argument("run_dir", metavar="RUN_DIR")
     add_config_flags(sample, SampleOptions, "options")
 
-    plot = sub.add_parser("plot", help="the loss curves of a run and the figures of its task (PNG)")
+    plot = sub.add_parser("plot", help=HELP["plot"])
     plot.add_argument("run_dir", metavar="RUN_DIR")
 
-    gradients = sub.add_parser(
-        "gradients",
-        help="gradient flow through time: ||dL/dh_t|| for every t and the spectrum of W_hh (PNG, JSON)",
-    )
+    gradients = sub.add_parser("gradients", help=HELP["gradients"])
     gradients.add_argument(
         "run_dir", nargs="?", metavar="RUN_DIR", help="also show this run's trained recurrence"
     )
     add_config_flags(gradients, GradientsOptions, "options")
 
-    predict = sub.add_parser("predict", help="a run's model on each INPUT")
+    predict = sub.add_parser("predict", help=HELP["predict"])
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("inputs", nargs="+", metavar="INPUT")
     add_config_flags(predict, PredictOptions, "options")
