@@ -26,14 +26,18 @@ _LAZY = {
     "Run": "rnnkit.trained",
     "train": "rnnkit.cli",
 }
-_SUBPACKAGES = ("cells", "decoding", "functional", "models")
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBPACKAGES:
-        value = importlib.import_module(f"rnnkit.{name}")
+    elif name.isidentifier() and not name.startswith("__"):  # a subpackage: rnnkit.cells, ...
+        try:
+            value = importlib.import_module(f"rnnkit.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"rnnkit.{name}":
+                raise
+            raise AttributeError(f"module 'rnnkit' has no attribute {name!r}") from None
     else:
         raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
     globals()[name] = value  # once: later lookups skip this function
