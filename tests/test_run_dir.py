@@ -395,3 +395,22 @@ def test_a_negative_number_is_an_input_not_a_flag(tmp_path, capsys):
     assert main(["predict", str(run), "-1,-0.5,0.25"]) == 0
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 1 and "," in out
+
+
+def test_default_out_names_are_unique_within_one_second(tmp_path, monkeypatch):
+    import datetime
+
+    from rnnkit.run_dir import default_out
+
+    monkeypatch.chdir(tmp_path)
+    now = datetime.datetime(2026, 12, 3, 16, 59, 1, tzinfo=datetime.timezone.utc)
+    names = [default_out("charlm", now) for _ in range(3)]
+    assert [str(p) for p in names] == [
+        "runs/charlm-20261203-165901",
+        "runs/charlm-20261203-165901-2",
+        "runs/charlm-20261203-165901-3",
+    ]
+    assert all(p.is_dir() and not any(p.iterdir()) for p in names)  # made, empty, each once
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: every rank names the same directory
+    assert str(default_out("classify", now)) == "runs/classify-20261203-165901"
+    assert not (tmp_path / "runs" / "classify-20261203-165901").exists()  # rank 0's prepare_out makes it

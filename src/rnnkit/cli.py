@@ -36,7 +36,7 @@ from rnnkit.cli_options import (
 )
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitTypeError, RnnkitValueError
 from rnnkit.models import build, describe
-from rnnkit.run_dir import check_weights, keep_data, prepare_out, read_config, task_of
+from rnnkit.run_dir import check_weights, default_out, keep_data, prepare_out, read_config, task_of
 from rnnkit.tasks.registry import TASKS
 from rnnkit.trained import Run
 from rnnkit.training import TrainConfig, Trainer
@@ -230,8 +230,7 @@ def _train(args) -> Path:
     task_config = config_from(config_cls, args)  # every flag checked before any work
     train_config = config_from(TrainConfig, args, task_cls.train_defaults)
     device = _device(opts)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(opts.out or f"runs/{name}-{stamp}")
+    out = Path(opts.out) if opts.out else default_out(name)
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 writes the run (and checks where)
         prepare_out(out, opts.force)
     if opts.threads:
