@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from fused_check import assert_fused_equals_stepping
 from rnnkit.cells.indrnn import IndRNNCell, _IndRNNSequence
 
 
@@ -34,27 +34,7 @@ def test_step_is_the_equation():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
 def test_fused_sequence_equals_stepping(bias, packed):
-    fused = rnnkit.Recurrent(IndRNNCell, 3, 5, 2, bidirectional=True, dtype=torch.float64, bias=bias)
-    stepped = rnnkit.Recurrent(
-        IndRNNCell, 3, 5, 2, bidirectional=True, dtype=torch.float64, bias=bias, impl="loop"
-    )
-    with torch.no_grad():
-        for p in fused.parameters():
-            p.normal_(0, 0.6)
-    stepped.load_state_dict(fused.state_dict())
-    lengths = [7, 7, 4, 1]
-    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 4, 5, dtype=torch.float64, requires_grad=True)
-
-    def run(layer):
-        inp = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False) if packed else x
-        y, (h,) = layer(inp, (h0,), **({} if packed else {"lengths": lengths}))
-        y = pad_packed_sequence(y)[0] if packed else y
-        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + (h**3).sum()
-        return (y, h, *torch.autograd.grad(loss, [x, h0, *layer.parameters()]))
-
-    for a, b in zip(run(fused), run(stepped)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_fused_equals_stepping(IndRNNCell, 5, bias=bias, packed=packed, scale=0.6)
 
 
 @pytest.mark.parametrize("batch_sizes", [None, [3, 3, 2, 1, 1]])

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from fused_check import assert_fused_equals_stepping
 from rnnkit.cells.peephole import PeepholeLSTMCell, _PeepholeSequence
 
 
@@ -50,27 +50,7 @@ def test_zero_peepholes_is_torchs_lstm_cell():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
 def test_fused_sequence_equals_stepping(bias, packed):
-    fused = rnnkit.Recurrent(PeepholeLSTMCell, 3, 4, 2, bidirectional=True, dtype=torch.float64, bias=bias)
-    stepped = rnnkit.Recurrent(
-        PeepholeLSTMCell, 3, 4, 2, bidirectional=True, dtype=torch.float64, bias=bias, impl="loop"
-    )
-    with torch.no_grad():
-        for p in fused.parameters():
-            p.normal_(0, 0.5)
-    stepped.load_state_dict(fused.state_dict())
-    lengths = [6, 6, 3, 1]
-    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
-    hx = tuple(torch.randn(4, 4, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
-
-    def run(layer):
-        inp = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False) if packed else x
-        y, (h, c) = layer(inp, hx, **({} if packed else {"lengths": lengths}))
-        y = pad_packed_sequence(y)[0] if packed else y
-        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + (h * c).sum()
-        return (y, h, c, *torch.autograd.grad(loss, [x, *hx, *layer.parameters()]))
-
-    for a, b in zip(run(fused), run(stepped)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_fused_equals_stepping(PeepholeLSTMCell, 4, bias=bias, packed=packed, scale=0.5)
 
 
 @pytest.mark.parametrize("batch_sizes", [None, [3, 3, 2, 1, 1]])
