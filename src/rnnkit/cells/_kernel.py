@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from rnnkit._checks import check_choice, check_like, check_shape, check_tensor, shape_str
+from rnnkit.cells.traced import length_mask
 from rnnkit.errors import RnnkitTypeError, RnnkitUnsupportedError, RnnkitValueError
 
 IMPLS = ("fused", "loop")
@@ -142,14 +143,20 @@ def run_kernel(x, states: dict, w_ih, w_hh, b_ih, b_hh, *, gates, batch_sizes, i
 # --- the reference: step equations under autograd --------------------------------------------
 
 
-def run_loop(step: Step, x: torch.Tensor, state: tuple, batch_sizes: list[int] | None, per_step=()):
+def run_loop(
+    step: Step, x: torch.Tensor, state: tuple, batch_sizes: list[int] | None, per_step=(), lengths=None
+):
     """Run `step` over time under autograd; return (outputs (T, B, P), final state tuple).
 
     The reference implementation (`impl="loop"`), and so written for clarity: sequences that have
     ended keep their state (torch.cat of new and old rows) and output zeros. `per_step`: further
     (T, B, *) tensors (the zoneout masks of `_regularize`) whose step-t rows are passed to `step`
-    after the state, restricted to the active rows like x_t.
+    after the state, restricted to the active rows like x_t. `lengths` (B,) in place of
+    batch_sizes is the traced form (no data-dependent slicing): every row steps, and a row past
+    its length keeps its state and outputs zeros by masks.
     """
+    if lengths is not None:
+        return _masked_by_length(step, x, state, lengths, per_step)
     B = x.shape[1]
     outputs = []
     for t, x_t in enumerate(x.unbind(0)):
@@ -162,6 +169,17 @@ def run_loop(step: Step, x: torch.Tensor, state: tuple, batch_sizes: list[int] |
             new = step(x_t[:n], tuple(s[:n] for s in state), *(e[:n] for e in extra))
             state = tuple(torch.cat([a, s[n:]]) for a, s in zip(new, state))
             outputs.append(torch.cat([new[0], new[0].new_zeros(B - n, new[0].shape[1])]))
+    return torch.stack(outputs), state
+
+
+def _masked_by_length(step: Step, x, state: tuple, lengths, per_step) -> tuple:
+    active = length_mask(x, lengths)  # (T, B, 1)
+    outputs = []
+    for t, x_t in enumerate(x.unbind(0)):
+        new = step(x_t, state, *(e[t] for e in per_step))
+        m = active[t]
+        state = tuple(torch.where(m, a, s) for a, s in zip(new, state))
+        outputs.append(torch.where(m, new[0], 0.0))
     return torch.stack(outputs), state
 
 

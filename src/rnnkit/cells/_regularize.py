@@ -199,7 +199,7 @@ def masked_step(step, x_t, state: tuple, recurrent, zoneout) -> tuple:
     return tuple(s_new if d is None else d * s + (1 - d) * s_new for s, s_new, d in zip(state, new, zoneout))
 
 
-def masked_loop(step, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks):
+def masked_loop(step, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks, lengths=None):
     """The regularised time loop: `step(x_t, state, rec_mask) -> new state` over x (T, B, I) with
     the masks applied, under autograd (`run_loop`: finished sequences keep their state, so a
     padded step never zones out or drops anything). Returns (y (T, B, P), final state)."""
@@ -211,4 +211,5 @@ def masked_loop(step, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks):
             zoneout[i] = d
         return masked_step(step, x_t, s, masks.recurrent, zoneout)
 
-    return run_loop(one, x, state, batch_sizes, per_step=tuple(masks.zoneout[i] for i in per_step))
+    zoneout = tuple(masks.zoneout[i] for i in per_step)
+    return run_loop(one, x, state, batch_sizes, per_step=zoneout, lengths=lengths)

@@ -63,6 +63,11 @@ class Unit(Cell):
             shapes["weight_hr"] = (self.proj_size, self.hidden_size)
         return shapes
 
+    def options(self) -> dict:
+        """The keyword arguments that rebuild this unit with its input and hidden sizes (JSON
+        values): what a traced layer's op records (`rnnkit.cells.traced`)."""
+        return {"bias": self.bias, **({"proj_size": self.proj_size} if self.proj_size else {})}
+
     def extra_shapes(self) -> dict[str, tuple[int, ...]]:
         """The family's parameters beyond torch's (a layer registers them after torch's)."""
         return {}
@@ -92,6 +97,12 @@ class Unit(Cell):
         """The whole sequence with the parameters w: (y (T, B, P), final state tuple); `impl`
         "fused" (the hand-derived BPTT) or "loop" (the step equations under autograd)."""
         raise NotImplementedError
+
+    def onnx_sequence(self, x, state: tuple, w: dict, lengths=None):
+        """Under torch.onnx.export: the whole sequence as ONNX's own operator, (y, final state),
+        where the family has one with the same semantics; None (the default) exports a Scan over
+        `step` instead."""
+        return None
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + ("" if self.bias else ", bias=False")

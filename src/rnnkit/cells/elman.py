@@ -136,6 +136,9 @@ class ElmanUnit(Unit):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias=bias)
 
+    def options(self):
+        return {**super().options(), "nonlinearity": self.nonlinearity}
+
     def step(self, x_t, state, w, rec_mask=None):
         return elman_step(x_t, state, *torch_weights(w), self.nonlinearity, rec_mask=rec_mask)
 

@@ -308,6 +308,9 @@ class GRUUnit(Unit):
         self.reset_after = reset_after
         super().__init__(input_size, hidden_size, bias=bias)
 
+    def options(self):
+        return {**super().options(), "reset_after": self.reset_after}
+
     def step(self, x_t, state, w, rec_mask=None):
         return gru_step(x_t, state, *torch_weights(w), self.reset_after, rec_mask=rec_mask)
 

@@ -45,6 +45,7 @@ from rnnkit._checks import (
     check_shape,
     check_tensor,
 )
+from rnnkit.cells import traced
 from rnnkit.cells._bptt import (
     active_rows,
     add_final_grad,
@@ -398,3 +399,36 @@ class JordanCell(JordanParameters):
             y_prev = y_prev.unsqueeze(0) if unbatched else y_prev
         y, h = jordan_step(x, y_prev, *self.weights(), self.output_activation)
         return (y.squeeze(0), h.squeeze(0)) if unbatched else (y, h)
+
+
+_WEIGHT_NAMES = ("weight_ih", "weight_yh", "bias_h", "weight_hy", "bias_y")
+
+
+@torch.compiler.assume_constant_result  # called while tracing: a constant string in the graph
+def jordan_spec(output_activation, has_bias: bool) -> str:
+    """The traced op's spec of the free-running kernel (`rnnkit.cells.traced`)."""
+    names = [n for n in _WEIGHT_NAMES if has_bias or not n.startswith("bias")]
+    return traced.spec("jordan", output_activation=output_activation, names=names)
+
+
+@traced.kind("jordan")
+def _run_jordan(desc: dict, x, state: tuple, weights: list, batch_sizes):
+    w = dict(zip(desc["names"], weights))
+    args = [w.get(n) for n in _WEIGHT_NAMES]
+    y, y_n = jordan(x, state[0], *args, output_activation=desc["output_activation"], batch_sizes=batch_sizes)
+    return y, (y_n,)
+
+
+def jordan_traced(x, y0, w_ih, w_yh, b_h, w_hy, b_y, *, output_activation=None, lengths=None):
+    """The free-running kernel under tracing: one op (`rnnkit.cells.traced`), or under ONNX export
+    a scan over `jordan_step`; `lengths` (B,) in place of batch_sizes. Returns (y, y_n)."""
+    if traced.onnx_exporting():
+
+        def step(x_t, s):
+            return (jordan_step(x_t, s[0], w_ih, w_yh, b_h, w_hy, b_y, output_activation)[0],)
+
+        y, (y_n,) = traced.scan_steps(step, x, (y0,), lengths)
+        return y, y_n
+    weights = [w for w in (w_ih, w_yh, b_h, w_hy, b_y) if w is not None]
+    y, (y_n,) = traced.sequence(jordan_spec(output_activation, b_h is not None), x, lengths, (y0,), weights)
+    return y, y_n

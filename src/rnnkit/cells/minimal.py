@@ -411,6 +411,9 @@ class _MinUnit(Unit):
         GH = self.gates * self.hidden_size
         return {"weight_ih": (GH, self.input_size), **({"bias_ih": (GH,)} if self.bias else {})}
 
+    def options(self):
+        return {**super().options(), "log_space": self.log_space, "mode": self.mode}
+
     def default_state(self, like: torch.Tensor, batch: int) -> tuple:
         """The state when none is given: zeros, or g(0) = 0.5 in log space (the paper's)."""
         return (initial_state(like, batch, self.hidden_size, self.log_space),)

@@ -8,9 +8,15 @@ call), so a run trained with such a cell loads wherever that package is installe
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import json
 import re
 
+import torch
+
+from rnnkit.cells import traced
+from rnnkit.cells._unit import Unit
 from rnnkit.cells.base import Cell
 from rnnkit.cells.elman import ElmanReluUnit, ElmanUnit
 from rnnkit.cells.gru import GRUResetBeforeUnit, GRUUnit
@@ -90,3 +96,41 @@ def load_entry_points() -> None:
                 f"entry point {point.name} = {point.value} ({ENTRY_POINTS}) cannot be loaded: {e}"
             ) from None
         register(point.name, cell_class)
+
+
+# --- a unit as the traced op's spec (rnnkit.cells.traced) -------------------------------------------
+
+
+@torch.compiler.assume_constant_result  # called while tracing: a constant string in the graph
+def unit_spec(unit: Unit, names: tuple) -> str:
+    """What `rnnkit::sequence` needs to run `unit`'s fused kernel again, in any process where its
+    name is registered: the name, sizes and options, and the names of the weights passed."""
+    name = name_of(type(unit))
+    if name is None:
+        raise RnnkitValueError(
+            f"{type(unit).__name__} must be registered (rnnkit.cells.register) to be traced as one op"
+        )
+    return traced.spec(
+        "unit",
+        cell=name,
+        input_size=unit.input_size,
+        hidden_size=unit.hidden_size,
+        options=unit.options(),
+        names=list(names),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_of(name: str, input_size: int, hidden_size: int, options: str) -> Unit:
+    if registered(name) is None:
+        load_entry_points()
+    if registered(name) is None:
+        raise RnnkitValueError(f"rnnkit::sequence: no cell registered as {name!r} in this process")
+    with torch.device("meta"):  # its options and equations only; the weights come with each call
+        return registered(name)(input_size, hidden_size, **json.loads(options))
+
+
+@traced.kind("unit")
+def _run_unit(desc: dict, x, state: tuple, weights: list, batch_sizes):
+    unit = _unit_of(desc["cell"], desc["input_size"], desc["hidden_size"], json.dumps(desc["options"]))
+    return unit.sequence(x, state, dict(zip(desc["names"], weights)), batch_sizes, "fused")

@@ -3,7 +3,10 @@ unbatched, batch_first, PackedSequence), plus padded input with `lengths`, broug
 internal form the kernels use, and the outputs brought back.
 
 Internal form: x (T, B, I) time-major, sequences sorted by decreasing length when lengths differ,
-and `batch_sizes` (None when all have length T) as in PackedSequence.
+and `batch_sizes` (None when all have length T) as in PackedSequence. Under tracing
+(`rnnkit.cells.traced`), where sorting by the values of `lengths` is data-dependent, x keeps the
+caller's order and `lengths` travels to the kernels instead; their values are then checked when
+the traced op runs (the fused kernels) or not at all (a cell's per-step loop, ONNX).
 """
 
 from __future__ import annotations
@@ -16,20 +19,24 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit._checks import check_bool, check_like, check_positive_int, check_shape, check_tensor, shape_str
+from rnnkit.cells.traced import sort_by_length, tracing
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
 
 @dataclass(frozen=True)
 class Batch:
     x: torch.Tensor  # (T, B, I), sorted by decreasing length when batch_sizes is given
-    batch_sizes: list[int] | None  # None: every sequence has length T
-    lengths: torch.Tensor | None  # (B,) sorted lengths on x's device, when batch_sizes is given
+    batch_sizes: list[int] | None  # None: every sequence has length T (or traced: see `traced`)
+    lengths: torch.Tensor | None  # (B,) lengths on x's device in x's order; None: all T
     sorted_indices: torch.Tensor | None  # position in the caller's batch of each sorted sequence
     unsorted_indices: torch.Tensor | None  # its inverse
     packed: bool
     unbatched: bool
     batch_first: bool
     total_length: int = 0  # the caller's padded length, when longer than the longest sequence
+    # Under tracing (torch.compile / export) nothing is sorted or cut: x stays (T, B, I) in the
+    # caller's order, batch_sizes None, and `lengths` go to the kernels, which mask by them.
+    traced: bool = False
 
     def sort(self, state: torch.Tensor) -> torch.Tensor:
         """Caller's batch order -> internal order, on dim 1 of a (L*D, B, H) state."""
@@ -101,16 +108,18 @@ def prepare_input(input, *, lengths, batch_first: bool, input_size: int, weight:
     common = dict(packed=False, unbatched=unbatched, batch_first=batch_first)
     if lengths is None:
         return Batch(x, None, None, None, None, **common)
+    if tracing():
+        lens = _check_lengths(lengths, T, B, values=False)
+        return Batch(x, None, lens.to(x.device), None, None, **common, traced=True)
     lens = _check_lengths(lengths, T, B)
     if bool((lens == T).all()):
         return Batch(x, None, None, None, None, **common)
-    sorted_lens, order = torch.sort(lens, descending=True, stable=True)
+    sorted_lens, order, bs = sort_by_length(lens)
     steps = int(sorted_lens[0])  # the kernels stop at the longest sequence
-    bs = (sorted_lens[None, :] > torch.arange(steps)[:, None]).sum(1).tolist()  # active per step
     order = order.to(x.device)
     return Batch(
         x=x[:steps].index_select(1, order),
-        batch_sizes=None if bs[-1] == B else bs,
+        batch_sizes=bs,
         lengths=sorted_lens.to(x.device),
         sorted_indices=order,
         unsorted_indices=torch.argsort(order),
@@ -128,8 +137,9 @@ def _check_features(x: torch.Tensor, ndim: int, input_size: int, weight: torch.T
         )
 
 
-def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
-    """lengths: a 1-D integer tensor (any device) or a list of ints, B of them, each in 1..T."""
+def _check_lengths(lengths, T: int, B: int, *, values: bool = True) -> torch.Tensor:
+    """lengths: a 1-D integer tensor (any device) or a list of ints, B of them, each in 1..T (the
+    values unchecked with values=False: under tracing, where reading them would be data-dependent)."""
     if isinstance(lengths, torch.Tensor):
         if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
             raise RnnkitValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
@@ -152,7 +162,7 @@ def _check_lengths(lengths, T: int, B: int) -> torch.Tensor:
         )
     if lens.numel() != B:
         raise RnnkitValueError(f"lengths must have one entry per batch element ({B}), got {lens.numel()}")
-    if B and (int(lens.min()) < 1 or int(lens.max()) > T):
+    if values and B and (int(lens.min()) < 1 or int(lens.max()) > T):
         raise RnnkitValueError(
             f"lengths must each be in 1..{T} (the padded sequence length), got min {int(lens.min())} "
             f"and max {int(lens.max())}"
@@ -212,7 +222,7 @@ def cast_floats(obj, dtype):
 def reverse_index(batch: Batch) -> torch.Tensor | None:
     """For sequences of different lengths: index (T, B) that reverses each within its length
     (and leaves padding in place); None when a plain flip over time does."""
-    if batch.batch_sizes is None:
+    if batch.lengths is None:
         return None
     T = batch.x.shape[0]
     t = torch.arange(T, device=batch.x.device)[:, None]  # (T, 1)

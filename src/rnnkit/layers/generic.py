@@ -32,11 +32,12 @@ from torch import nn
 from torch.func import functional_call
 
 from rnnkit._checks import check_bool, check_choice, check_positive_int
+from rnnkit.cells import traced
 from rnnkit.cells._kernel import IMPLS, run_loop
 from rnnkit.cells._regularize import Masks, Regularizer, masked_loop
 from rnnkit.cells._unit import Unit
 from rnnkit.cells.base import Cell
-from rnnkit.cells.registry import BUILTIN, available, registered
+from rnnkit.cells.registry import BUILTIN, available, registered, unit_spec
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 from rnnkit.layers._inputs import (
     Batch,
@@ -275,6 +276,7 @@ class Recurrent(nn.Module, metaclass=_ByName):
             )
         masks = layer_masks(self, masks, batch)  # drawn before anything else random
         backwards = reverse_index(batch) if self.bidirectional else None
+        traced_lengths = batch.lengths if batch.traced else None
         x, finals = batch.x, [[] for _ in states]
         for k in range(self.num_layers):
             outputs = []
@@ -282,7 +284,7 @@ class Recurrent(nn.Module, metaclass=_ByName):
                 idx = k * D + d
                 x_in = x if d == 0 else flip_valid(x, backwards)  # each valid part read backwards
                 y, final = self._direction(
-                    idx, x_in, tuple(s[idx] for s in states), batch.batch_sizes, masks[idx]
+                    idx, x_in, tuple(s[idx] for s in states), batch.batch_sizes, masks[idx], traced_lengths
                 )
                 outputs.append(y if d == 0 else flip_valid(y, backwards))
                 for acc, s in zip(finals, final):
@@ -292,11 +294,15 @@ class Recurrent(nn.Module, metaclass=_ByName):
                 x = nn.functional.dropout(x, self.dropout, training=True)
         return batch.output(x), self._returned_states([batch.state_out(torch.stack(acc)) for acc in finals])
 
-    def _direction(self, idx: int, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks | None):
+    def _direction(
+        self, idx: int, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks | None, lengths=None
+    ):
         """One layer-direction: (y (T, B, P), final state tuple). The fused kernel (a unit's
         `sequence`, a cell's `forward_sequence`) when no per-step mask is in play (weight dropout
         composes with it: the masked weights stand in for the cell's own), else the loop over
-        the cell's step with the masks applied."""
+        the cell's step with the masks applied. Under tracing (`rnnkit.cells.traced`) a unit's
+        kernel is one op (ONNX: a scan, or the unit's own ONNX operator), `lengths` (B,) standing
+        for batch_sizes; a user's cell steps with length masks, unrolled at the traced length."""
         cell, w = self._unit(idx), self._weights(idx)
         dropped = {}
         if masks is not None and masks.weight is not None:
@@ -309,7 +315,10 @@ class Recurrent(nn.Module, metaclass=_ByName):
         if w is not None:  # a built-in family's unit: its functions take the parameters
             w = {**w, **dropped}
             if per_step:
-                return masked_loop(lambda x_t, s, m: cell.step(x_t, s, w, m), x, state, batch_sizes, masks)
+                step = lambda x_t, s, m: cell.step(x_t, s, w, m)  # noqa: E731
+                return masked_loop(step, x, state, batch_sizes, masks, lengths)
+            if self.impl == "fused" and traced.tracing():
+                return _traced_unit(cell, x, state, w, lengths)
             return cell.sequence(x, state, w, batch_sizes, self.impl)
 
         def step(x_t, s, rec_mask=None):  # a user's cell: recurrent dropout masks the state it reads
@@ -325,11 +334,11 @@ class Recurrent(nn.Module, metaclass=_ByName):
 
         def run():
             if per_step:
-                return masked_loop(step, x, state, batch_sizes, masks)
-            if self.impl == "fused" and hasattr(cell, "forward_sequence"):
+                return masked_loop(step, x, state, batch_sizes, masks, lengths)
+            if self.impl == "fused" and hasattr(cell, "forward_sequence") and lengths is None:
                 y, final = cell.forward_sequence(x, state, batch_sizes=batch_sizes)
                 return y, tuple(final)
-            return run_loop(step, x, state, batch_sizes)
+            return run_loop(step, x, state, batch_sizes, lengths=lengths)
 
         if not dropped:
             return run()
@@ -337,6 +346,17 @@ class Recurrent(nn.Module, metaclass=_ByName):
         return functional_call(
             _Swapped(cell), {f"cell.{n}": w for n, w in dropped.items()}, (run,), strict=False
         )
+
+
+def _traced_unit(unit: Unit, x, state: tuple, w: dict, lengths) -> tuple:
+    """A unit's layer-direction under tracing: ONNX's own operator where the unit has one, a scan
+    over its step for the rest of ONNX, else the op that runs its fused kernel."""
+    if traced.onnx_exporting():
+        lowered = unit.onnx_sequence(x, state, w, lengths)
+        if lowered is not None:
+            return lowered
+        return traced.scan_steps(lambda x_t, s: unit.step(x_t, s, w), x, state, lengths)
+    return traced.sequence(unit_spec(unit, tuple(w)), x, lengths, state, list(w.values()))
 
 
 class _Swapped(nn.Module):

@@ -8,8 +8,9 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from rnnkit._checks import check_bool, check_choice, check_like, check_shape, check_tensor, shape_str
-from rnnkit.cells._kernel import IMPLS
-from rnnkit.cells.jordan import JordanParameters, jordan, jordan_teacher_forced
+from rnnkit.cells._kernel import IMPLS, run_loop
+from rnnkit.cells.jordan import JordanParameters, jordan, jordan_step, jordan_teacher_forced, jordan_traced
+from rnnkit.cells.traced import length_mask, tracing
 from rnnkit.errors import RnnkitValueError
 from rnnkit.layers._inputs import Batch, prepare_input
 
@@ -80,11 +81,31 @@ class JordanRNN(JordanParameters):
         if B == 0:  # an empty batch: the shapes, nothing to compute
             return batch.output(batch.empty(self, T, 0, self.output_size)), y0 + batch.empty(self, *y0.shape)
         kwargs = {"output_activation": self.output_activation, "batch_sizes": batch.batch_sizes}
-        if tgt is None:
+        if tracing():  # torch.compile / export: one op, lengths (if any) by masks
+            y, y_n = self._traced(batch, y0, tgt)
+        elif tgt is None:
             y, y_n = jordan(batch.x, y0, *self.weights(), impl=self.impl, **kwargs)
         else:
             y, y_n = jordan_teacher_forced(batch.x, tgt, y0, *self.weights(), **kwargs)
         return batch.output(y), batch.state_out(y_n.unsqueeze(0))[0]
+
+    def _traced(self, batch: Batch, y0, tgt):
+        """The forward under tracing (`rnnkit.cells.traced`): the free-running kernel as one op,
+        the step equations with impl="loop" (unrolled), teacher forcing as its three GEMMs; the
+        lengths, if any, by masks rather than by sorting."""
+        act, lengths = self.output_activation, batch.lengths if batch.traced else None
+        if tgt is None and self.impl == "fused":
+            return jordan_traced(batch.x, y0, *self.weights(), output_activation=act, lengths=lengths)
+        if tgt is None:
+            step = lambda x_t, s: (jordan_step(x_t, s[0], *self.weights(), act)[0],)  # noqa: E731
+            y, (y_n,) = run_loop(step, batch.x, (y0,), None, lengths=lengths)
+            return y, y_n
+        y, y_n = jordan_teacher_forced(batch.x, tgt, y0, *self.weights(), output_activation=act)
+        if lengths is None:
+            return y, y_n
+        y = torch.where(length_mask(y, lengths), y, 0.0)
+        last = (lengths.to(y.device) - 1).view(1, -1, 1).expand(1, *y.shape[1:])
+        return y, y.gather(0, last)[0]
 
     def _initial_output(self, y0, batch: Batch) -> torch.Tensor:
         B, O = batch.x.shape[1], self.output_size
