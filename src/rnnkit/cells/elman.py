@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_choice
+from rnnkit.cells import traced
 from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
@@ -141,6 +142,10 @@ class ElmanUnit(Unit):
 
     def step(self, x_t, state, w, rec_mask=None):
         return elman_step(x_t, state, *torch_weights(w), self.nonlinearity, rec_mask=rec_mask)
+
+    def onnx_sequence(self, x, state, w, lengths=None):
+        act = {"tanh": "Tanh", "relu": "Relu"}[self.nonlinearity]
+        return traced.onnx_recurrent("RNN", x, state, w, [0], lengths, activations=[act])
 
     def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
         y, h = _elman(x, state[0], *torch_weights(w), self.nonlinearity, batch_sizes, impl)

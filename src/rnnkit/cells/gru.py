@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_bool
+from rnnkit.cells import traced
 from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
@@ -313,6 +314,11 @@ class GRUUnit(Unit):
 
     def step(self, x_t, state, w, rec_mask=None):
         return gru_step(x_t, state, *torch_weights(w), self.reset_after, rec_mask=rec_mask)
+
+    def onnx_sequence(self, x, state, w, lengths=None):
+        # ONNX's GRU: gates z, r, h; linear_before_reset=1 is torch's reset-after form
+        before = int(self.reset_after)
+        return traced.onnx_recurrent("GRU", x, state, w, [1, 0, 2], lengths, linear_before_reset=before)
 
     def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
         y, h = gru(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnkit.cells import traced
 from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
@@ -234,6 +235,11 @@ class LSTMUnit(LSTMShaped):
 
     def step(self, x_t, state, w, rec_mask=None):
         return lstm_step(x_t, state, *torch_weights(w), w.get("weight_hr"), rec_mask=rec_mask)
+
+    def onnx_sequence(self, x, state, w, lengths=None):
+        if self.proj_size:  # ONNX's LSTM has no projection: a Scan of the step
+            return None
+        return traced.onnx_recurrent("LSTM", x, state, w, [0, 3, 1, 2], lengths)  # i, o, f, c
 
     def sequence(self, x, state, w, batch_sizes=None, impl="fused"):
         y, h, c = lstm(

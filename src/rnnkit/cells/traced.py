@@ -239,3 +239,28 @@ def scan_steps(step: Callable, x: torch.Tensor, state: tuple, lengths=None) -> t
 
         final, y = scan(body, list(state), (x, mask))
     return y, tuple(final)
+
+
+def onnx_recurrent(op: str, x, state: tuple, w: dict, blocks: list[int], lengths=None, **attributes) -> tuple:
+    """One direction of ONNX's own LSTM, GRU or RNN operator (`op`), for a unit whose equations
+    are that operator's: torch's parameters (w: weight_ih, weight_hh, bias_ih, bias_hh) with their
+    gate blocks put in ONNX's order (`blocks`: torch's block index of each of ONNX's), the
+    biases as one [Wb, Rb], `lengths` as sequence_lens. Returns (y (T, B, H), final state tuple)."""
+    T, B, H = x.shape[0], x.shape[1], state[0].shape[-1]
+
+    def onnx_order(t):  # (G*H, ...) torch's blocks -> ONNX's, with a leading direction axis
+        return torch.cat([t[i * H : (i + 1) * H] for i in blocks])[None]
+
+    w_ih, w_hh, b_ih, b_hh = (w.get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    bias = None if b_ih is None else torch.cat([onnx_order(b_ih), onnx_order(b_hh)], dim=1)
+    seq_lens = None if lengths is None else lengths.to(torch.int32)
+    inputs = [x, onnx_order(w_ih), onnx_order(w_hh), bias, seq_lens, *(s[None] for s in state)]
+    n = len(state)
+    out = torch.onnx.ops.symbolic_multi_out(
+        f"::{op}",
+        inputs,
+        attrs={"hidden_size": H, **attributes},
+        dtypes=[x.dtype] * (1 + n),
+        shapes=[(T, 1, B, H), *((1, B, H),) * n],
+    )
+    return out[0][:, 0], tuple(s[0] for s in out[1:])
