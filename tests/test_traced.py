@@ -22,7 +22,9 @@ LAYERS = {
     "min_gru": lambda: rnnkit.MinGRU(I, H, batch_first=True),
     "min_lstm": lambda: rnnkit.MinLSTM(I, H, batch_first=True),
     "jordan": lambda: rnnkit.JordanRNN(I, H, 4, batch_first=True),
-    "lstm_2_layers_bidirectional": lambda: rnnkit.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True),
+    "lstm_2_layers_bidirectional": lambda: rnnkit.LSTM(
+        I, H, num_layers=2, bidirectional=True, batch_first=True
+    ),
     "cell_unit": lambda: rnnkit.Recurrent(rnnkit.cells.registry.registered("gru"), I, H, batch_first=True),
 }
 INDUCTOR_FAST = ("lstm", "jordan")  # the rest of inductor under the slow marker
