@@ -19,6 +19,7 @@ COMMANDS = {
     "plot": "the loss curves of a run and the figures of its task (PNG)",
     "gradients": "gradient flow through time: ||dL/dh_t|| for every t and the spectrum of W_hh (PNG, JSON)",
     "predict": "a run's model on each INPUT",
+    "export": "a run's model as ONNX, with what predicting needs in a JSON file beside it",
 }
 
 

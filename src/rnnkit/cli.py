@@ -29,6 +29,7 @@ from rnnkit._entry import top_parser
 from rnnkit.cells.registry import load_entry_points
 from rnnkit.cli_options import (
     EvaluateOptions,
+    ExportOptions,
     GradientsOptions,
     PredictOptions,
     SampleOptions,
@@ -160,6 +161,10 @@ def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("inputs", nargs="+", metavar="INPUT")
     add_config_flags(predict, PredictOptions, "options")
+
+    export = sub.add_parser("export", help=HELP["export"])
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    add_config_flags(export, ExportOptions, "options")
     return parser
 
 
@@ -569,7 +574,15 @@ def cmd_gradients(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    opts = config_from(ExportOptions, args)
+    for path in Run.load(args.run_dir).export(opts.out):
+        print(path)
+    return 0
+
+
 COMMANDS = {
+    "export": cmd_export,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "sample": cmd_sample,

@@ -96,6 +96,14 @@ class GradientsOptions(Options):
     out: str | None = _path("where to write (default: RUN_DIR, else runs/gradients-<UTC timestamp>)")
 
 
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    out: str | None = _path(
+        "the .onnx file to write (default: RUN_DIR/model.onnx; a task with an encoder and a decoder "
+        "writes OUT's stem + .encoder.onnx and .decoder.onnx), with OUT's stem + .json beside it"
+    )
+
+
 COMMAND_OPTIONS = {
     "train": TrainOptions,
     "evaluate": EvaluateOptions,
@@ -103,4 +111,5 @@ COMMAND_OPTIONS = {
     "predict": PredictOptions,
     "plot": PlotOptions,
     "gradients": GradientsOptions,
+    "export": ExportOptions,
 }

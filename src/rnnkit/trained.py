@@ -6,6 +6,7 @@
     run.predict(["The "])                 # one Python value per input (the task's predict_values)
     run.evaluate()                        # the test metrics, as `evaluate --json` prints them
     run.sample(prime="The ", length=200)  # charlm: a string
+    run.export()                          # ONNX: RUN_DIR/model.onnx and model.json
 
 The task object (its vocabulary, labels, scaling; rebuilt from config.json and the run's data)
 is what turns inputs into tensors and outputs into values; the options are checked with the
@@ -92,6 +93,14 @@ class Run:
             source = f"data {checked.data}" if checked.data else "the run's test data"
             raise RnnkitValueError(f"{source} gives no finite {', '.join(undefined)} (too little test data?)")
         return metrics
+
+    def export(self, out=None) -> list[Path]:
+        """The model as ONNX (`rnnkit export`): RUN_DIR/model.onnx or `out`, with model.json beside
+        it; each graph is checked on onnxruntime against this model before anything is written.
+        Returns the paths written. Needs the `export` extra (onnx, onnxscript, onnxruntime)."""
+        from rnnkit.exporting import export_onnx
+
+        return export_onnx(self, out)
 
     def sample(self, prime="", length=300, temperature=1.0, top_k=None, top_p=None, seed=0) -> str:
         """charlm: `prime` continued by `length` drawn characters (a string), as `rnnkit sample`."""

@@ -237,19 +237,27 @@ class Recurrent(nn.Module, metaclass=_ByName):
         """The final states (L*D, B, n) as this layer returns them: a tuple."""
         return tuple(states)
 
+    def default_states(self, batch_size: int, like: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The states a call without hx starts from, (num_layers * num_directions, batch_size, n)
+        per state: the learnt ones with `learn_initial_state`, a family's own (log-space
+        minGRU), else zeros; in `like`'s dtype and device (the parameters' by default)."""
+        LD, B, sizes = self.num_layers * self.num_directions, batch_size, self.state_sizes
+        like = like if like is not None else next(self.parameters())
+        if self.learn_initial_state:  # (L*D, n) -> (L*D, B, n), a copy the kernels may read
+            return [
+                getattr(self, name)[:, None].expand(LD, B, n).contiguous()
+                for name, n in zip(self._initial_names(), sizes)
+            ]
+        default = getattr(self._unit(0), "default_state", None)
+        if default is not None:  # a family whose zero state is not zeros (log-space minGRU)
+            return [s.expand(LD, B, n).contiguous() for s, n in zip(default(like, B), sizes)]
+        return [like.new_zeros(LD, B, n) for n in sizes]
+
     def _initial_states(self, hx, batch: Batch) -> list[torch.Tensor]:
         """hx (None, or as `_given_states` takes it) -> states (L*D, B, n) in kernel order."""
-        LD, B, sizes = self.num_layers * self.num_directions, batch.x.shape[1], self.state_sizes
+        LD, sizes = self.num_layers * self.num_directions, self.state_sizes
         if hx is None:
-            if self.learn_initial_state:  # (L*D, n) -> (L*D, B, n), a copy the kernels may read
-                return [
-                    getattr(self, name)[:, None].expand(LD, B, n).contiguous()
-                    for name, n in zip(self._initial_names(), sizes)
-                ]
-            default = getattr(self._unit(0), "default_state", None)
-            if default is not None:  # a family whose zero state is not zeros (log-space minGRU)
-                return [s.expand(LD, B, n).contiguous() for s, n in zip(default(batch.x, B), sizes)]
-            return [batch.x.new_zeros(LD, B, n) for n in sizes]
+            return self.default_states(batch.x.shape[1], batch.x)
         states, names = self._given_states(hx)
         return initial_states(batch, states, names, sizes, LD, batch.x)
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rnnkit._checks import check_tensor, shape_str
+from rnnkit.cells.traced import tracing
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._recurrent import recurrent_layer, regularizers
 
@@ -35,16 +36,24 @@ class InputEncoder(nn.Module):
                     f"got shape {shape_str(inputs)}"
                 )
             return inputs
-        check_tensor("inputs", inputs, ndim=2)
-        if inputs.is_floating_point() or inputs.dtype == torch.bool:
-            raise RnnkitValueError(f"inputs must be integer token ids (B, T), got dtype {inputs.dtype}")
-        V = self.vocab_size
-        if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= V):
-            raise RnnkitValueError(
-                f"inputs must be ids in 0..{V - 1} (vocab_size {V}), got values in "
-                f"{int(inputs.min())}..{int(inputs.max())}"
-            )
+        check_token_ids("inputs", inputs, self.vocab_size)
         return self.embedding(inputs)  # (B, T, D)
+
+
+def check_token_ids(name: str, tokens, V: int) -> None:
+    """tokens: an integer tensor (B, T) of ids in 0..V-1. The values are not read under tracing
+    (torch.compile / export: data-dependent); an id out of range then fails in the embedding."""
+    check_tensor(name, tokens, ndim=2)
+    if tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise RnnkitValueError(f"{name} must be integer token ids (B, T), got dtype {tokens.dtype}")
+    if tracing() or not tokens.numel():
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= V:
+        raise RnnkitValueError(
+            f"{name} must be ids in 0..{V - 1} (vocab_size {V}), got values in {low}..{high} "
+            f"(shape {shape_str(tokens)})"
+        )
 
 
 def valid_mask(lengths, B: int, T: int, device) -> torch.Tensor:

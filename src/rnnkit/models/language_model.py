@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from rnnkit._checks import check_positive_int, check_tensor, shape_str
+from rnnkit._checks import check_positive_int
 from rnnkit.errors import RnnkitValueError
+from rnnkit.models._inputs import check_token_ids
 from rnnkit.models._recurrent import Regularized, recurrent_layer, regularizers
 
 
@@ -66,15 +67,7 @@ class LanguageModel(nn.Module):
             self.head.weight = self.embedding.weight
 
     def forward(self, tokens: torch.Tensor, state=None, *, lengths=None):
-        check_tensor("tokens", tokens, ndim=2)
-        if tokens.is_floating_point() or tokens.dtype == torch.bool:
-            raise RnnkitValueError(f"tokens must be an integer tensor (B, T), got dtype {tokens.dtype}")
-        V = self.config.vocab_size
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= V):
-            raise RnnkitValueError(
-                f"tokens must be ids in 0..{V - 1} (vocab_size {V}), got values in "
-                f"{int(tokens.min())}..{int(tokens.max())} (shape {shape_str(tokens)})"
-            )
+        check_token_ids("tokens", tokens, self.config.vocab_size)
         e = self.drop(self.embedding(tokens))  # (B, T, D)
         h, state = self.rnn(e, state, lengths=lengths)  # (B, T, H)
         return self.head(self.drop(h)), state  # (B, T, V)

@@ -23,6 +23,109 @@ from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
 from rnnkit.training.checkpoint import write_json
 
 
+@dataclass(frozen=True)
+class OnnxGraph:
+    """One ONNX file of `rnnkit export`: `module` called with `inputs` (example tensors, in order),
+    `names` for its inputs and `outputs`, and per input its dynamic axes ({axis: name}); `part`
+    names the file among several ("" for a task's only graph)."""
+
+    module: torch.nn.Module
+    inputs: tuple
+    names: tuple[str, ...]
+    outputs: tuple[str, ...]
+    axes: dict
+    part: str = ""
+    doc: str = ""  # the inputs and outputs in words (shapes, dtypes), for the JSON beside it
+
+
+class FlatStates(torch.nn.Module):
+    """A stateful model `model(inputs, state) -> (outputs, state)` as a graph of flat tensors:
+    forward(inputs, states) -> (outputs, *states), states a tuple with one tensor per state of its
+    recurrent layer, (num_layers * num_directions, batch, size) each (the LSTM's h then c)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, states: tuple):
+        outputs, state = self.model(inputs, states[0] if len(states) == 1 else states)
+        return (outputs, *(state if isinstance(state, tuple) else (state,)))
+
+
+def state_axes(layer, prefix: str) -> tuple[tuple[str, ...], dict, list]:
+    """Names, dynamic axes and descriptions of a recurrent layer's states as graph inputs or
+    outputs (`prefix`_0, `prefix`_1, ...)."""
+    LD = layer.num_layers * layer.num_directions
+    names = tuple(f"{prefix}_{j}" for j in range(layer.num_states))
+    docs = [f"{n}: float32 ({LD}, batch, {size})" for n, size in zip(names, layer.state_sizes)]
+    return names, {n: {1: "batch"} for n in names}, docs
+
+
+class _Encode(torch.nn.Module):
+    """inputs -> the leaves of `model.initial_state(*inputs)` (the decoding state), flat."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: tuple):
+        return tuple(torch.utils._pytree.tree_leaves(self.model.initial_state(*inputs)))
+
+
+class _DecodeStep(torch.nn.Module):
+    """(token (B,), the state's leaves) -> (logits (B, V), the next state's leaves): `model.step`
+    with the nested state rebuilt from `spec`."""
+
+    def __init__(self, model: torch.nn.Module, spec):
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, token, states: tuple):
+        logits, state = self.model.step(token, torch.utils._pytree.tree_unflatten(list(states), self.spec))
+        return (logits, *torch.utils._pytree.tree_leaves(state))
+
+
+def decoding_graphs(model, inputs: tuple, names: tuple, axes: dict, state_axes, doc: str) -> list[OnnxGraph]:
+    """The two graphs of a model decoded step by step (`initial_state(*inputs)`, then `step(token,
+    state)`, as `rnnkit.decoding` drives it): "encoder" (inputs -> state_0, state_1, ...) and
+    "decoder" (token and state_j_in -> logits and state_j_out, to feed back). `state_axes(j,
+    shape)` gives state j's dynamic axes."""
+    leaves, spec = torch.utils._pytree.tree_flatten(model.initial_state(*inputs))
+    k = len(leaves)
+    laxes = [state_axes(j, tuple(t.shape)) for j, t in enumerate(leaves)]
+
+    def words(name, t, ax):
+        dims = ", ".join(ax.get(i, str(n)) for i, n in enumerate(t.shape))
+        return f"{name}: {str(t.dtype).removeprefix('torch.')} ({dims})"
+
+    states = "; ".join(words(f"state_{j}", t, a) for j, (t, a) in enumerate(zip(leaves, laxes)))
+    token = torch.zeros(inputs[0].shape[0], dtype=torch.long, device=leaves[0].device)
+    ins = tuple(f"state_{j}_in" for j in range(k))
+    vocab = model.step(token, torch.utils._pytree.tree_unflatten(leaves, spec))[0].shape[-1]
+    return [
+        OnnxGraph(
+            _Encode(model),
+            (inputs,),
+            names,
+            tuple(f"state_{j}" for j in range(k)),
+            axes,
+            "encoder",
+            f"{doc}; outputs {states}",
+        ),
+        OnnxGraph(
+            _DecodeStep(model, spec),
+            (token, tuple(leaves)),
+            ("token", *ins),
+            ("logits", *(f"state_{j}_out" for j in range(k))),
+            {"token": {0: "batch"}, **dict(zip(ins, laxes))},
+            "decoder",
+            f"token: int64 (batch,), the previous output id (start_id first); state_j_in: the encoder's "
+            f"state_j, then the previous step's state_j_out; logits: float32 (batch, {vocab}), of the "
+            "next output id",
+        ),
+    ]
+
+
 class Task:
     """The interface of a task (charlm implements it too). `state` is what the task derived from
     its training data (vocabulary, labels, scaling) and must reuse on other data: it is saved in
@@ -56,6 +159,16 @@ class Task:
         """The lines `rnnkit predict` prints: a formatting of `predict_values`."""
         values = self.predict_values(model, inputs, **options)
         return [self.format_prediction(text, v) for text, v in zip(inputs, values)]
+
+    def onnx_graphs(self, model) -> list[OnnxGraph]:
+        """What `rnnkit export` writes: the inference graphs (one, or e.g. an encoder and a
+        decoder step) with the model inside, named inputs and outputs, dynamic axes."""
+        raise RnnkitUnsupportedError(f"task {self.name} has no export (it has no predict)")
+
+    def onnx_metadata(self, model) -> dict:
+        """What a program needs beside the graphs to predict (vocabulary, labels, scaling, the
+        decoding loop's tokens): JSON values, written next to them."""
+        return {}
 
     def plot(self, model, run_dir: Path) -> list[Path]:
         return []

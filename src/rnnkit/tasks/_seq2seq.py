@@ -31,9 +31,11 @@ from rnnkit.models import Seq2Seq, Seq2SeqConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.models.seq2seq import ATTENTIONS, CONTEXTS
 from rnnkit.tasks._common import (
+    OnnxGraph,
     RegularizerOptions,
     Task,
     cell_option,
+    decoding_graphs,
     device_of,
     edit_distance,
     pad_ids,
@@ -182,6 +184,41 @@ class Seq2SeqTask(Task):
         return self.decode(model, [self.source_ids(text, **options) for text in inputs])
 
     def source_labels(self, source) -> list[str]:
+        raise NotImplementedError
+
+    def onnx_graphs(self, model) -> list[OnnxGraph]:
+        """Two graphs: "encoder" (source ids and lengths -> the decoding state) and "decoder"
+        (the previous output id and the state -> logits and the next state); the greedy loop,
+        start_id first until end_id or max_output ids, is the caller's."""
+        device = next(model.parameters()).device
+        src, lengths = torch.zeros(2, 5, dtype=torch.long, device=device), torch.tensor([5, 3], device=device)
+        source_steps = {1: "batch"}
+
+        def axes(j, shape):  # keys, mask and the attention's projected keys: (source_time, batch, ...)
+            over_source = len(shape) >= 2 and shape[0] == src.shape[1] and j >= model.num_states + 1
+            return {0: "source_time", **source_steps} if over_source else source_steps
+
+        return decoding_graphs(
+            model,
+            (src, lengths),
+            ("source", "source_lengths"),
+            {"source": {0: "batch", 1: "source_time"}, "source_lengths": {0: "batch"}},
+            axes,
+            "source: int64 (batch, source_time), ids as `source_vocabulary` gives them; "
+            "source_lengths: int64 (batch,)",
+        )
+
+    def onnx_metadata(self, model) -> dict:
+        return {
+            "target_vocabulary": self.tgt_vocab.chars,
+            "start_id": int(self.tgt_vocab.index[BOS]),
+            "end_id": int(self.tgt_vocab.index[EOS]),
+            "max_output": self.config.max_output,
+            **self.source_metadata(),
+        }
+
+    def source_metadata(self) -> dict:
+        """How an input string becomes source ids, for a program without this package."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ from rnnkit.decoding import sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.models._recurrent import regularizers
-from rnnkit.tasks._common import RegularizerOptions, Task, cell_option
+from rnnkit.tasks._common import FlatStates, OnnxGraph, RegularizerOptions, Task, cell_option, state_axes
 from rnnkit.training.tbptt import tbptt_step
 
 
@@ -143,6 +143,39 @@ class CharLMTask(Task):
             generator=torch.Generator().manual_seed(seed),
         )
         return (prime or "") + self.vocab.decode(out[0])
+
+    def onnx_graphs(self, model) -> list[OnnxGraph]:
+        """One graph: tokens (B, T) and the states in -> logits (B, T, V) and the states out."""
+        layer = model.rnn
+        tokens = torch.zeros(2, 5, dtype=torch.long, device=next(model.parameters()).device)
+        states = tuple(layer.default_states(2))
+        ins, axes, docs = state_axes(layer, "state_in")
+        outs, _, out_docs = state_axes(layer, "state_out")
+        return [
+            OnnxGraph(
+                FlatStates(model),
+                (tokens, states),
+                ("tokens", *ins),
+                ("logits", *outs),
+                {"tokens": {0: "batch", 1: "time"}, **axes},
+                doc="; ".join(
+                    [
+                        "tokens: int64 (batch, time), ids of `vocabulary` (unknown characters: unknown_id)",
+                        *docs,
+                        f"logits: float32 (batch, time, {len(self.vocab)}), of the next character",
+                        *out_docs,
+                    ]
+                ),
+            )
+        ]
+
+    def onnx_metadata(self, model) -> dict:
+        return {
+            "vocabulary": self.vocab.chars,
+            "unknown_id": 0,
+            # the states to start from: (num_layers, size) each, the same for every sequence
+            "initial_state": [s[:, 0].tolist() for s in model.rnn.default_states(1)],
+        }
 
     def predict_values(self, model, inputs: list[str], **options) -> list[str]:
         """Each input continued by 100 sampled characters (seed 0)."""

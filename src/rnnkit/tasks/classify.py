@@ -38,6 +38,7 @@ from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks._common import (
+    OnnxGraph,
     RegularizerOptions,
     Task,
     cached_baseline,
@@ -311,6 +312,39 @@ class ClassifyTask(Task):
         best = p.argmax(-1)
         return [(self.labels[k], float(p[i, k])) for i, k in enumerate(best.tolist())]
 
+    def onnx_graphs(self, model) -> list[OnnxGraph]:
+        """One graph: token ids (text) or raw feature vectors (numbers; the run's scaling is in
+        the graph) and lengths -> the labels' probabilities."""
+        device = next(model.parameters()).device
+        lengths = torch.tensor([5, 3], device=device)
+        if self.is_text:
+            inputs, name = torch.zeros(2, 5, dtype=torch.long, device=device), "tokens"
+            doc = "int64 (batch, time), ids of `vocabulary`"
+        else:
+            T, F_ = self.train.numbers.shape[1:]
+            inputs, doc = torch.zeros(2, T, F_, device=device), f"float32 (batch, time, {F_}), as in the data"
+            name, lengths = "features", torch.tensor([T, T - 1 if T > 1 else 1], device=device)
+        module = _Probabilities(model, None if self.is_text else (self.mean, self.std))
+        return [
+            OnnxGraph(
+                module,
+                (inputs, lengths),
+                (name, "lengths"),
+                ("probabilities",),
+                {name: {0: "batch", 1: "time"}, "lengths": {0: "batch"}},
+                doc=f"{name}: {doc}; lengths: int64 (batch,), each in 1..time; "
+                f"probabilities: float32 (batch, {len(self.labels)}), in the order of `labels`",
+            )
+        ]
+
+    def onnx_metadata(self, model) -> dict:
+        meta = {"labels": self.labels}
+        if self.is_text:
+            meta |= {"vocabulary": self.vocab.chars, "unknown_id": 0}
+        else:
+            meta["time_steps"] = int(self.train.numbers.shape[1])
+        return meta
+
     def format_prediction(self, text: str, value) -> str:
         return f"{value[0]}\t{value[1]:.4f}"
 
@@ -333,3 +367,21 @@ class ClassifyTask(Task):
         fig.savefig(out, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return [out]
+
+
+class _Probabilities(torch.nn.Module):
+    """The exported classifier: (inputs, lengths) -> softmax of the logits, with the run's
+    feature scaling (mean, std) applied first for numbers."""
+
+    def __init__(self, model, scaling=None):
+        super().__init__()
+        self.model = model
+        self.scaled = scaling is not None
+        if self.scaled:
+            self.register_buffer("mean", torch.as_tensor(scaling[0], dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(scaling[1], dtype=torch.float32))
+
+    def forward(self, inputs, lengths):
+        if self.scaled:
+            inputs = (inputs - self.mean) / self.std
+        return self.model(inputs, lengths=lengths).float().softmax(-1)

@@ -28,9 +28,11 @@ from rnnkit.models import VectorToSequence, VectorToSequenceConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.models.generator import FEEDS
 from rnnkit.tasks._common import (
+    OnnxGraph,
     RegularizerOptions,
     Task,
     cell_option,
+    decoding_graphs,
     device_of,
     epoch_batch,
     pad_ids,
@@ -188,6 +190,27 @@ class ColorsTask(Task):
             f"{g}\t{text}\t" + " | ".join(n[i] for n in sampled)
             for i, (g, text) in enumerate(zip(greedy, inputs))
         ]
+
+    def onnx_graphs(self, model) -> list[OnnxGraph]:
+        """Two graphs: "encoder" (colours -> the decoding state) and "decoder" (the previous
+        character's id and the state -> logits and the next state); the loop is the caller's."""
+        rgb = torch.full((2, 3), 0.5, device=next(model.parameters()).device)
+        return decoding_graphs(
+            model,
+            (rgb,),
+            ("rgb",),
+            {"rgb": {0: "batch"}},
+            lambda j, shape: {1: "batch"},
+            "rgb: float32 (batch, 3), each in [0, 1]",
+        )
+
+    def onnx_metadata(self, model) -> dict:
+        return {
+            "vocabulary": self.vocab.chars,
+            "start_id": int(self.vocab.index[BOS]),
+            "end_id": int(self.vocab.index[EOS]),
+            "max_output": MAX_NAME,
+        }
 
     def _rgb(self, inputs: list[str]) -> torch.Tensor:
         rgb = []

@@ -85,6 +85,17 @@ class DatesTask(Seq2SeqTask):
     def test_metrics(self, model, data=None, **options) -> dict:
         return self.scores(model, self.test)
 
+    def source_metadata(self) -> dict:
+        """Source ids: a locale's id (any_locale without --locale, or when the run was trained
+        without locale tokens), then each character's id in source_vocabulary (unknown: 0)."""
+        return {
+            "source_vocabulary": self.chars.chars,
+            "unknown_id": 0,
+            "locale_ids": self.locale_index,
+            "any_locale": ANY_LOCALE,
+            "locale_token": self.config.locale_token,
+        }
+
     def source_labels(self, source) -> list[str]:
         return [self.locales[source[0] - len(self.chars)]] + [self.chars.chars[i] for i in source[1:]]
 

@@ -41,6 +41,7 @@ from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.tasks._common import (
+    OnnxGraph,
     RegularizerOptions,
     Task,
     cached_baseline,
@@ -308,6 +309,31 @@ class ForecastTask(Task):
             out.append([float(v) for v in nxt])
         return out
 
+    def onnx_graphs(self, model) -> list[OnnxGraph]:
+        """One graph: recent values (batch, time, columns), in the data's units -> the next value
+        of every column (batch, columns); the scaling is inside, the recursion is the caller's."""
+        C, W = len(self.series.names), self.config.window
+        values = torch.zeros(2, W, C, device=next(model.parameters()).device)
+        return [
+            OnnxGraph(
+                _NextValues(model, self.mean, self.std),
+                (values,),
+                ("values",),
+                ("next",),
+                {"values": {0: "batch", 1: "time"}},
+                doc=f"values: float32 (batch, time, {C}), the last `window` rows of "
+                f"{', '.join(self.series.names)}; next: float32 (batch, {C}), the following row "
+                "(the first column is the target)",
+            )
+        ]
+
+    def onnx_metadata(self, model) -> dict:
+        return {
+            "columns": self.series.names,
+            "window": self.config.window,
+            "predict_steps": self.config.predict_steps,
+        }
+
     def format_prediction(self, text: str, value) -> str:
         return ",".join(f"{v:.4g}" for v in value)
 
@@ -345,3 +371,16 @@ class ForecastTask(Task):
         fig.savefig(out, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return [out]
+
+
+class _NextValues(torch.nn.Module):
+    """The exported forecaster: values in the data's units -> the next row in the data's units."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, values):
+        return self.model((values - self.mean) / self.std).float() * self.std + self.mean

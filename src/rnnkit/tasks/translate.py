@@ -65,5 +65,8 @@ class TranslateTask(Seq2SeqTask):
     def test_metrics(self, model, data=None, **options) -> dict:
         return self.scores(model, self.test if data is None else self.pairs(read_pairs(data)))
 
+    def source_metadata(self) -> dict:
+        return {"source_vocabulary": self.src_vocab.chars, "unknown_id": 0}
+
     def source_labels(self, source) -> list[str]:
         return [self.src_vocab.chars[i] for i in source]
