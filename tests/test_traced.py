@@ -25,6 +25,9 @@ LAYERS = {
     "lstm_2_layers_bidirectional": lambda: rnnkit.LSTM(
         I, H, num_layers=2, bidirectional=True, batch_first=True
     ),
+    "mgu_2_layers_bidirectional": lambda: rnnkit.MGU(
+        I, H, num_layers=2, bidirectional=True, batch_first=True
+    ),
     "cell_unit": lambda: rnnkit.Recurrent(rnnkit.cells.registry.registered("gru"), I, H, batch_first=True),
 }
 INDUCTOR_FAST = ("lstm", "jordan")  # the rest of inductor under the slow marker
@@ -156,7 +159,7 @@ ONNX_FAST = {
     "lstm": "LSTM",
     "gru_reset_before": "GRU",
     "rnn_relu": "RNN",
-    "mgu": "Scan",
+    "mgu_2_layers_bidirectional": "Scan",  # several scans in one graph: batch stays dynamic
     "jordan": "Scan",
     "lstm_2_layers_bidirectional": "LSTM",
 }

@@ -424,10 +424,11 @@ def jordan_traced(x, y0, w_ih, w_yh, b_h, w_hy, b_y, *, output_activation=None, 
     a scan over `jordan_step`; `lengths` (B,) in place of batch_sizes. Returns (y, y_n)."""
     if traced.onnx_exporting():
 
-        def step(x_t, s):
-            return (jordan_step(x_t, s[0], w_ih, w_yh, b_h, w_hy, b_y, output_activation)[0],)
+        def step(x_t, s, w):
+            return (jordan_step(x_t, s[0], *(w[n] for n in _WEIGHT_NAMES), output_activation)[0],)
 
-        y, (y_n,) = traced.scan_steps(step, x, (y0,), lengths)
+        weights = dict(zip(_WEIGHT_NAMES, (w_ih, w_yh, b_h, w_hy, b_y)))
+        y, (y_n,) = traced.scan_steps(step, x, (y0,), weights, lengths)
         return y, y_n
     weights = [w for w in (w_ih, w_yh, b_h, w_hy, b_y) if w is not None]
     y, (y_n,) = traced.sequence(jordan_spec(output_activation, b_h is not None), x, lengths, (y0,), weights)

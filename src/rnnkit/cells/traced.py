@@ -216,29 +216,34 @@ def length_mask(x: torch.Tensor, lengths: torch.Tensor | None):
     return (t < lengths.to(x.device)[None, :]).unsqueeze(-1)
 
 
-def scan_steps(step: Callable, x: torch.Tensor, state: tuple, lengths=None) -> tuple:
-    """`step(x_t, state) -> state` over x (T, B, I) as one `scan` (ONNX Scan; T stays dynamic):
-    (y (T, B, P), final state). A sequence past its length keeps its state and outputs zeros."""
-    from torch._higher_order_ops.scan import scan
+def scan_steps(step: Callable, x: torch.Tensor, state: tuple, weights: dict, lengths=None) -> tuple:
+    """`step(x_t, state, weights) -> state` over x (T, B, I) as one `scan` (ONNX Scan; T stays
+    dynamic): (y (T, B, P), final state). A sequence past its length keeps its state and outputs
+    zeros. `weights` (name -> tensor or None) are the scan's explicit inputs: a tensor the body
+    merely closed over would not survive the exporter's decompositions.
 
+    The scan higher-order op is called directly, with a flat body: torch.scan() would compile
+    each call with dynamo, whose cached first compile then pins the batch size of the layers'
+    second and later scans (bidirectional, stacked) under export."""
+    from torch._higher_order_ops.scan import scan_op
+
+    n = len(state)
     mask = length_mask(x, lengths)
-    if mask is None:
+    names = [k for k, w in weights.items() if w is not None]
+    k = 1 if mask is None else 2  # per-step inputs: x_t, and the mask's row
 
-        def body(carry, x_t):
-            new = tuple(step(x_t, tuple(carry)))
-            return list(new), new[0].clone()
+    def body(*flat):  # (state..., x_t[, m_t], weights...) -> (new state..., y_t)
+        carry, x_t = flat[:n], flat[n]
+        w = {**dict.fromkeys(weights), **dict(zip(names, flat[n + k :]))}
+        new = tuple(step(x_t, tuple(carry), w))
+        if mask is None:
+            return (*new, new[0].clone())
+        m_t = flat[n + 1]
+        return (*(torch.where(m_t, a, s) for a, s in zip(new, carry)), torch.where(m_t, new[0], 0.0))
 
-        final, y = scan(body, list(state), x)
-    else:
-
-        def body(carry, inputs):
-            x_t, m_t = inputs
-            new = tuple(step(x_t, tuple(carry)))
-            kept = [torch.where(m_t, n, s) for n, s in zip(new, carry)]
-            return kept, torch.where(m_t, new[0], 0.0)
-
-        final, y = scan(body, list(state), (x, mask))
-    return y, tuple(final)
+    xs = [x] if mask is None else [x, mask]
+    out = scan_op(body, list(state), xs, additional_inputs=tuple(weights[n] for n in names))
+    return out[n], tuple(out[:n])
 
 
 def onnx_recurrent(op: str, x, state: tuple, w: dict, blocks: list[int], lengths=None, **attributes) -> tuple:

@@ -363,7 +363,7 @@ def _traced_unit(unit: Unit, x, state: tuple, w: dict, lengths) -> tuple:
         lowered = unit.onnx_sequence(x, state, w, lengths)
         if lowered is not None:
             return lowered
-        return traced.scan_steps(lambda x_t, s: unit.step(x_t, s, w), x, state, lengths)
+        return traced.scan_steps(unit.step, x, state, w, lengths)
     return traced.sequence(unit_spec(unit, tuple(w)), x, lengths, state, list(w.values()))
 
 
