@@ -200,3 +200,21 @@ def test_export_without_the_extra_says_how_to_install(charlm, monkeypatch, capsy
     )
     assert main(["export", str(charlm[0].run_dir)]) == 2
     assert "pip install 'rnnkit[export]'" in capsys.readouterr().err
+
+
+def test_the_readme_onnx_commands_run(charlm):
+    """README, "ONNX: predict without PyTorch": the shell block, on a run of this module."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"### ONNX: predict without PyTorch\n.*?```\n(.*?)```", readme, re.S)[1]
+    run_dir = str(charlm[0].run_dir)
+    bin_dir = Path(sys.executable).parent
+    for line in block.strip().splitlines():
+        argv = shlex.split(line.split("#")[0].replace("runs/tour", run_dir))
+        argv[0] = str(bin_dir / "rnnkit") if argv[0] == "rnnkit" else sys.executable
+        out = subprocess.run(
+            argv, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
+        ).stdout
+    assert out.startswith("The ")

@@ -26,7 +26,13 @@ from rnnkit.tasks.registry import TASKS
 from rnnkit.training import TrainConfig
 
 # the positional arguments a command needs before its flags are looked at
-POSITIONALS = {"evaluate": ["no-run"], "sample": ["no-run"], "predict": ["no-run", "x"], "gradients": []}
+POSITIONALS = {
+    "evaluate": ["no-run"],
+    "sample": ["no-run"],
+    "predict": ["no-run", "x"],
+    "gradients": [],
+    "export": ["no-run"],
+}
 
 
 def flag(name: str) -> str:

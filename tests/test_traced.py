@@ -30,6 +30,8 @@ LAYERS = {
     ),
     "cell_unit": lambda: rnnkit.Recurrent(rnnkit.cells.registry.registered("gru"), I, H, batch_first=True),
 }
+# in eval only (in training their masks are random draws): zoneout's expectation, still a Scan
+EVAL_ONLY = {"lstm_zoneout": lambda: rnnkit.LSTM(I, H, zoneout=0.2, batch_first=True)}
 INDUCTOR_FAST = ("lstm", "jordan")  # the rest of inductor under the slow marker
 
 
@@ -47,7 +49,7 @@ class Outputs(torch.nn.Module):
 
 def make(name):
     torch.manual_seed(0)
-    return Outputs(LAYERS[name]()).eval()
+    return Outputs({**LAYERS, **EVAL_ONLY}[name]()).eval()
 
 
 def inputs(B, T, with_lengths, seed=1):
@@ -162,6 +164,7 @@ ONNX_FAST = {
     "mgu_2_layers_bidirectional": "Scan",  # several scans in one graph: batch stays dynamic
     "jordan": "Scan",
     "lstm_2_layers_bidirectional": "LSTM",
+    "lstm_zoneout": "Scan",
 }
 
 
@@ -218,3 +221,15 @@ def test_eager_path_does_not_use_the_op(monkeypatch):
     model = make("lstm").train()
     x, lengths = inputs(2, 5, True)
     outputs_and_grads(model, x, lengths)
+
+
+def test_the_readme_tracing_example_runs(capsys):
+    """README, "torch.compile and torch.export": the code block as written."""
+    import pathlib
+    import re
+
+    torch._dynamo.reset()
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"### torch.compile and torch.export\n.*?```python\n(.*?)```", readme, re.S)[1]
+    exec(compile(block, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([3, 80, 64])"

@@ -116,3 +116,29 @@ def test_the_readme_example_runs(tmp_path, capsys):
     out = lines[last_json + 1 :]  # after training's JSON lines
     bpc, sampled, predicted = out[0], "\n".join(out[1:-1]), out[-1]
     assert float(bpc) > 0 and sampled.startswith("The ") and predicted.startswith("['def ")
+
+
+def test_a_run_loads_onto_a_device(charlm_run, capsys):
+    """Weights are read to the CPU and the model moved where asked; the commands take --device."""
+    run = rnnkit.Run.load(charlm_run, device="cpu")
+    assert next(run.model.parameters()).device.type == "cpu"
+    meta = rnnkit.load(charlm_run, device="meta")
+    assert next(meta.parameters()).device.type == "meta"
+    assert main(["sample", str(charlm_run), "--length", "5", "--device", "cpu"]) == 0
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main(["evaluate", str(charlm_run), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(rnnkit.RnnkitTypeError, match="no option 'device'"):
+        run.predict(["x"], device="cpu")  # where a run runs is Run.load's
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_run_evaluates_samples_and_predicts_on_cuda(charlm_run):
+    run = rnnkit.Run.load(charlm_run, device="cuda")
+    assert next(run.model.parameters()).is_cuda
+    cpu = rnnkit.Run.load(charlm_run)
+    assert abs(run.evaluate()["bpc"] - cpu.evaluate()["bpc"]) < 1e-3
+    assert run.sample(prime="The ", length=20, seed=1).startswith("The ")
+    assert all(v.startswith("def ") for v in run.predict(["def "]))

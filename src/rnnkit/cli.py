@@ -174,7 +174,8 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _device(opts: TrainOptions) -> str:
+def _device(opts) -> str:
+    """--device auto | cpu | cuda (of any command's options) as a device name."""
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise RnnkitValueError("--device cuda: no CUDA device is available")
     return "cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -505,7 +506,7 @@ def cmd_plot(args) -> int:
 def cmd_evaluate(args) -> int:
     opts = config_from(EvaluateOptions, args)
     options = {} if opts.lengths is None else {"lengths": list(opts.lengths)}
-    metrics = Run.load(args.run_dir).evaluate(opts.data, **options)
+    metrics = Run.load(args.run_dir, _device(opts)).evaluate(opts.data, **options)
     if opts.json:
         print(json.dumps(metrics, allow_nan=False))
     else:
@@ -519,7 +520,7 @@ def cmd_evaluate(args) -> int:
 def cmd_sample(args) -> int:
     opts = config_from(SampleOptions, args)
     print(
-        Run.load(args.run_dir).sample(
+        Run.load(args.run_dir, _device(opts)).sample(
             prime=opts.prime,
             length=opts.length,
             temperature=opts.temperature,
@@ -533,7 +534,7 @@ def cmd_sample(args) -> int:
 
 def cmd_predict(args) -> int:
     opts = config_from(PredictOptions, args)
-    run = Run.load(args.run_dir)
+    run = Run.load(args.run_dir, _device(opts))
     options = {} if opts.locale is None else {"locale": opts.locale}
     for line in run.predict_lines(args.inputs, **options):
         print(line)

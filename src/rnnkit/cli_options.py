@@ -50,6 +50,12 @@ class TrainOptions(Options):
     device: str = option("auto", "where to train (auto: cuda when available)", one_of("auto", "cpu", "cuda"))
 
 
+def _run_device():
+    return option(
+        "cpu", "where the run's model runs (auto: cuda when available)", one_of("auto", "cpu", "cuda")
+    )
+
+
 @dataclass(frozen=True)
 class EvaluateOptions(Options):
     data: str | None = _path("evaluate on this file as test data")
@@ -59,6 +65,7 @@ class EvaluateOptions(Options):
         "memory: sequence lengths to evaluate at",
         ints(1, MAX_LENGTH, special={None: "the training length"}),
     )
+    device: str = _run_device()
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class SampleOptions(Options):
         None, "draw from the nucleus of this mass only", real(0.0, 1.0, low_open=True, special={None: "all"})
     )
     seed: int = _seed("seed of the draw")
+    device: str = _run_device()
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class PredictOptions(Options):
     locale: str | None = option(
         None, "dates: the locale the inputs are written in", string(special={None: "any"})
     )
+    device: str = _run_device()
 
 
 @dataclass(frozen=True)

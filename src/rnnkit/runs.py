@@ -18,11 +18,13 @@ from rnnkit.errors import RnnkitFileError, RnnkitTypeError, RnnkitValueError
 from rnnkit.models.registry import build
 
 
-def load(run_dir, model: nn.Module | None = None) -> nn.Module:
+def load(run_dir, model: nn.Module | None = None, device=None) -> nn.Module:
     """The trained model of a run directory, in eval mode, ready for inference: built from
     config.json's "model" entry, or, for a run whose model the library cannot build (one trained
     with `rnnkit.training.Trainer` on a model of your own), `model` itself, given built as it was
-    trained, with the run's weights loaded into it (checked name by name and shape by shape)."""
+    trained, with the run's weights loaded into it (checked name by name and shape by shape).
+    The weights are read to the CPU (wherever they were saved from) and the model moved to
+    `device` if given."""
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.json", run_dir / "model.safetensors"
     if not run_dir.is_dir():
@@ -65,4 +67,4 @@ def load(run_dir, model: nn.Module | None = None) -> nn.Module:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise RnnkitValueError(f"{weights_path} does not fit the model of {config_path}: {problems[0]}{more}")
     model.load_state_dict(state)
-    return model.eval()
+    return (model if device is None else model.to(device)).eval()

@@ -34,12 +34,13 @@ class Run:
         self._task = task_object
 
     @classmethod
-    def load(cls, run_dir) -> Run:
+    def load(cls, run_dir, device=None) -> Run:
         """The run in `run_dir`: config.json checked, its task rebuilt on the run's own data, and
-        its model (the weights selected by validation, checked finite) in eval mode."""
+        its model (the weights selected by validation, checked finite) in eval mode, on `device`
+        (default: the CPU), wherever the run was trained."""
         config = read_config(run_dir)
         task = task_of(config, run_dir)
-        return cls(Path(run_dir), config, task, check_weights(load(run_dir), run_dir))
+        return cls(Path(run_dir), config, task, check_weights(load(run_dir, device=device), run_dir))
 
     @property
     def task(self) -> str:
@@ -123,7 +124,7 @@ class Run:
 def _known(options_class, command: str, options: dict) -> dict:
     """`options` if every name is an option of the command (lists as the tuples its declaration
     takes), else an error naming the first."""
-    names = set(options_class.__dataclass_fields__) - {"data", "json"}
+    names = set(options_class.__dataclass_fields__) - {"data", "json", "device"}  # device: Run.load's
     for name in options:
         if name not in names:
             raise RnnkitTypeError(

@@ -34,7 +34,7 @@ from torch.func import functional_call
 from rnnkit._checks import check_bool, check_choice, check_positive_int
 from rnnkit.cells import traced
 from rnnkit.cells._kernel import IMPLS, run_loop
-from rnnkit.cells._regularize import Masks, Regularizer, masked_loop
+from rnnkit.cells._regularize import Masks, Regularizer, masked_loop, masked_step
 from rnnkit.cells._unit import Unit
 from rnnkit.cells.base import Cell
 from rnnkit.cells.registry import BUILTIN, available, registered, unit_spec
@@ -323,6 +323,17 @@ class Recurrent(nn.Module, metaclass=_ByName):
         if w is not None:  # a built-in family's unit: its functions take the parameters
             w = {**w, **dropped}
             if per_step:
+                fixed = masks.recurrent is None and not any(
+                    isinstance(d, torch.Tensor) for d in masks.zoneout
+                )
+                if fixed and traced.onnx_exporting():  # eval's zoneout (its expectation): still a Scan
+
+                    def mixed(x_t, s, ws):
+                        return masked_step(
+                            lambda a, b, m: cell.step(a, b, ws, m), x_t, s, None, masks.zoneout
+                        )
+
+                    return traced.scan_steps(mixed, x, state, w, lengths)
                 step = lambda x_t, s, m: cell.step(x_t, s, w, m)  # noqa: E731
                 return masked_loop(step, x, state, batch_sizes, masks, lengths)
             if self.impl == "fused" and traced.tracing():

@@ -132,7 +132,8 @@ class CharLMTask(Task):
         }
 
     def sample(self, model, *, prime: str, length: int, temperature: float, top_k, top_p, seed: int) -> str:
-        prefix = self.vocab.encode(prime or "\n")[None].to(next(model.parameters()).device)
+        device = next(model.parameters()).device
+        prefix = self.vocab.encode(prime or "\n")[None].to(device)
         out = sample(
             model.step,
             prefix,
@@ -140,7 +141,7 @@ class CharLMTask(Task):
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator(device=device).manual_seed(seed),  # draws on the model's device
         )
         return (prime or "") + self.vocab.decode(out[0])
 
