@@ -233,3 +233,36 @@ def test_the_readme_tracing_example_runs(capsys):
     block = re.search(r"### torch.compile and torch.export\n.*?```python\n(.*?)```", readme, re.S)[1]
     exec(compile(block, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "torch.Size([3, 80, 64])"
+
+
+MODELS = {
+    "language_model": lambda m: (
+        m.LanguageModel(m.LanguageModelConfig(20, hidden_size=16, embedding_dim=8)),
+        (torch.randint(0, 20, (3, 7)),),
+    ),
+    "classifier": lambda m: (
+        m.SequenceClassifier(
+            m.SequenceClassifierConfig(
+                4, vocab_size=20, hidden_size=16, pooling="attention", bidirectional=True
+            )
+        ),
+        (torch.randint(0, 20, (3, 7)),),
+    ),
+    "tagger": lambda m: (
+        m.SequenceTagger(m.SequenceTaggerConfig(5, input_size=6, hidden_size=16, cell="mgu")),
+        (torch.randn(3, 7, 6),),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_compile_and_export(name):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, args = MODELS[name](rnnkit.models)
+    model.eval()
+    flat = lambda out: torch.utils._pytree.tree_leaves(out)  # noqa: E731
+    with torch.no_grad():
+        want = flat(model(*args))
+        assert_close(flat(torch.compile(model, fullgraph=True, backend="aot_eager")(*args)), want, 1e-5)
+        assert_close(flat(torch.export.export(model, args).module()(*args)), want, 1e-5)
