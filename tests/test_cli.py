@@ -401,3 +401,42 @@ def test_the_test_record_names_the_selected_step_and_a_finished_run_resumes_to_n
     assert main(["train", "--resume", str(run), "--steps", "8"]) == 0  # a larger --steps trains on
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["split"] == "test" and records[-1]["step"] == 8
+
+
+def test_config_files(tmp_path, text_file, capsys):
+    """--config: JSON or TOML of the flags' names (flags given override it), --print-config its
+    resolved form (which --config reads back), and a run's own config.json reproduces the run."""
+    (tmp_path / "c.json").write_text(
+        '{"task": "classify", "hidden-size": 24, "steps": 3, "dataset": "surnames"}'
+    )
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--steps", "7", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["task"] == "classify" and printed["hidden_size"] == 24 and printed["steps"] == 7
+    assert printed["dataset"] == "surnames" and printed["lr"] > 0  # the task's defaults filled in
+    (tmp_path / "printed.json").write_text(json.dumps(printed))
+    assert main(["train", "--config", str(tmp_path / "printed.json"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+    (tmp_path / "c.toml").write_text('task = "forecast"\nhidden_size = 0\n')
+    assert main(["train", "--config", str(tmp_path / "c.toml")]) == 2
+    assert "--hidden-size must be" in capsys.readouterr().err
+    (tmp_path / "typo.json").write_text('{"hiden_size": 3}')
+    assert main(["train", "--config", str(tmp_path / "typo.json")]) == 2
+    assert "--hiden-size is not a flag of rnnkit train charlm" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
+    # a run's config.json: the same run again, to the last number
+    a, b = tmp_path / "a", tmp_path / "b"
+    flags = [
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--hidden-size",
+        "16",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+    ]
+    assert main(["train", "--data", str(text_file), *flags, "--seed", "3", "--out", str(a)]) == 0
+    assert main(["train", "--config", str(a / "config.json"), "--out", str(b)]) == 0
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()

@@ -35,6 +35,7 @@ from rnnkit.cli_options import (
     SampleOptions,
     TrainOptions,
 )
+from rnnkit.config_files import read_config_file, task_of_config
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitTypeError, RnnkitValueError
 from rnnkit.models import build, describe
 from rnnkit.run_dir import check_weights, default_out, keep_data, prepare_out, read_config, task_of
@@ -121,6 +122,9 @@ def train_task(argv: list[str]) -> str:
     for arg in rest:
         if arg in TASKS:
             return arg
+    from_file = task_of_config(rest)
+    if from_file in TASKS:
+        return from_file
     for flag, value in zip(rest, rest[1:]):
         if flag == "--resume":
             try:
@@ -197,7 +201,7 @@ def train(task: str | None = "charlm", *, data=None, out=None, steps=None, seed=
     if task is not None and task not in TASKS:
         raise RnnkitValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     classes = [TrainOptions, TrainConfig, *([TASKS[task][1]] if task else [c for _, c in TASKS.values()])]
-    names = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    names = {f.name for cls in classes for f in dataclasses.fields(cls)} - {"print_config"}
     seed = None if resume is not None and seed == 0 else seed  # a resumed run keeps its own
     given = {"data": data, "out": out, "steps": steps, "seed": seed, "resume": resume, **options}
     for name in options:
@@ -221,13 +225,41 @@ def train(task: str | None = "charlm", *, data=None, out=None, steps=None, seed=
         torch.set_num_threads(states[3])
 
 
+def _apply_config_file(args) -> None:
+    """--config FILE: its values where no flag was given, checked by the same declarations."""
+    task, values = read_config_file(args.config)
+    if task is not None and args.task is None:  # a TASK on the command line wins
+        if task not in TASKS:
+            raise RnnkitValueError(
+                f"--config {args.config}: task must be one of {', '.join(TASKS)}, got {task!r}"
+            )
+        args.task = task
+    fields = {
+        f.name: f
+        for cls in (TrainOptions, TrainConfig, TASKS[args.task or "charlm"][1])
+        for f in dataclasses.fields(cls)
+        if f.name not in ("config", "print_config", "resume")
+    }
+    unknown = sorted(k for k in values if k not in fields)
+    if unknown:
+        raise RnnkitValueError(
+            f"--config {args.config}: {', '.join('--' + k.replace('_', '-') for k in unknown)} "
+            f"is not a flag of rnnkit train {args.task or 'charlm'}"
+        )
+    for name, value in values.items():
+        if getattr(args, name, None) is None and value is not None:
+            setattr(args, name, tuple(value) if isinstance(value, list) else value)
+
+
 def cmd_train(args) -> int:
     _train(args)
     return 0
 
 
-def _train(args) -> Path:
-    """Train (or resume) the run the arguments describe; its directory."""
+def _train(args) -> Path | None:
+    """Train (or resume) the run the arguments describe; its directory (None: --print-config)."""
+    if getattr(args, "config", None):
+        _apply_config_file(args)
     opts = config_from(TrainOptions, args)
     if opts.resume:
         return _resume(args, opts)
@@ -235,6 +267,14 @@ def _train(args) -> Path:
     task_cls, config_cls = TASKS[name]
     task_config = config_from(config_cls, args)  # every flag checked before any work
     train_config = config_from(TrainConfig, args, task_cls.train_defaults)
+    if opts.print_config:
+        resolved = {"task": name, "seed": opts.seed, "data": opts.data}
+        print(
+            json.dumps(
+                {**resolved, **dataclasses.asdict(task_config), **dataclasses.asdict(train_config)}, indent=1
+            )
+        )
+        return None
     device = _device(opts)
     out = Path(opts.out) if opts.out else default_out(name)
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 writes the run (and checks where)

@@ -39,7 +39,10 @@ def _seed(help: str):
 class TrainOptions(Options):
     data: str | None = _path("a data file instead of the built-in data (with --resume: the run's data)")
     out: str | None = _path("the run directory (default: runs/<task>-<UTC timestamp>)")
-    resume: str | None = _path("continue this run directory to its total --steps")
+    resume: str | None = _path(
+        "continue this run directory to its total --steps (the training flags may change: --steps, "
+        "--eval-every, --patience, ...; the task's flags, --seed and --out may not)"
+    )
     force: bool = option(
         False, "train into an existing --out directory that holds other files (never overwritten)", flag()
     )
@@ -48,6 +51,13 @@ class TrainOptions(Options):
         None, "torch CPU threads", integer(1, 1024, special={None: "torch's default"})
     )
     device: str = option("auto", "where to train (auto: cuda when available)", one_of("auto", "cpu", "cuda"))
+    config: str | None = _path(
+        "a JSON or TOML file of flags (names as the flags'; \"task\" the task), or a run's config.json to "
+        "reproduce it; flags given here override it"
+    )
+    print_config: bool = option(
+        False, "print the resolved configuration as JSON (ready for --config) and stop", flag()
+    )
 
 
 def _run_device():
