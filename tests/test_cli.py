@@ -440,3 +440,27 @@ def test_config_files(tmp_path, text_file, capsys):
     assert main(["train", "--data", str(text_file), *flags, "--seed", "3", "--out", str(a)]) == 0
     assert main(["train", "--config", str(a / "config.json"), "--out", str(b)]) == 0
     assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+
+
+def test_evaluate_prints_tables_a_person_reads():
+    """Without --json: figures aligned, a per-class table, the confusion matrix with its labels,
+    examples as lines, long series summarised, control characters escaped."""
+    from rnnkit.metrics_table import format_metrics
+
+    metrics = {
+        "accuracy": 0.5,
+        "test_examples": 4,
+        "per_class": {"cat": {"precision": 1.0, "recall": 0.5, "support": 2}, "dog": {"precision": 0.25}},
+        "confusion": [[1, 1], [1, 1]],
+        "forecast": [float(i) for i in range(40)],
+        "examples": {"red": "rouge\x03"},
+        "errors": [{"output": "x", "truth": "y"}] * 15,
+    }
+    text = "\n".join(format_metrics(metrics))
+    assert "accuracy  0.5000" in text and "test_examples  4" in text
+    assert "per_class  precision     recall    support" in text and "cat           1.0000" in text
+    assert "confusion (rows: true, columns: predicted)" in text and "cat    1   1" in text.replace(
+        "  1 1", "   1   1"
+    )
+    assert "40 values: 0.0000, 1.0000, 2.0000, ..., 39.0000" in text
+    assert "red -> rouge\\x03" in text and "... and 3 more" in text

@@ -37,6 +37,7 @@ from rnnkit.cli_options import (
 )
 from rnnkit.config_files import read_config_file, task_of_config
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitTypeError, RnnkitValueError
+from rnnkit.metrics_table import format_metrics
 from rnnkit.models import build, describe
 from rnnkit.run_dir import check_weights, default_out, keep_data, prepare_out, read_config, task_of
 from rnnkit.tasks.registry import TASKS
@@ -456,13 +457,8 @@ class _Progress:
         if trainer.best_step is not None:
             lines.append(f"selected: step {trainer.best_step}, validation {self.metric} {trainer.best:.4f}")
         numbers = {k: v for k, v in test.items() if _number(v)}
-        if numbers:
-            width = max(map(len, numbers))
-            lines.append("test:")
-            lines += [
-                f"  {k:>{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:>{width}}  {v}"
-                for k, v in numbers.items()
-            ]
+        if numbers:  # the figures; the tables and examples are `rnnkit evaluate`'s
+            lines += ["test:", *format_metrics(numbers, indent="  ")]
         lines.append(f"run directory: {out}")
         print("\n".join(lines), flush=True)
 
@@ -550,10 +546,7 @@ def cmd_evaluate(args) -> int:
     if opts.json:
         print(json.dumps(metrics, allow_nan=False))
     else:
-        for k, v in metrics.items():
-            if isinstance(v, (dict, list)):
-                v = json.dumps(v)
-            print(f"{k:>18}  {v:.4f}" if isinstance(v, float) else f"{k:>18}  {v}")
+        print("\n".join(format_metrics(metrics)))
     return 0
 
 
