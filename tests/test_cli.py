@@ -464,3 +464,10 @@ def test_evaluate_prints_tables_a_person_reads():
     )
     assert "40 values: 0.0000, 1.0000, 2.0000, ..., 39.0000" in text
     assert "red -> rouge\\x03" in text and "... and 3 more" in text
+
+
+def test_a_flag_of_another_task_names_its_task(capsys):
+    assert main(["train", "--dataset", "surnames"]) == 2
+    assert "--dataset is a flag of task classify and forecast, not of charlm" in capsys.readouterr().err
+    assert main(["train", "classify", "--lag=5"]) == 2
+    assert "--lag is a flag of task memory, not of classify" in capsys.readouterr().err

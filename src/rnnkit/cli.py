@@ -135,6 +135,26 @@ def train_task(argv: list[str]) -> str:
     return "charlm"
 
 
+def _other_task_flag(args: list[str], task: str) -> str | None:
+    """A message for the first flag that belongs to other tasks but not to `task` (argparse would
+    misread it, e.g. `train --dataset surnames` as an unknown task "surnames")."""
+    own = {f.name for cls in (TrainOptions, TrainConfig, TASKS[task][1]) for f in dataclasses.fields(cls)}
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0].removeprefix("no-").replace("-", "_")
+        if name in own:
+            continue
+        owners = [t for t, (_, cls) in TASKS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+        if owners:
+            which = " and ".join(owners) if len(owners) < 4 else f"{len(owners)} tasks"
+            return (
+                f"{arg.split('=', 1)[0]} is a flag of task {which}, not of {task} "
+                f"(rnnkit train {owners[0]} {arg.split('=', 1)[0]} ...)"
+            )
+    return None
+
+
 def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
     parser, sub = top_parser()
 
@@ -636,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     task = train_task(argv) if argv and argv[0] == "train" else "charlm"
+    if argv and argv[0] == "train":
+        foreign = _other_task_flag(argv[1:], task)
+        if foreign:
+            print(f"rnnkit train: error: {foreign}", file=sys.stderr)
+            return 2
     try:
         args = build_parser(task).parse_args(argv)
     except SystemExit as e:  # --help, --version (0), or a usage error, said in one line (2)
