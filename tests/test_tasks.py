@@ -288,3 +288,23 @@ def test_translate_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_pairs"] == 3
     assert main(["train", "translate", "--out", str(tmp_path / "none")]) == 2  # translate needs --data
     assert "needs a file" in capsys.readouterr().err
+
+
+def test_predict_reads_a_file_or_standard_input_and_takes_a_beam(tmp_path, capsys, monkeypatch):
+    import io
+
+    words = ["cat", "dog", "sun", "moon", "tree", "house", "river", "stone", "bird", "fish", "rain", "snow"]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{w}\t{w[::-1].upper()}\n" for w in words * 2))
+    run, _ = run_task(tmp_path, capsys, "translate", "--hidden-size", "16", "--max-output", "8", data=path)
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("cat\n\ndog\n")
+    assert main(["predict", str(run), "--input-file", str(inputs)]) == 0
+    from_file = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("cat\ndog\n"))
+    assert main(["predict", str(run), "--input-file", "-"]) == 0
+    assert capsys.readouterr().out == from_file and len(from_file.splitlines()) == 2
+    assert main(["predict", str(run), "cat", "dog", "--beam-size", "3"]) == 0
+    beamed = capsys.readouterr().out.splitlines()
+    assert beamed == rnnkit.Run.load(run).predict(["cat", "dog"], beam_size=3)
+    assert main(["predict", str(run)]) == 2 and "needs INPUT" in capsys.readouterr().err

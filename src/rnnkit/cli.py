@@ -184,7 +184,7 @@ def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help=HELP["predict"])
     predict.add_argument("run_dir", metavar="RUN_DIR")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT")
+    predict.add_argument("inputs", nargs="*", metavar="INPUT")
     add_config_flags(predict, PredictOptions, "options")
 
     export = sub.add_parser("export", help=HELP["export"])
@@ -587,11 +587,23 @@ def cmd_sample(args) -> int:
 
 def cmd_predict(args) -> int:
     opts = config_from(PredictOptions, args)
+    inputs = list(args.inputs) + (_input_lines(opts.input_file) if opts.input_file else [])
+    if not inputs:
+        raise RnnkitValueError("predict needs INPUT arguments or --input-file FILE (- for standard input)")
     run = Run.load(args.run_dir, _device(opts))
-    options = {} if opts.locale is None else {"locale": opts.locale}
-    for line in run.predict_lines(args.inputs, **options):
-        print(line)
+    options = {k: getattr(opts, k) for k in ("locale", "beam_size") if getattr(opts, k) is not None}
+    for line in run.predict_lines(inputs, **options):
+        print(line, flush=True)
     return 0
+
+
+def _input_lines(path: str) -> list[str]:
+    """The inputs of --input-file: one per line (the line ending dropped, blank lines skipped)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RnnkitFileError(f"--input-file {path}: cannot be read ({e})") from None
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def cmd_gradients(args) -> int:

@@ -97,6 +97,16 @@ class PredictOptions(Options):
     locale: str | None = option(
         None, "dates: the locale the inputs are written in", string(special={None: "any"})
     )
+    beam_size: int | None = option(
+        None,
+        "dates, translate: decode by beam search of this width",
+        integer(1, 256, special={None: "greedy"}),
+    )
+    input_file: str | None = option(
+        None,
+        "read the inputs from this file, one per line (- for standard input)",
+        path(special={None: "none"}),
+    )
     device: str = _run_device()
 
 

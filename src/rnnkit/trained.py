@@ -124,7 +124,8 @@ class Run:
 def _known(options_class, command: str, options: dict) -> dict:
     """`options` if every name is an option of the command (lists as the tuples its declaration
     takes), else an error naming the first."""
-    names = set(options_class.__dataclass_fields__) - {"data", "json", "device"}  # device: Run.load's
+    # device is Run.load's; data and input files are the caller's to read
+    names = set(options_class.__dataclass_fields__) - {"data", "json", "device", "input_file"}
     for name in options:
         if name not in names:
             raise RnnkitTypeError(
@@ -136,4 +137,4 @@ def _known(options_class, command: str, options: dict) -> dict:
 def _applies(command: str, task, given: dict, known: tuple) -> None:
     for name in given:
         if name not in known:
-            raise RnnkitValueError(f"{command} --{name} does not apply to task {task.name}")
+            raise RnnkitValueError(f"{command} --{name.replace('_', '-')} does not apply to task {task.name}")

@@ -180,8 +180,12 @@ class Seq2SeqTask(Task):
             "errors": [{"output": g, "truth": t} for g, t in errors[:20]],
         }
 
-    def predict_values(self, model, inputs: list[str], **options) -> list[str]:
-        return self.decode(model, [self.source_ids(text, **options) for text in inputs])
+    predict_options = ("beam_size",)
+
+    def predict_values(self, model, inputs: list[str], beam_size: int | None = None, **options) -> list[str]:
+        """Each input's output: greedy, or the best of a beam search with `beam_size`."""
+        sources = [self.source_ids(text, **options) for text in inputs]
+        return self.decode(model, sources, beam=beam_size or 1)
 
     def source_labels(self, source) -> list[str]:
         raise NotImplementedError

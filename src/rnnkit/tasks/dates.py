@@ -40,7 +40,7 @@ class DatesTask(Seq2SeqTask):
         "eval_every": 1000,
         "warmup_steps": 200,
     }
-    predict_options = ("locale",)
+    predict_options = ("locale", "beam_size")
 
     def __init__(self, config: DatesConfig, *, data=None, saved: dict | None = None):
         if data is not None:
@@ -99,5 +99,7 @@ class DatesTask(Seq2SeqTask):
     def source_labels(self, source) -> list[str]:
         return [self.locales[source[0] - len(self.chars)]] + [self.chars.chars[i] for i in source[1:]]
 
-    def predict_values(self, model, inputs: list[str], locale: str | None = None, **options) -> list[str]:
-        return self.decode(model, [self.source_ids(text, locale) for text in inputs])
+    def predict_values(
+        self, model, inputs: list[str], locale: str | None = None, beam_size=None
+    ) -> list[str]:
+        return super().predict_values(model, inputs, beam_size=beam_size, locale=locale)

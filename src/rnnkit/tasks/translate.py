@@ -51,7 +51,7 @@ class TranslateTask(Seq2SeqTask):
         state = {"src_vocab": self.src_vocab.chars, "tgt_vocab": self.tgt_vocab.chars}
         return {"task": self.name, "task_config": asdict(self.config), "task_state": state}
 
-    def source_ids(self, text: str, **options) -> list[int]:
+    def source_ids(self, text: str) -> list[int]:
         if not text:
             raise RnnkitValueError("INPUT is empty: translate needs at least one character to read")
         return self.src_vocab.encode(text).tolist()
