@@ -37,6 +37,7 @@ from rnnkit.cli_options import (
 )
 from rnnkit.config_files import read_config_file, task_of_config
 from rnnkit.errors import RnnkitError, RnnkitFileError, RnnkitTypeError, RnnkitValueError
+from rnnkit.loss_plot import plot_losses
 from rnnkit.metrics_table import format_metrics
 from rnnkit.models import build, describe
 from rnnkit.run_dir import check_weights, default_out, keep_data, prepare_out, read_config, task_of
@@ -528,31 +529,14 @@ def _number(v) -> bool:
 
 
 def cmd_plot(args) -> int:
-    """RUN_DIR/loss.png: the training loss and the validation metric over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    """RUN_DIR/loss.png (one panel per unit: `rnnkit.loss_plot`), then the task's own figures."""
     run = Path(args.run_dir)
     task = task_of(read_config(run), run)
     records = _metrics(run)
     model = _load(run)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    train = [r for r in records if r["split"] == "train" and _number(r.get("loss"))]
-    ax.plot(
-        [r["step"] for r in train], [r["loss"] for r in train], lw=0.8, alpha=0.7, label="train loss (nats)"
+    out = plot_losses(
+        records, task=task.name, run=run, loss_unit=task.loss_unit, metric=task.metric, out=run / "loss.png"
     )
-    for key in sorted({k for r in records if r["split"] == "val" for k in r} - {"step", "split"}):
-        val = [r for r in records if r["split"] == "val" and _number(r.get(key))]
-        ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=f"validation {key}")
-    ax.set_xlabel("step")
-    ax.set_title(str(run))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = run / "loss.png"
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     print(out)
     for path in task.plot(model, run):
         print(path)

@@ -83,6 +83,8 @@ class BitProblem:
         out = model(x)
         return out[0] if isinstance(out, tuple) else out  # the tagger also returns its state
 
+    loss_unit = "binary cross-entropy (nats per output bit)"
+
     def loss(self, model, batch) -> torch.Tensor:
         x, y, mask = batch
         logits = self.logits(model, x)

@@ -133,6 +133,7 @@ class Task:
 
     name = ""
     metric = "loss"  # the validation metric that selects the weights (lower is better)
+    loss_unit = "cross-entropy (nats per prediction)"  # the training loss, as loss.png labels it
     train_defaults: dict = {}  # this task's defaults for TrainConfig fields
     evaluate_options: tuple = ()  # keyword options of test_metrics beyond data (e.g. lengths)
     predict_options: tuple = ()  # keyword options of predict (e.g. locale)

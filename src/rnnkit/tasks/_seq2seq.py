@@ -70,6 +70,7 @@ class Seq2SeqTaskConfig(RegularizerOptions):
 
 class Seq2SeqTask(Task):
     metric = "loss"
+    loss_unit = "cross-entropy (nats per output character)"
     train_defaults = {"steps": 3000, "lr": 2e-3, "eval_every": 250}
     src_vocab_size: int
 

@@ -56,6 +56,7 @@ class CharLMConfig(RegularizerOptions):
 class CharLMTask(Task):
     name = "charlm"
     metric = "bpc"
+    loss_unit = "cross-entropy (nats per character)"
 
     def __init__(self, config: CharLMConfig, *, data: str | None = None, saved: dict | None = None):
         self.config = config

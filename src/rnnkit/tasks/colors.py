@@ -61,6 +61,7 @@ class ColorsConfig(RegularizerOptions):
 class ColorsTask(Task):
     name = "colors"
     metric = "loss"
+    loss_unit = "cross-entropy (nats per character)"
     train_defaults = {"steps": 2000, "lr": 3e-3, "eval_every": 100}
 
     def __init__(self, config: ColorsConfig, *, data=None, saved: dict | None = None):

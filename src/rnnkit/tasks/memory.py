@@ -133,6 +133,11 @@ class LagProblem:
         out = model(x)
         return out if self.config.problem == "adding" else out[0]
 
+    @property
+    def loss_unit(self) -> str:
+        regression = self.config.problem == "adding"
+        return "mean squared error" if regression else "cross-entropy (nats per recalled symbol)"
+
     def loss_of(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.config.problem == "adding":
             return F.mse_loss(out, y)
@@ -195,6 +200,11 @@ class LagProblem:
 class MemoryTask(Task):
     name = "memory"
     metric = "loss"
+
+    @property
+    def loss_unit(self) -> str:
+        return self.problem.loss_unit
+
     # measured at lag 200 (docs/tasks.md): the GRU leaves the mean predictor's plateau after ~1,300 steps,
     # the LSTM (forget-gate bias 1) after ~4,500
     train_defaults = {"steps": 6000, "lr": 1e-3, "eval_every": 100}
