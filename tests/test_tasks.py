@@ -308,3 +308,15 @@ def test_predict_reads_a_file_or_standard_input_and_takes_a_beam(tmp_path, capsy
     beamed = capsys.readouterr().out.splitlines()
     assert beamed == rnnkit.Run.load(run).predict(["cat", "dog"], beam_size=3)
     assert main(["predict", str(run)]) == 2 and "needs INPUT" in capsys.readouterr().err
+
+
+def test_attention_weights_are_saved_as_arrays(tmp_path, capsys):
+    words = ["cat", "dog", "sun", "moon", "tree", "house", "river", "stone", "bird", "fish", "rain", "snow"]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{w}\t{w[::-1].upper()}\n" for w in words * 2))
+    flags = ("--hidden-size", "8", "--max-output", "6", "--attention", "dot")
+    run, _ = run_task(tmp_path, capsys, "translate", *flags, data=path)
+    assert main(["plot", str(run)]) == 0
+    arrays = np.load(run / "attention.npz", allow_pickle=False)
+    weights, inputs, outputs = arrays["weights_0"], arrays["inputs_0"], arrays["outputs_0"]
+    assert weights.shape == (len(outputs), len(inputs)) and np.allclose(weights.sum(1), 1, atol=1e-5)

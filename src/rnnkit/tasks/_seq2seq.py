@@ -7,9 +7,11 @@ A subclass provides the examples: `train_examples(step)`, `val`, `test` as lists
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +44,7 @@ from rnnkit.tasks._common import (
     pyplot,
     uniform,
 )
+from rnnkit.training.checkpoint import write_bytes
 
 BOS, EOS = "\x02", "\x03"  # start and end of a target, as characters of its vocabulary
 
@@ -229,7 +232,9 @@ class Seq2SeqTask(Task):
     @torch.no_grad()
     def plot(self, model, run_dir: Path) -> list[Path]:
         """RUN_DIR/attention.png: the attention weights of the first test examples (rows: output
-        characters, columns: input tokens)."""
+        characters, columns: input tokens); the same weights as arrays in RUN_DIR/attention.npz
+        (`weights_{i}` (outputs, inputs) float32, `inputs_{i}` and `outputs_{i}` their labels;
+        numpy.load reads it without pickle)."""
         if self.config.attention == "none":
             return []
         pairs = self.test[:4]
@@ -237,18 +242,27 @@ class Seq2SeqTask(Task):
         plt = pyplot()
         # squeeze=False: an array of axes even for one test pair (a small --data file)
         fig, axes = plt.subplots(len(pairs), 1, figsize=(9, 3.2 * len(pairs)), squeeze=False)
-        for ax, (src, _), out in zip(axes[:, 0], pairs, outputs):
+        arrays = {}
+        for i, (ax, (src, _), out) in enumerate(zip(axes[:, 0], pairs, outputs)):
             src_t, _, tgt_in, _ = (t.to(device_of(model)) for t in self.encode([(src, out)]))
             _, alpha = model(src_t, tgt_in, return_attention=True)  # (1, T, S)
             alpha = alpha[0].float().cpu().numpy()
-            ax.imshow(alpha, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-            ax.set_xticks(range(len(src)), self.source_labels(src), fontsize=7)
-            ax.set_yticks(range(alpha.shape[0]), [repr(ch)[1:-1] for ch in out] + ["<end>"], fontsize=7)
-            ax.set_xlabel("input")
-            ax.set_ylabel("output")
-        fig.suptitle("attention weights (rows sum to 1)")
+            image = ax.imshow(alpha, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+            inputs, outs = self.source_labels(src), [repr(ch)[1:-1] for ch in out] + ["<end>"]
+            ax.set_xticks(range(len(src)), inputs, fontsize=7)
+            ax.set_yticks(range(alpha.shape[0]), outs, fontsize=7)
+            ax.set_xlabel("input token")
+            ax.set_ylabel("output character")
+            fig.colorbar(image, ax=ax, label="attention weight")
+            arrays |= {f"weights_{i}": alpha, f"inputs_{i}": np.array(inputs), f"outputs_{i}": np.array(outs)}
+        fig.suptitle(
+            f"{self.name}: attention of the decoder over the input, first test examples (rows sum to 1)"
+        )
         fig.tight_layout()
         path = Path(run_dir) / "attention.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
-        return [path]
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes(Path(run_dir) / "attention.npz", buffer.getvalue())
+        return [path, Path(run_dir) / "attention.npz"]
