@@ -314,7 +314,7 @@ def test_attention_weights_are_saved_as_arrays(tmp_path, capsys):
     words = ["cat", "dog", "sun", "moon", "tree", "house", "river", "stone", "bird", "fish", "rain", "snow"]
     path = tmp_path / "pairs.tsv"
     path.write_text("".join(f"{w}\t{w[::-1].upper()}\n" for w in words * 2))
-    flags = ("--hidden-size", "8", "--max-output", "6", "--attention", "dot")
+    flags = ("--hidden-size", "8", "--max-output", "6", "--attention", "additive")
     run, _ = run_task(tmp_path, capsys, "translate", *flags, data=path)
     assert main(["plot", str(run)]) == 0
     arrays = np.load(run / "attention.npz", allow_pickle=False)
