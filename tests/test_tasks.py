@@ -226,7 +226,7 @@ def test_malformed_files_exit_2(tmp_path, capsys, task, name, text, flags, messa
 
 def test_a_flag_of_another_task_is_refused(tmp_path, capsys):
     assert main(["train", "classify", "--lag", "10", "--out", str(tmp_path / "r")]) == 2
-    assert "unrecognized arguments: --lag" in capsys.readouterr().err
+    assert "--lag is a flag of task memory, not of classify" in capsys.readouterr().err
 
 
 def test_train_help_shows_the_tasks_own_defaults(capsys):
