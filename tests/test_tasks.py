@@ -320,3 +320,22 @@ def test_attention_weights_are_saved_as_arrays(tmp_path, capsys):
     arrays = np.load(run / "attention.npz", allow_pickle=False)
     weights, inputs, outputs = arrays["weights_0"], arrays["inputs_0"], arrays["outputs_0"]
     assert weights.shape == (len(outputs), len(inputs)) and np.allclose(weights.sum(1), 1, atol=1e-5)
+
+
+def test_teacher_forcing_schedules_and_the_exposure_gap(tmp_path, capsys):
+    from rnnkit.tasks.translate import TranslateConfig
+
+    linear = TranslateConfig(teacher_forcing_schedule="linear", teacher_forcing_k=1.0, teacher_forcing_c=0.1)
+    assert [round(linear.teacher_forcing_at(i), 6) for i in (0, 1, 10, 50)] == [1.0, 0.9, 0.0, 0.0]
+    assert TranslateConfig(teacher_forcing=0.7).teacher_forcing_at(999) == 0.7
+    decay = TranslateConfig(teacher_forcing_schedule="inverse-sigmoid", teacher_forcing_k=10.0)
+    assert decay.teacher_forcing_at(0) > 0.9 > decay.teacher_forcing_at(50) > decay.teacher_forcing_at(100)
+    with pytest.raises(rnnkit.RnnkitValueError, match="teacher_forcing_k must be < 1"):
+        TranslateConfig(teacher_forcing_schedule="exponential", teacher_forcing_k=2.0)
+    words = ["cat", "dog", "sun", "moon", "tree", "house", "river", "stone", "bird", "fish", "rain", "snow"]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{w}\t{w[::-1].upper()}\n" for w in words * 2))
+    flags = ("--hidden-size", "8", "--max-output", "6", "--teacher-forcing-schedule", "exponential")
+    run, m = run_task(tmp_path, capsys, "translate", *flags, "--teacher-forcing-k", "0.9", data=path)
+    assert m["exposure_gap"] == pytest.approx(m["teacher_forced_accuracy"] - m["free_running_accuracy"])
+    assert 0 <= m["free_running_accuracy"] <= 1

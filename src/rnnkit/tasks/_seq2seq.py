@@ -26,12 +26,15 @@ from rnnkit._config import (
     option,
     probability,
     rate,
+    real,
+    shown,
 )
 from rnnkit.data.text import CharVocab
 from rnnkit.decoding import beam_search, greedy
+from rnnkit.errors import RnnkitValueError
 from rnnkit.models import Seq2Seq, Seq2SeqConfig
 from rnnkit.models._recurrent import regularizers
-from rnnkit.models.seq2seq import ATTENTIONS, CONTEXTS
+from rnnkit.models.seq2seq import ATTENTIONS, CONTEXTS, teacher_forcing_probability
 from rnnkit.tasks._common import (
     OnnxGraph,
     RegularizerOptions,
@@ -64,11 +67,47 @@ class Seq2SeqTaskConfig(RegularizerOptions):
     )
     dropout: float = option(0.0, "dropout on embeddings, between layers and before the head", rate())
     teacher_forcing: float = option(
-        1.0, "probability of feeding the true previous token in training", probability()
+        1.0,
+        "probability of feeding the true previous token in training (the constant schedule)",
+        probability(),
     )
+    teacher_forcing_schedule: str = option(
+        "constant",
+        "how that probability falls over training steps i (scheduled sampling, Bengio et al. 2015): "
+        "constant (--teacher-forcing), linear max(min, k - c i), exponential max(min, k^i), "
+        "inverse-sigmoid max(min, k / (k + exp(i / k)))",
+        one_of("constant", "linear", "exponential", "inverse-sigmoid"),
+    )
+    teacher_forcing_k: float = option(
+        1.0, "the schedule's k (linear: the start; exponential: the base, < 1; inverse-sigmoid: >= 1)",
+        real(0.0, 1e6, low_open=True),
+    )  # fmt: skip
+    teacher_forcing_c: float = option(1e-4, "linear: the fall per step", real(0.0, 1.0))
+    teacher_forcing_min: float = option(0.0, "the schedule's floor", probability())
     batch_size: int = option(64, "pairs per step", integer(1, MAX_BATCH))
     beam_size: int = option(4, "beam width of exact_match_beam", integer(1, 256))
     max_output: int = option(60, "longest output decoded (characters)", integer(1, MAX_LENGTH))
+
+    def __post_init__(self):
+        super().__post_init__()
+        k, schedule = self.teacher_forcing_k, self.teacher_forcing_schedule
+        if (schedule == "exponential" and k >= 1) or (schedule == "inverse-sigmoid" and k < 1):
+            need = "< 1" if schedule == "exponential" else ">= 1"
+            raise RnnkitValueError(
+                f"{shown('teacher_forcing_k')} must be {need} for the {schedule} schedule, got {k}"
+            )
+
+    def teacher_forcing_at(self, step: int) -> float:
+        """The probability of feeding the truth at the step after `step` steps (the trainer's count)."""
+        if self.teacher_forcing_schedule == "constant":
+            return self.teacher_forcing
+        return teacher_forcing_probability(
+            self.teacher_forcing_schedule.replace("-", "_"),
+            step,
+            k=self.teacher_forcing_k,
+            c=self.teacher_forcing_c,
+            minimum=self.teacher_forcing_min,
+        )
 
 
 class Seq2SeqTask(Task):
@@ -111,11 +150,11 @@ class Seq2SeqTask(Task):
         return src, lengths, tgt_in, tgt_out
 
     def batches(self, step: int):
-        return self.encode(self.train_examples(step))
+        return (*self.encode(self.train_examples(step)), self.config.teacher_forcing_at(step))
 
     def step_fn(self, model, batch, state):
-        src, lengths, tgt_in, tgt_out = batch
-        logits = model(src, tgt_in, src_lengths=lengths, teacher_forcing=self.config.teacher_forcing)
+        src, lengths, tgt_in, tgt_out, teacher_forcing = batch
+        logits = model(src, tgt_in, src_lengths=lengths, teacher_forcing=teacher_forcing)
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100
         ), None
@@ -141,6 +180,27 @@ class Seq2SeqTask(Task):
                 )
             out += [self.tgt_vocab.decode(row).split(EOS)[0] for row in tokens.tolist()]
         return out
+
+    @torch.no_grad()
+    def exposure(self, model, pairs, chunk: int = 500) -> dict:
+        """Token accuracy fed the true previous tokens (teacher forced) and fed the model's own
+        (free running), and their difference, the exposure gap scheduled sampling narrows."""
+        model.eval()
+        right = {"teacher_forced": 0, "free_running": 0}
+        count = 0
+        for start in range(0, len(pairs), chunk):
+            src, lengths, tgt_in, tgt_out = (
+                t.to(device_of(model)) for t in self.encode(pairs[start : start + chunk])
+            )
+            valid = tgt_out != -100
+            count += int(valid.sum())
+            own = torch.Generator(device=src.device).manual_seed(0)  # (p = 0 draws nothing that matters)
+            for name, p in (("teacher_forced", 1.0), ("free_running", 0.0)):
+                logits = model(src, tgt_in, src_lengths=lengths.cpu(), teacher_forcing=p, generator=own)
+                pred = logits.argmax(-1)
+                right[name] += int((pred[valid] == tgt_out[valid]).sum())
+        tf, free = right["teacher_forced"] / count, right["free_running"] / count
+        return {"teacher_forced_accuracy": tf, "free_running_accuracy": free, "exposure_gap": tf - free}
 
     @torch.no_grad()
     def loss(self, model, pairs, chunk: int = 500) -> float:
@@ -180,6 +240,7 @@ class Seq2SeqTask(Task):
             "cer": sum(edit_distance(g, t) for g, t in zip(greedy_out, truth)) / sum(len(t) for t in truth),
             "exact_match_beam": sum(b == t for b, t in zip(beam_out, truth)) / len(truth),
             "loss": self.loss(model, pairs),
+            **self.exposure(model, pairs),
             "test_pairs": len(truth),
             "errors": [{"output": g, "truth": t} for g, t in errors[:20]],
         }
