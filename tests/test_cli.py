@@ -471,3 +471,41 @@ def test_a_flag_of_another_task_names_its_task(capsys):
     assert "--dataset is a flag of task classify and forecast, not of charlm" in capsys.readouterr().err
     assert main(["train", "classify", "--lag=5"]) == 2
     assert "--lag is a flag of task memory, not of classify" in capsys.readouterr().err
+
+
+def test_tensorboard_holds_hparams_samples_figures_and_gradient_flow(tmp_path, text_file):
+    import contextlib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb-run"
+    flags = [
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--hidden-size",
+        "16",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+    ]
+    assert main(["train", "--data", str(text_file), *flags, "--log-gradient-flow", "--out", str(run)]) == 0
+    assert main(["plot", str(run)]) == 0
+    tags = {"images": set(), "tensors": set(), "scalars": set(), "hparams": set()}
+    for events in (run / "tb").glob("events.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "tensors": 0})
+        acc.Reload()
+        for kind in ("images", "tensors", "scalars"):
+            tags[kind] |= set(acc.Tags()[kind])
+        with contextlib.suppress(KeyError):  # the plot command's file has none
+            tags["hparams"] |= set(acc.PluginTagToContent("hparams"))
+        if "gradient_flow" in acc.Tags()["images"]:
+            assert [e.step for e in acc.Images("gradient_flow")] == [3, 6]  # one per evaluation
+    assert {"gradient_flow", "figures/loss"} <= tags["images"]
+    assert "sample/text_summary" in tags["tensors"]
+    assert {"train/clipped_steps", "train/nonfinite_steps", "val/bpc"} <= tags["scalars"]
+    assert "_hparams_/experiment" in tags["hparams"]
+    test = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert test["split"] == "test" and test["clipped_steps"] >= 0 and test["nonfinite_steps"] == 0

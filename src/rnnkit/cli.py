@@ -309,7 +309,7 @@ def _train(args) -> Path | None:
     data = keep_data(opts.data, out)
     meta = {"model": describe(model), **task.describe(), "data": data, "seed": opts.seed}
     task.run_dir = out
-    _fit(task, model, train_config, out, meta, device, resume=False)
+    _fit(task, model, train_config, out, meta, device, resume=False, gradient_flow=opts.log_gradient_flow)
     return out
 
 
@@ -338,11 +338,46 @@ def _resume(args, opts: TrainOptions) -> int:
         meta["data"] = keep_data(opts.data, run)
     fresh = not (run / "latest.json").exists()
     model = task.build_model() if fresh else build(saved["model"])
-    _fit(task, model, train_config, run, meta, device, resume=True)
+    _fit(task, model, train_config, run, meta, device, resume=True, gradient_flow=opts.log_gradient_flow)
     return run
 
 
-def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool) -> None:
+def _tensorboard_extras(task, model, step: int, writer, gradient_flow: bool) -> None:
+    """What TensorBoard shows at each evaluation beyond the scalars: the task's text (charlm: a
+    sample) and, with --log-gradient-flow, the first layer's ||dL/dh_t|| over t as a figure."""
+    for tag, text in task.tensorboard_text(model).items():
+        writer.add_text(tag, text, step)
+    if gradient_flow:
+        figure = gradient_flow_figure(model, step)
+        if figure is not None:
+            writer.add_figure("gradient_flow", figure, step)
+
+
+def gradient_flow_figure(model, step: int, length: int = 100):
+    """||dL/dh_t|| (L = the sum of the last output) of the model's first recurrent layer on a
+    seeded N(0, 1) input, t = 1..length, log scale; None for a model without one."""
+    from rnnkit.diagnostics import first_layer, hidden_grad_norms
+    from rnnkit.tasks._common import pyplot
+
+    try:
+        kind, layer = first_layer(model)
+    except RnnkitValueError:  # no recurrent layer with a square W_hh (the NTM's, a projection)
+        return None
+    x = torch.randn(length, 8, layer.input_size, generator=torch.Generator().manual_seed(0))
+    norms = hidden_grad_norms(layer.double(), x.double()).tolist()
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy(range(1, length + 1), norms)
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("||dL/dh_t|| (L = sum of y_T)")
+    ax.set_title(f"gradient flow through the first {kind} layer, step {step}")
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def _fit(
+    task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool, gradient_flow=False
+) -> None:
     progress = _Progress(train_config.steps, task.metric)
     model = model.to(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -361,6 +396,7 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resum
         run_dir=out,
         meta=meta,
         progress=progress if int(os.environ.get("RANK", "0")) == 0 else None,
+        on_evaluate=lambda model, step, writer: _tensorboard_extras(task, model, step, writer, gradient_flow),
     )
     if resume:
         trainer.resume()
@@ -377,7 +413,13 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, *, resum
         trainer.fit()
     if trainer.rank == 0:  # under torchrun, rank 0 alone reports
         test = task.test_metrics(_load(out))
-        trainer.log({"step": trainer.step, "split": "test", "selected_step": trainer.best_step, **test})
+        counts = {"clipped_steps": trainer.counts["clipped"], "nonfinite_steps": trainer.counts["nonfinite"]}
+        trainer.log(
+            {"step": trainer.step, "split": "test", "selected_step": trainer.best_step, **test, **counts}
+        )
+        trainer.log_hparams(
+            {"task": task.name, **meta.get("task_config", {}), **dataclasses.asdict(train_config)}
+        )
         warning = runaway(task, _metrics(out))
         if warning:
             print(f"rnnkit train: warning: {warning}", file=sys.stderr)
@@ -477,7 +519,12 @@ class _Progress:
         lines = [f"trained {ran} steps in {_duration(seconds)} ({why})"]
         if trainer.best_step is not None:
             lines.append(f"selected: step {trainer.best_step}, validation {self.metric} {trainer.best:.4f}")
-        numbers = {k: v for k, v in test.items() if _number(v)}
+        counts = trainer.counts
+        lines.append(
+            f"clipped: {counts['clipped']} of {trainer.step} updates (--clip-norm); "
+            f"skipped as non-finite: {counts['nonfinite']}"
+        )
+        numbers = {k: v for k, v in test.items() if _number(v) and not k.endswith("_steps")}
         if numbers:  # the figures; the tables and examples are `rnnkit evaluate`'s
             lines += ["test:", *format_metrics(numbers, indent="  ")]
         lines.append(f"run directory: {out}")
@@ -537,10 +584,22 @@ def cmd_plot(args) -> int:
     out = plot_losses(
         records, task=task.name, run=run, loss_unit=task.loss_unit, metric=task.metric, out=run / "loss.png"
     )
-    print(out)
-    for path in task.plot(model, run):
+    paths = [out, *task.plot(model, run)]
+    for path in paths:
         print(path)
+    _figures_to_tensorboard(run, [p for p in paths if p.suffix == ".png"], max(r["step"] for r in records))
     return 0
+
+
+def _figures_to_tensorboard(run: Path, pngs: list[Path], step: int) -> None:
+    """The pictures `plot` made, as images in the run's TensorBoard (tag: the file's name)."""
+    import matplotlib.image
+    from torch.utils.tensorboard import SummaryWriter
+
+    with contextlib.closing(SummaryWriter(str(run / "tb"))) as writer:
+        for path in pngs:
+            image = matplotlib.image.imread(path)[..., :3]  # (H, W, RGB) in [0, 1]
+            writer.add_image(f"figures/{path.stem}", image, step, dataformats="HWC")
 
 
 def cmd_evaluate(args) -> int:

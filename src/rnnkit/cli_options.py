@@ -55,6 +55,9 @@ class TrainOptions(Options):
         "a JSON or TOML file of flags (names as the flags'; \"task\" the task), or a run's config.json to "
         "reproduce it; flags given here override it"
     )
+    log_gradient_flow: bool = option(
+        False, "TensorBoard: the first layer's ||dL/dh_t|| over t as a figure at each evaluation", flag()
+    )
     print_config: bool = option(
         False, "print the resolved configuration as JSON (ready for --config) and stop", flag()
     )

@@ -161,6 +161,10 @@ class Task:
         values = self.predict_values(model, inputs, **options)
         return [self.format_prediction(text, v) for text, v in zip(inputs, values)]
 
+    def tensorboard_text(self, model) -> dict[str, str]:
+        """Text TensorBoard shows at each evaluation, by tag (charlm: a sample); none by default."""
+        return {}
+
     def onnx_graphs(self, model) -> list[OnnxGraph]:
         """What `rnnkit export` writes: the inference graphs (one, or e.g. an encoder and a
         decoder step) with the model inside, named inputs and outputs, dynamic axes."""

@@ -146,6 +146,12 @@ class CharLMTask(Task):
         )
         return (prime or "") + self.vocab.decode(out[0])
 
+    def tensorboard_text(self, model) -> dict[str, str]:
+        """A sample at temperature 0.8 from a newline (its own seeded generator: the training's
+        random state is untouched), as a code block so TensorBoard keeps the line breaks."""
+        text = self.sample(model, prime="", length=300, temperature=0.8, top_k=None, top_p=None, seed=0)
+        return {"sample": "    " + text.replace("\n", "\n    ")}
+
     def onnx_graphs(self, model) -> list[OnnxGraph]:
         """One graph: tokens (B, T) and the states in -> logits (B, T, V) and the states out."""
         layer = model.rnn

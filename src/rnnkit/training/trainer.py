@@ -239,11 +239,15 @@ class Trainer:
         metric: str = "loss",
         meta: dict | None = None,
         progress: Callable[[dict], None] | None = None,
+        on_evaluate: Callable[[nn.Module, int, object], None] | None = None,
     ):
         self.model, self.config = model, config
         self.batches, self.step_fn, self.evaluate = batches, step_fn, evaluate
         self.run_dir, self.metric, self.meta = Path(run_dir), metric, meta or {}
         self.progress = progress  # called with every record logged (e.g. to print a line)
+        # called after each evaluation on rank 0 with (model, step, TensorBoard SummaryWriter): what
+        # a caller adds to TensorBoard there (text samples, figures), knowing its task
+        self.on_evaluate = on_evaluate
         self._tb = None
         # Under torchrun (a process group initialised), train with DistributedDataParallel: each
         # rank takes its share of every global batch; rank 0 alone evaluates, logs and saves.
@@ -318,16 +322,33 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(strict(record), allow_nan=False) + "\n")
+        for key, value in record.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)):
+                self.writer().add_scalar(f"{record['split']}/{key}", value, record["step"])
+        self.writer().flush()
+        if self.progress is not None:
+            self.progress(record)
+
+    def writer(self):
+        """TensorBoard's SummaryWriter of RUN_DIR/tb (rank 0), made on first use."""
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
-        for key, value in record.items():
-            if key not in ("step", "split") and isinstance(value, (int, float)):
-                self._tb.add_scalar(f"{record['split']}/{key}", value, record["step"])
-        self._tb.flush()
-        if self.progress is not None:
-            self.progress(record)
+        return self._tb
+
+    def log_hparams(self, hparams: dict) -> None:
+        """The run's hyper-parameters (scalars, strings, bools) with its best validation metric, in
+        TensorBoard's HParams tab, so that runs compare side by side; rank 0."""
+        if self.rank != 0:
+            return
+        from torch.utils.tensorboard.summary import hparams as summary
+
+        values = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+        metric = {f"val/{self.metric}": self.best if math.isfinite(self.best) else float("nan")}
+        for part in summary(values, metric):
+            self.writer().file_writer.add_summary(part)
+        self.writer().flush()
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -399,6 +420,11 @@ class Trainer:
             with torch.no_grad():
                 metrics = self.evaluate(self.model)
             self.log({"step": self.step, "split": "val", **metrics})
+            for name, count in self.counts.items():  # updates clipped or skipped so far
+                self.writer().add_scalar(f"train/{name}_steps", count, self.step)
+            if self.on_evaluate is not None:
+                self.on_evaluate(self.model, self.step, self.writer())
+                self.writer().flush()
             value = metrics[self.metric]
             if value < self.best:  # model.safetensors holds the weights selected by validation
                 self.best, self.since_best, self.best_step = value, 0, self.step
