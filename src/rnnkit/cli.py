@@ -139,6 +139,8 @@ def train_task(argv: list[str]) -> str:
 def _other_task_flag(args: list[str], task: str) -> str | None:
     """A message for the first flag that belongs to other tasks but not to `task` (argparse would
     misread it, e.g. `train --dataset surnames` as an unknown task "surnames")."""
+    if task not in TASKS:  # a damaged run's config.json names it: cmd_train reports that
+        return None
     own = {f.name for cls in (TrainOptions, TrainConfig, TASKS[task][1]) for f in dataclasses.fields(cls)}
     for arg in args:
         if not arg.startswith("--"):
