@@ -162,9 +162,7 @@ ONNX_FAST = {
     "gru_reset_before": "GRU",
     "rnn_relu": "RNN",
     "mgu_2_layers_bidirectional": "Scan",  # several scans in one graph: batch stays dynamic
-    "jordan": "Scan",
     "lstm_2_layers_bidirectional": "LSTM",
-    "lstm_zoneout": "Scan",
 }
 
 
@@ -177,7 +175,7 @@ def test_onnx_runtime_equals_eager(name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("name", [*LAYERS, *EVAL_ONLY])
 def test_onnx_runtime_equals_eager_all(name, with_lengths, tmp_path):
     onnx_matches_eager(name, with_lengths, tmp_path)
 
