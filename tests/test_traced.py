@@ -264,3 +264,16 @@ def test_models_compile_and_export(name):
         want = flat(model(*args))
         assert_close(flat(torch.compile(model, fullgraph=True, backend="aot_eager")(*args)), want, 1e-5)
         assert_close(flat(torch.export.export(model, args).module()(*args)), want, 1e-5)
+
+
+def test_a_registered_cell_exports_to_onnx_as_a_scan(tmp_path):
+    """A cell written against the public hook (IndRNN, with its own forward_sequence) keeps a
+    dynamic time axis in ONNX: a Scan over its forward with its parameters as inputs."""
+    torch.manual_seed(0)
+    layer = rnnkit.Recurrent("indrnn", I, H, batch_first=True)
+    LAYERS["indrnn_scan"] = lambda: layer
+    try:
+        program = onnx_matches_eager("indrnn_scan", True, tmp_path)
+    finally:
+        del LAYERS["indrnn_scan"]
+    assert "Scan" in {node.op_type for node in program.model_proto.graph.node}

@@ -160,15 +160,35 @@ def _check_against_torch(blob: bytes, graph) -> None:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    flat = torch.utils._pytree.tree_leaves(graph.inputs)
-    feeds = {n: t.detach().cpu().numpy() for n, t in zip(graph.names, flat)}
-    got = session.run(None, feeds)
-    with torch.no_grad():
-        want = torch.utils._pytree.tree_leaves(graph.module(*graph.inputs))
-    for name, a, b in zip(graph.outputs, got, want):
-        b = b.detach().cpu().double().numpy()
-        diff = float(abs(a.astype("float64") - b).max()) if a.size else 0.0
-        if not diff <= 1e-4:
+    for inputs in (graph.inputs, _grown(graph)):  # as traced, and one longer along every dynamic axis
+        flat = torch.utils._pytree.tree_leaves(inputs)
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(graph.names, flat)}
+        try:
+            got = session.run(None, feeds)
+        except Exception as e:  # noqa: BLE001 (onnxruntime's own error types)
             raise RnnkitValueError(
-                f"the ONNX graph's {name} differs from the PyTorch model's by {diff:.3g} on onnxruntime"
-            )
+                f"the ONNX graph does not run at other sizes on onnxruntime (a loop unrolled at the traced "
+                f"length? a cell without a Scan form): {str(e).splitlines()[0]}"
+            ) from None
+        with torch.no_grad():
+            want = torch.utils._pytree.tree_leaves(graph.module(*inputs))
+        for name, a, b in zip(graph.outputs, got, want):
+            b = b.detach().cpu().double().numpy()
+            diff = float(abs(a.astype("float64") - b).max()) if a.size else 0.0
+            if not diff <= 1e-4:
+                raise RnnkitValueError(
+                    f"the ONNX graph's {name} differs from the PyTorch model's by {diff:.3g} on onnxruntime"
+                )
+
+
+def _grown(graph) -> tuple:
+    """The example inputs with one more row along each dynamic axis (the first row repeated), so
+    the check runs at a size other than the traced one."""
+    names = iter(graph.names)
+
+    def grow(t):
+        for axis in sorted(graph.axes.get(next(names), {})):
+            t = torch.cat([t, t.narrow(axis, 0, 1)], dim=axis)
+        return t
+
+    return torch.utils._pytree.tree_map(grow, graph.inputs)

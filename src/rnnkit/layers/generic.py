@@ -354,6 +354,11 @@ class Recurrent(nn.Module, metaclass=_ByName):
         def run():
             if per_step:
                 return masked_loop(step, x, state, batch_sizes, masks, lengths)
+            if traced.onnx_exporting():  # a Scan over the cell's forward, its parameters as inputs
+                own = {**dict(cell.named_parameters()), **dict(cell.named_buffers())}
+                return traced.scan_steps(
+                    lambda x_t, s, w: tuple(functional_call(cell, w, (x_t, s))), x, state, own, lengths
+                )
             if self.impl == "fused" and hasattr(cell, "forward_sequence") and lengths is None:
                 y, final = cell.forward_sequence(x, state, batch_sizes=batch_sizes)
                 return y, tuple(final)
