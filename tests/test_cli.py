@@ -403,6 +403,21 @@ def test_the_test_record_names_the_selected_step_and_a_finished_run_resumes_to_n
     assert records[-1]["split"] == "test" and records[-1]["step"] == 8
 
 
+# a charlm run of a few steps on a tiny model, for the tests of what a run writes
+TINY_CHARLM = [
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--hidden-size",
+    "16",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+]
+
+
 def test_config_files(tmp_path, text_file, capsys):
     """--config: JSON or TOML of the flags' names (flags given override it), --print-config its
     resolved form (which --config reads back), and a run's own config.json reproduces the run."""
@@ -425,18 +440,7 @@ def test_config_files(tmp_path, text_file, capsys):
     assert main(["train", "--config", str(tmp_path / "missing.json")]) == 2
     # a run's config.json: the same run again, to the last number
     a, b = tmp_path / "a", tmp_path / "b"
-    flags = [
-        "--steps",
-        "6",
-        "--eval-every",
-        "3",
-        "--hidden-size",
-        "16",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "4",
-    ]
+    flags = TINY_CHARLM
     assert main(["train", "--data", str(text_file), *flags, "--seed", "3", "--out", str(a)]) == 0
     assert main(["train", "--config", str(a / "config.json"), "--out", str(b)]) == 0
     assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
@@ -479,18 +483,7 @@ def test_tensorboard_holds_hparams_samples_figures_and_gradient_flow(tmp_path, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "tb-run"
-    flags = [
-        "--steps",
-        "6",
-        "--eval-every",
-        "3",
-        "--hidden-size",
-        "16",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "4",
-    ]
+    flags = TINY_CHARLM
     assert main(["train", "--data", str(text_file), *flags, "--log-gradient-flow", "--out", str(run)]) == 0
     assert main(["plot", str(run)]) == 0
     tags = {"images": set(), "tensors": set(), "scalars": set(), "hparams": set()}
