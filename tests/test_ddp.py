@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -42,3 +43,57 @@ def test_two_processes_equal_one(tmp_path):
     # rank 0 alone wrote the run directory, with the same metric lines as the single process
     ddp_lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(ddp_lines) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())
+
+
+def _double(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.double() if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_double(o) for o in obj)
+    return obj
+
+
+TASK_CASES = {  # a global batch of 5 rows: over 2 ranks, 3 and 2
+    "charlm": {"batch_size": 5, "seq_len": 12, "hidden_size": 8, "embedding_dim": 4},
+    "classify": {"batch_size": 5, "hidden_size": 8, "dataset": "surnames"},
+    "forecast": {"batch_size": 5, "hidden_size": 8},
+    "translate": {"batch_size": 5, "hidden_size": 8, "embedding_dim": 4},
+    "colors": {"batch_size": 5, "hidden_size": 8},
+    "memory": {"batch_size": 5, "hidden_size": 8, "lag": 6},
+    "memory-copy": {"batch_size": 5, "hidden_size": 8, "problem": "copy"},
+}
+
+
+@pytest.mark.parametrize("case", TASK_CASES)
+def test_uneven_shards_give_the_whole_batch_gradient(case, tmp_path):
+    """Each rank's mean loss weighed by its share of the loss's terms (the trainer's shard_loss),
+    then DDP's average over ranks: the gradient of the whole batch, to float64 precision, though
+    5 rows split 3 and 2 (rows, class weights or target tokens, as each task's loss counts)."""
+    from rnnkit.tasks.registry import TASKS
+    from rnnkit.training.trainer import _shard, loss_and_weight, shard_loss
+
+    name = case.split("-")[0]
+    task_cls, config_cls = TASKS[name]
+    data = None
+    if name == "translate":
+        data = tmp_path / "pairs.tsv"
+        words = ["cat", "dog", "sun", "moon", "tree", "house", "river", "stone", "bird", "fish"]
+        data.write_text("".join(f"{w}\t{w[::-1].upper()}\n" for w in words * 2))
+    torch.manual_seed(0)
+    task = task_cls(config_cls(**TASK_CASES[case]), data=data)
+    model = task.build_model().double().eval()  # no dropout: the same function for whole and shards
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = _double(task.batches(3))
+    loss, _, _ = loss_and_weight(task.step_fn(model, batch, None), batch)
+    whole = torch.autograd.grad(loss, params, allow_unused=True)
+    world, shards = 2, [_shard(batch, r, 2) for r in range(2)]
+    outs = [loss_and_weight(task.step_fn(model, s, None), s) for s in shards]
+    total = sum(float(w) for _, _, w in outs)
+    averaged = [torch.zeros_like(p) for p in params]
+    for loss_r, _, w in outs:
+        grads = torch.autograd.grad(shard_loss(loss_r, w, total, world), params, allow_unused=True)
+        for acc, g in zip(averaged, grads):
+            if g is not None:
+                acc += g / world  # what DDP's all-reduce average gives every rank
+    for a, b in zip(averaged, whole):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, rtol=1e-10, atol=1e-12)

@@ -155,9 +155,8 @@ class Seq2SeqTask(Task):
     def step_fn(self, model, batch, state):
         src, lengths, tgt_in, tgt_out, teacher_forcing = batch
         logits = model(src, tgt_in, src_lengths=lengths, teacher_forcing=teacher_forcing)
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100
-        ), None
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=-100)
+        return loss, None, (tgt_out != -100).sum()  # a mean over the target characters
 
     # --- decoding and metrics -------------------------------------------------------------------
 

@@ -183,7 +183,8 @@ class ClassifyTask(Task):
     def step_fn(self, model, batch, state):
         x, lengths, y = batch
         logits = model(x, lengths=lengths)
-        return F.cross_entropy(logits, y, weight=self.class_weight.to(logits)), None
+        weight = self.class_weight.to(logits)  # the loss is a weighted mean: its weight is the sum
+        return F.cross_entropy(logits, y, weight=weight), None, weight[y].sum()
 
     @torch.no_grad()
     def probabilities(self, model, ex: Examples, chunk: int = 512) -> torch.Tensor:

@@ -122,7 +122,8 @@ class ColorsTask(Task):
     def step_fn(model, batch, state):
         cond, x, y = batch
         logits, _ = model(cond, x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100), None
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        return loss, None, (y != -100).sum()  # a mean over the name characters
 
     @torch.no_grad()
     def loss(self, model, pairs) -> float:

@@ -226,7 +226,10 @@ class MemoryTask(Task):
         return self.problem.draw(self.config.batch_size, step)
 
     def step_fn(self, model, batch, state):
-        return self.problem.loss(model, batch), None
+        loss = self.problem.loss(model, batch)
+        if len(batch) == 3:  # the bit problems: a mean over the masked output bits
+            return loss, None, batch[2].sum()
+        return loss, None
 
     def trivial(self) -> tuple[float, str]:
         if self.config.problem == "adding":  # the sum of two U(0, 1) draws: variance 1/6

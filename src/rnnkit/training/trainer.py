@@ -125,16 +125,42 @@ def _to(obj, device):
 
 
 def _shard(obj, rank: int, world: int):
-    """This rank's share of a global batch: every tensor's rows split evenly across ranks."""
-    if isinstance(obj, torch.Tensor) and obj.dim() > 0:
-        if obj.shape[0] % world:
-            raise RnnkitValueError(
-                f"a batch of {obj.shape[0]} rows cannot be split evenly over {world} processes"
-            )
-        return obj.chunk(world)[rank]
+    """This rank's share of a global batch: every tensor's rows split over the ranks as evenly as
+    they go (shares differ by one row at most; the loss weighting below makes the gradient the
+    whole batch's whatever the shares)."""
+    if isinstance(obj, torch.Tensor) and obj.dim() > 0:  # a final batch smaller than the world
+        return obj.tensor_split(world)[rank]  # leaves some ranks none: they add nothing
     if isinstance(obj, (tuple, list)):
         return type(obj)(_shard(o, rank, world) for o in obj)
     return obj
+
+
+def loss_and_weight(out, batch) -> tuple:
+    """A step function's (loss, state[, weight]) as (loss, state, weight): `weight` is how many
+    terms (or how much weight) the loss averages over, the shard's rows when not given."""
+    if len(out) == 3:
+        return out
+    loss, state = out
+    rows = next((t.shape[0] for t in _leaves(batch) if isinstance(t, torch.Tensor) and t.dim() > 0), 1)
+    return loss, state, rows
+
+
+def shard_loss(loss: torch.Tensor, weight, total, world: int) -> torch.Tensor:
+    """A rank's mean loss scaled so that DistributedDataParallel's average of the ranks' gradients
+    is the whole batch's mean gradient: times the rank's share of the terms and `world` (DDP
+    divides by it); 1 with equal shares. A share of no terms (an empty one) gives 0, not the NaN
+    of a mean over nothing."""
+    if float(weight) == 0:
+        return torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)) * 0.0
+    return loss * (float(weight) * world / float(total))
+
+
+def _leaves(obj):
+    if isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _leaves(o)
+    else:
+        yield obj
 
 
 def _detach(state):
@@ -233,7 +259,7 @@ class Trainer:
         config: TrainConfig,
         *,
         batches: Callable[[int], object],
-        step_fn: Callable[[nn.Module, object, object], tuple[torch.Tensor, object]],
+        step_fn: Callable[[nn.Module, object, object], tuple],
         run_dir,
         evaluate: Callable[[nn.Module], dict] | None = None,
         metric: str = "loss",
@@ -360,8 +386,12 @@ class Trainer:
         if self.world > 1:
             batch = _shard(batch, self.rank, self.world)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
-            loss, state = self.step_fn(self.net, batch, self.state)
+            loss, state, weight = loss_and_weight(self.step_fn(self.net, batch, self.state), batch)
         loss = loss.float()
+        if self.world > 1:  # shares may differ: weigh each rank's mean by its share of the terms
+            total = torch.tensor(float(weight), dtype=torch.float64, device=device)
+            dist.all_reduce(total)
+            loss = shard_loss(loss, weight, total, self.world)
         self.state = _detach(state)  # truncated BPTT: the state goes on, its graph does not
         self.optimizer.zero_grad(set_to_none=True)
         loss_ok = torch.isfinite(loss).float()
@@ -390,7 +420,7 @@ class Trainer:
         if self.config.clip_norm and norm > self.config.clip_norm:
             self.counts["clipped"] += 1
         self.optimizer.step()
-        if self.world > 1:  # log the global batch's loss
+        if self.world > 1:  # log the global batch's loss: the ranks' scaled means, averaged
             loss = loss.detach().clone()
             dist.all_reduce(loss)
             loss /= self.world
