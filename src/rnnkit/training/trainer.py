@@ -1,7 +1,9 @@
 """The training loop. It knows nothing about tasks: it is given a model, a function from a step
 number to that step's batch (so the data position of a resumed run is just its step), a step
 function returning the loss (and any recurrent state to carry to the next batch, detached here:
-truncated BPTT), an optional evaluation, and a frozen TrainConfig.
+truncated BPTT; and optionally the loss's weight, the number of terms its mean is over, which
+under DDP weighs each rank's unequal share: `loss_and_weight`, `shard_loss`), an optional
+evaluation, and a frozen TrainConfig.
 
 Every `eval_every` steps it evaluates, keeps the best weights (by `metric`), writes the latest
 checkpoint and appends JSON lines to RUN_DIR/metrics.jsonl (strict JSON: a non-finite value is
