@@ -145,3 +145,40 @@ def test_torchrun_trains_past_an_uneven_final_batch(task, flags, tmp_path):
     assert [r[:2] for r in ddp] == [r[:2] for r in one] and len(ddp) == 16
     if task == "classify":
         torch.testing.assert_close([r[2] for r in ddp], [r[2] for r in one], rtol=1e-5, atol=1e-6)
+
+
+def test_torchrun_resume_restores_every_rank(tmp_path, text_file):
+    """Under torchrun each rank keeps its own random state (dropout over its rows) and carried
+    state (charlm's truncated BPTT over its rows, 3 and 2 of 5): a run stopped at step 6 and
+    resumed to 12 logs what a run straight to 12 logs; resuming with another number of processes
+    is a clear error."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "rnnkit",
+    ]
+    flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
+    flags += ["--dropout", "0.2", "--eval-every", "3"]
+
+    def run(*args):
+        out = subprocess.run([*cmd, "train", *args], capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    run(*flags, "--steps", "12", "--out", str(tmp_path / "straight"))
+    run(*flags, "--steps", "6", "--out", str(tmp_path / "resumed"))
+    run("--resume", str(tmp_path / "resumed"), "--steps", "12")
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    resumed = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    first_test = [line for line in resumed if '"split": "test"' in line][0]  # the 6-step run's own
+    assert [line for line in resumed if line != first_test] == straight
+    alone = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "train", "--resume", str(tmp_path / "resumed"), "--steps", "15"],
+        capture_output=True,
+        text=True,
+    )
+    assert alone.returncode == 2 and "trained by 2 process(es)" in alone.stderr

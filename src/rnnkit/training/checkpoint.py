@@ -196,10 +196,12 @@ def rng_state() -> dict:
     """The states of Python's, NumPy's and torch's global generators, in a checkpointable tree."""
     # NumPy's legacy global generator is the one user code and libraries draw from implicitly
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # noqa: NPY002
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
+        "cuda": cuda,  # one state per visible device, where CUDA is in use
     }
 
 
@@ -211,5 +213,7 @@ def set_rng_state(state: dict) -> None:
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
         torch.set_rng_state(state["torch"])
+        if state.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(state["cuda"]))
     except (KeyError, TypeError, ValueError) as e:
         raise RnnkitValueError(f"checkpoint RNG state is malformed: {e}") from None

@@ -165,6 +165,12 @@ def _leaves(obj):
         yield obj
 
 
+def _detach_cpu(state):
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else state.detach().cpu()
+    return type(state)(_detach_cpu(s) for s in state)
+
+
 def _detach(state):
     if state is None or isinstance(state, torch.Tensor):
         return None if state is None else state.detach()
@@ -239,6 +245,14 @@ def _check_tree(tree, source: str) -> None:
         )
 
     need(states(tree["state"]), "state must be null, a tensor, or tensors nested in lists")
+    ranks = tree.get("ranks", [])
+    need(
+        isinstance(ranks, list)
+        and all(
+            isinstance(r, dict) and isinstance(r.get("rng"), dict) and states(r.get("state")) for r in ranks
+        ),
+        "ranks must be a list of each rank's rng and state",
+    )
 
 
 def _logged_by(line: str, step: int) -> bool:
@@ -311,6 +325,9 @@ class Trainer:
             "counts": dict(self.counts),
             "config": asdict(self.config),
             "meta": self.meta,
+            # under DDP, what differs by rank: its random state (dropout over its own rows) and
+            # its carried recurrent state (its rows); `ranks` holds one of each per rank
+            **({"ranks": self._ranks} if self.world > 1 else {}),
         }
 
     def resume(self) -> bool:
@@ -326,7 +343,15 @@ class Trainer:
                 self.model.load_state_dict(tree["model"])
                 self.optimizer.load_state_dict(tree["optimizer"])
                 self.scheduler.load_state_dict({**tree["scheduler"], "lr_lambdas": [None]})
-                set_rng_state(tree["rng"])
+                ranks = tree.get("ranks") or [{"rng": tree["rng"], "state": tree["state"]}]
+                if len(ranks) != self.world:
+                    raise RnnkitValueError(
+                        f"the run was trained by {len(ranks)} process(es) and this is {self.world}: "
+                        f"resume it with as many (torchrun --nproc-per-node {len(ranks)}, or no torchrun "
+                        "for 1), so that every rank's random and carried state are restored"
+                    )
+                set_rng_state(ranks[self.rank]["rng"])
+                tree["state"] = ranks[self.rank]["state"]
             except RnnkitValueError as e:
                 raise RnnkitValueError(f"checkpoint {source}: {e}") from None
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
@@ -432,6 +457,10 @@ class Trainer:
         """Evaluate, keep the best weights, write the latest checkpoint; True to stop early.
         Under DDP rank 0 does this and tells the others whether to stop and the plateau factor."""
         stop = False
+        if self.world > 1:  # every rank's random and carried state, for rank 0's checkpoint
+            self._ranks = [None] * self.world
+            mine = {"rng": rng_state(), "state": _detach_cpu(self.state)}
+            dist.all_gather_object(self._ranks, mine)
         if self.rank == 0:
             stop = self._evaluate_and_save()
         if self.world > 1:
