@@ -182,3 +182,39 @@ def test_torchrun_resume_restores_every_rank(tmp_path, text_file):
         text=True,
     )
     assert alone.returncode == 2 and "trained by 2 process(es)" in alone.stderr
+
+
+def test_nproc_launches_torchrun(tmp_path, text_file):
+    """rnnkit train --nproc 2 is the same command under torchrun with 2 processes."""
+    flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
+    flags += ["--steps", "4", "--eval-every", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "rnnkit",
+    ]
+    out = subprocess.run(
+        [*cmd, "train", *flags, "--out", str(tmp_path / "torchrun")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rnnkit_cmd = [
+        sys.executable,
+        "-m",
+        "rnnkit",
+        "train",
+        "--nproc",
+        "2",
+        *flags,
+        "--out",
+        str(tmp_path / "nproc"),
+    ]
+    out = subprocess.run(rnnkit_cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "nproc" / "metrics.jsonl").read_text() == (
+        tmp_path / "torchrun" / "metrics.jsonl"
+    ).read_text()

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -225,7 +226,7 @@ def train(task: str | None = "charlm", *, data=None, out=None, steps=None, seed=
     if task is not None and task not in TASKS:
         raise RnnkitValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     classes = [TrainOptions, TrainConfig, *([TASKS[task][1]] if task else [c for _, c in TASKS.values()])]
-    names = {f.name for cls in classes for f in dataclasses.fields(cls)} - {"print_config"}
+    names = {f.name for cls in classes for f in dataclasses.fields(cls)} - {"print_config", "nproc"}
     seed = None if resume is not None and seed == 0 else seed  # a resumed run keeps its own
     given = {"data": data, "out": out, "steps": steps, "seed": seed, "resume": resume, **options}
     for name in options:
@@ -276,8 +277,33 @@ def _apply_config_file(args) -> None:
 
 
 def cmd_train(args) -> int:
+    opts = config_from(TrainOptions, args)
+    if opts.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args, opts)
     _train(args)
     return 0
+
+
+def _launch(args, opts: TrainOptions) -> int:
+    """--nproc N: this command again under `torch.distributed.run` (torchrun) with N processes on
+    this machine, --nproc dropped and the run directory named here, so every rank agrees on it."""
+    argv, rest = [], list(args.argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--nproc":
+            rest.pop(0)
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    if not opts.out and not opts.resume:
+        argv += ["--out", str(default_out(args.task or "charlm"))]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={opts.nproc}",
+    ]
+    return subprocess.run([*launcher, "-m", "rnnkit", "train", *argv]).returncode
 
 
 def _train(args) -> Path | None:
@@ -722,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(task).parse_args(argv)
     except SystemExit as e:  # --help, --version (0), or a usage error, said in one line (2)
         return e.code if isinstance(e.code, int) else 0
+    args.argv = argv  # the command line as given (train --nproc runs it again under torchrun)
     try:
         return COMMANDS[args.command](args)
     except RnnkitError as e:

@@ -55,6 +55,9 @@ class TrainOptions(Options):
         "a JSON or TOML file of flags (names as the flags'; \"task\" the task), or a run's config.json to "
         "reproduce it; flags given here override it"
     )
+    nproc: int = option(
+        1, "processes to train with (> 1: the same command under torch.distributed.run, DDP)", integer(1, 256)
+    )
     log_gradient_flow: bool = option(
         False, "TensorBoard: the first layer's ||dL/dh_t|| over t as a figure at each evaluation", flag()
     )
