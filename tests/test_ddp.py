@@ -18,11 +18,13 @@ import ddp_worker  # noqa: E402
 # traceback, and 12 reruns passed): a run that ends that way, with no Python traceback before the
 # abort, is repeated once; any other failure is not.
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+# `rnnkit` over two processes, as a user runs it: torchrun --nproc-per-node 2 -m rnnkit ...
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+TORCHRUN_RNNKIT = [*TORCHRUN, "-m", "rnnkit"]
 
 
 def torchrun(worker, out_dir):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    return subprocess.run([*cmd, str(worker), str(out_dir)], capture_output=True, text=True, timeout=240)
+    return subprocess.run([*TORCHRUN, str(worker), str(out_dir)], capture_output=True, text=True, timeout=240)
 
 
 def test_two_processes_equal_one(tmp_path):
@@ -121,16 +123,7 @@ def test_torchrun_trains_past_an_uneven_final_batch(task, flags, tmp_path):
     """Two real processes run past the first epoch, whose last batch splits unevenly; without
     dropout (whose masks each rank draws for its own rows) they log what one process logs."""
     common = ["train", task, "--steps", "15", "--eval-every", "15", "--hidden-size", "8", *flags]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "rnnkit",
-    ]
+    cmd = TORCHRUN_RNNKIT
     out = subprocess.run(
         [*cmd, *common, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=240
     )
@@ -152,16 +145,7 @@ def test_torchrun_resume_restores_every_rank(tmp_path, text_file):
     state (charlm's truncated BPTT over its rows, 3 and 2 of 5): a run stopped at step 6 and
     resumed to 12 logs what a run straight to 12 logs; resuming with another number of processes
     is a clear error."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "rnnkit",
-    ]
+    cmd = TORCHRUN_RNNKIT
     flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
     flags += ["--dropout", "0.2", "--eval-every", "3"]
 
@@ -188,16 +172,7 @@ def test_nproc_launches_torchrun(tmp_path, text_file):
     """rnnkit train --nproc 2 is the same command under torchrun with 2 processes."""
     flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
     flags += ["--steps", "4", "--eval-every", "2"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "rnnkit",
-    ]
+    cmd = TORCHRUN_RNNKIT
     out = subprocess.run(
         [*cmd, "train", *flags, "--out", str(tmp_path / "torchrun")], capture_output=True, text=True
     )
