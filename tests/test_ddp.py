@@ -168,6 +168,69 @@ def test_torchrun_resume_restores_every_rank(tmp_path, text_file):
     assert alone.returncode == 2 and "trained by 2 process(es)" in alone.stderr
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children first listed, then theirs), from /proc."""
+    try:
+        children = [int(c) for c in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [p for c in children for p in (c, *_descendants(c))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_torchrun_resumes_exactly_after_kill_9(tmp_path, text_file):
+    """A torchrun run killed with SIGKILL (launcher and both ranks, mid-training, at whatever
+    moment the first checkpoint has been written by) resumes from its last checkpoint and logs
+    what an uninterrupted run logs: checkpoints are whole at every instant, and the metric lines
+    written after the checkpoint are dropped."""
+    import contextlib
+    import json
+    import os
+    import signal
+    import time
+
+    flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
+    flags += ["--dropout", "0.2", "--eval-every", "3", "--schedule", "constant", "--no-plots"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*TORCHRUN_RNNKIT, "train", *flags, "--steps", "100000", "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (killed / "latest.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.3)  # a few more steps, part of the way to the next checkpoint
+    finally:  # torchrun starts each rank in a session of its own: kill the ranks, then it
+        pids = [*_descendants(proc.pid), proc.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        while any(_alive(pid) for pid in pids):  # nothing writes to the run any more
+            time.sleep(0.01)
+    meta = json.loads((killed / "latest.json").read_text())
+    step = next(v for k, v in meta["tree"]["__dict__"] if k == "step")
+    assert 3 <= step < 100000 and not any('"test"' in line for line in open(killed / "metrics.jsonl"))
+    total = str(step + 6)
+
+    def run(*args):
+        out = subprocess.run([*TORCHRUN_RNNKIT, "train", *args], capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    run("--resume", str(killed), "--steps", total)
+    run(*flags, "--steps", total, "--out", str(tmp_path / "straight"))
+    resumed = (killed / "metrics.jsonl").read_text()
+    assert resumed == (tmp_path / "straight" / "metrics.jsonl").read_text()
+
+
 def test_nproc_launches_torchrun(tmp_path, text_file):
     """rnnkit train --nproc 2 is the same command under torchrun with 2 processes."""
     flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
@@ -193,3 +256,25 @@ def test_nproc_launches_torchrun(tmp_path, text_file):
     assert (tmp_path / "nproc" / "metrics.jsonl").read_text() == (
         tmp_path / "torchrun" / "metrics.jsonl"
     ).read_text()
+
+
+def test_rank0_alone_makes_the_run_directory(tmp_path, text_file):
+    """Under torchrun rank 0 names and makes the run directory and tells the others (without
+    --out: one runs/charlm-<timestamp> for both ranks); where it refuses an --out, that is one
+    message, and nothing is written there."""
+    flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
+    flags += ["--steps", "2", "--eval-every", "2"]
+    out = subprocess.run(
+        [*TORCHRUN_RNNKIT, "train", *flags], capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("charlm-") and (run / "model.safetensors").is_file()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    out = subprocess.run(
+        [*TORCHRUN_RNNKIT, "train", *flags, "--out", str(taken)], capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode != 0 and out.stderr.count("holds files that are not a run's") == 1, out.stderr
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]

@@ -17,6 +17,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -325,10 +326,8 @@ def _train(args) -> Path | None:
             )
         )
         return None
-    device = _device(opts)
-    out = Path(opts.out) if opts.out else default_out(name)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 writes the run (and checks where)
-        prepare_out(out, opts.force)
+    device = _join_process_group(_device(opts))
+    out = _agreed(lambda: _new_run_dir(Path(opts.out) if opts.out else default_out(name), opts.force))
     if opts.threads:
         torch.set_num_threads(opts.threads)
     _seed(opts.seed)
@@ -337,7 +336,7 @@ def _train(args) -> Path | None:
     data = keep_data(opts.data, out)
     meta = {"model": describe(model), **task.describe(), "data": data, "seed": opts.seed}
     task.run_dir = out
-    _fit(task, model, train_config, out, meta, device, resume=False, gradient_flow=opts.log_gradient_flow)
+    _fit(task, model, train_config, out, meta, device, opts, resume=False)
     return out
 
 
@@ -356,7 +355,7 @@ def _resume(args, opts: TrainOptions) -> int:
             "seed are fixed); start a new run with --out"
         )
     train_config = config_from(TrainConfig, args, saved["train"])
-    device = _device(opts)
+    device = _join_process_group(_device(opts))
     if opts.threads:
         torch.set_num_threads(opts.threads)
     meta = {k: v for k, v in saved.items() if k != "train"}
@@ -366,7 +365,7 @@ def _resume(args, opts: TrainOptions) -> int:
         meta["data"] = keep_data(opts.data, run)
     fresh = not (run / "latest.json").exists()
     model = task.build_model() if fresh else build(saved["model"])
-    _fit(task, model, train_config, run, meta, device, resume=True, gradient_flow=opts.log_gradient_flow)
+    _fit(task, model, train_config, run, meta, device, opts, resume=True)
     return run
 
 
@@ -403,17 +402,52 @@ def gradient_flow_figure(model, step: int, length: int = 100):
     return fig
 
 
-def _fit(
-    task, model, train_config, out: Path, meta: dict, device: str, *, resume: bool, gradient_flow=False
-) -> None:
-    progress = _Progress(train_config.steps, task.metric)
-    model = model.to(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():  # launched by torchrun
+def _join_process_group(device: str) -> str:
+    """Under torchrun (WORLD_SIZE > 1), join the process group before anything is written, so
+    that rank 0 can make the run directory and tell the others; the device this rank trains on
+    (CUDA: the rank's own GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            model = model.to(f"cuda:{torch.cuda.current_device()}")
         torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda" and torch.distributed.is_initialized():
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
+def _new_run_dir(out: Path, force: bool) -> Path:
+    """A new run's directory, checked (nothing of another's is written over) and made."""
+    prepare_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _agreed(make: Callable[[], Path]) -> Path:
+    """`make()` on rank 0 alone, its result given to every rank (under torchrun; else just
+    `make()`): one process names and creates the run directory before any rank writes to it,
+    and every rank uses the same one (timestamps taken by each rank could differ). When rank 0
+    fails it reports why; the others exit without a second message."""
+    if not torch.distributed.is_initialized():
+        return make()
+    agreed: list = [None]
+    error = None
+    if torch.distributed.get_rank() == 0:
+        try:
+            agreed[0] = str(make())
+        except RnnkitError as e:
+            error = e
+    torch.distributed.broadcast_object_list(agreed, src=0)
+    if error is not None:
+        raise error
+    if agreed[0] is None:
+        raise SystemExit(2)  # rank 0 said why
+    return Path(agreed[0])
+
+
+def _fit(task, model, train_config, out: Path, meta: dict, device: str, opts: TrainOptions, *, resume: bool):
+    progress = _Progress(train_config.steps, task.metric)
+    model = model.to(device)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     trainer = Trainer(
         model,
         train_config,
@@ -424,7 +458,9 @@ def _fit(
         run_dir=out,
         meta=meta,
         progress=progress if int(os.environ.get("RANK", "0")) == 0 else None,
-        on_evaluate=lambda model, step, writer: _tensorboard_extras(task, model, step, writer, gradient_flow),
+        on_evaluate=lambda model, step, writer: _tensorboard_extras(
+            task, model, step, writer, opts.log_gradient_flow
+        ),
     )
     if resume:
         trainer.resume()
@@ -451,6 +487,8 @@ def _fit(
         warning = runaway(task, _metrics(out))
         if warning:
             print(f"rnnkit train: warning: {warning}", file=sys.stderr)
+        if opts.plots:
+            write_figures(task, _load(out), out, _metrics(out), trainer.writer())
         progress.summary(trainer, first, time.perf_counter() - started, test, out)
     if world > 1:
         # Tear down together: a rank that destroys its gloo pairs while another is still busy
@@ -607,27 +645,33 @@ def cmd_plot(args) -> int:
     """RUN_DIR/loss.png (one panel per unit: `rnnkit.loss_plot`), then the task's own figures."""
     run = Path(args.run_dir)
     task = task_of(read_config(run), run)
-    records = _metrics(run)
-    model = _load(run)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with contextlib.closing(SummaryWriter(str(run / "tb"))) as writer:
+        paths = write_figures(task, _load(run), run, _metrics(run), writer)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def write_figures(task, model, run: Path, records: list[dict], writer) -> list[Path]:
+    """The run's figures: RUN_DIR/loss.png (one panel per unit: `rnnkit.loss_plot`), then the
+    task's own (and their data files, e.g. attention.npz); the pictures also as images in
+    TensorBoard (`writer`, tag figures/<file name>) at the run's last step. What `rnnkit plot`
+    writes, and `rnnkit train` when it ends (unless --no-plots)."""
+    import matplotlib.image
+
     out = plot_losses(
         records, task=task.name, run=run, loss_unit=task.loss_unit, metric=task.metric, out=run / "loss.png"
     )
     paths = [out, *task.plot(model, run)]
+    step = max(r["step"] for r in records)
     for path in paths:
-        print(path)
-    _figures_to_tensorboard(run, [p for p in paths if p.suffix == ".png"], max(r["step"] for r in records))
-    return 0
-
-
-def _figures_to_tensorboard(run: Path, pngs: list[Path], step: int) -> None:
-    """The pictures `plot` made, as images in the run's TensorBoard (tag: the file's name)."""
-    import matplotlib.image
-    from torch.utils.tensorboard import SummaryWriter
-
-    with contextlib.closing(SummaryWriter(str(run / "tb"))) as writer:
-        for path in pngs:
+        if path.suffix == ".png":
             image = matplotlib.image.imread(path)[..., :3]  # (H, W, RGB) in [0, 1]
             writer.add_image(f"figures/{path.stem}", image, step, dataformats="HWC")
+    writer.flush()
+    return paths
 
 
 def cmd_evaluate(args) -> int:

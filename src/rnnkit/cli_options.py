@@ -61,6 +61,11 @@ class TrainOptions(Options):
     log_gradient_flow: bool = option(
         False, "TensorBoard: the first layer's ||dL/dh_t|| over t as a figure at each evaluation", flag()
     )
+    plots: bool = option(
+        True,
+        "when training ends, write the run's figures (as rnnkit plot: RUN_DIR/*.png, TensorBoard images)",
+        flag(),
+    )
     print_config: bool = option(
         False, "print the resolved configuration as JSON (ready for --config) and stop", flag()
     )

@@ -218,12 +218,10 @@ def keep_data(path: str | None, out: Path) -> str | None:
 def default_out(name: str, now: datetime.datetime | None = None) -> Path:
     """runs/<name>-<UTC timestamp>, created here (empty), with -2, -3, ... after it when a run
     started within the same second took the name: the directory is made with mkdir, which one
-    process alone succeeds at, so two runs never share one. Under torchrun every rank must name
-    the same directory, so there it is the plain timestamp (rank 0 creates it)."""
+    process alone succeeds at, so two runs never share one. (Under torchrun rank 0 alone calls
+    this and tells the other ranks.)"""
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{name}-{stamp}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return base
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         out = base if n == 1 else base.with_name(f"{base.name}-{n}")

@@ -304,8 +304,8 @@ class Trainer:
         self.step, self.state, self.best, self.best_step = 0, None, math.inf, None
         self.since_best = 0
         self.counts = {"clipped": 0, "clipped_value": 0, "nonfinite": 0}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:  # what rebuilds the run: the caller's description and this config
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", {**self.meta, "train": asdict(config)})
 
     # --- checkpoints --------------------------------------------------------------------------
