@@ -327,7 +327,7 @@ def _train(args) -> Path | None:
         )
         return None
     device = _join_process_group(_device(opts))
-    out = _agreed(lambda: _new_run_dir(Path(opts.out) if opts.out else default_out(name), opts.force))
+    out = _agreed(lambda: _checked_out(Path(opts.out) if opts.out else default_out(name), opts.force))
     if opts.threads:
         torch.set_num_threads(opts.threads)
     _seed(opts.seed)
@@ -415,18 +415,18 @@ def _join_process_group(device: str) -> str:
     return device
 
 
-def _new_run_dir(out: Path, force: bool) -> Path:
-    """A new run's directory, checked (nothing of another's is written over) and made."""
+def _checked_out(out: Path, force: bool) -> Path:
+    """A new run's directory, checked: nothing of another's is written over (the trainer makes
+    it on rank 0, once the data has been read: a run refused for its data leaves nothing)."""
     prepare_out(out, force)
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def _agreed(make: Callable[[], Path]) -> Path:
     """`make()` on rank 0 alone, its result given to every rank (under torchrun; else just
-    `make()`): one process names and creates the run directory before any rank writes to it,
-    and every rank uses the same one (timestamps taken by each rank could differ). When rank 0
-    fails it reports why; the others exit without a second message."""
+    `make()`): one process names and checks the run directory, and every rank uses the same one
+    (timestamps taken by each rank could differ). When rank 0 fails it reports why; the others
+    exit without a second message."""
     if not torch.distributed.is_initialized():
         return make()
     agreed: list = [None]
@@ -677,6 +677,8 @@ def write_figures(task, model, run: Path, records: list[dict], writer) -> list[P
 def cmd_evaluate(args) -> int:
     opts = config_from(EvaluateOptions, args)
     options = {} if opts.lengths is None else {"lengths": list(opts.lengths)}
+    if opts.dynamic:
+        options["dynamic"] = True
     metrics = Run.load(args.run_dir, _device(opts)).evaluate(opts.data, **options)
     if opts.json:
         print(json.dumps(metrics, allow_nan=False))

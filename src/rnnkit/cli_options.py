@@ -86,6 +86,12 @@ class EvaluateOptions(Options):
         "memory: sequence lengths to evaluate at",
         ints(1, MAX_LENGTH, special={None: "the training length"}),
     )
+    dynamic: bool = option(
+        False,
+        "charlm: also bpc_dynamic, the test text under dynamic evaluation (the model adapts to what "
+        "it has read; Krause et al. 2018), its lr and decay chosen on the validation text",
+        flag(),
+    )
     device: str = _run_device()
 
 

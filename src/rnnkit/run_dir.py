@@ -41,6 +41,7 @@ RUN_FILES = (
     "metrics.jsonl",
     "latest.json",
     "baseline.json",
+    "dynamic.json",
     "data",
     "tb",
 )

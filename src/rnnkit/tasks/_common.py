@@ -283,11 +283,13 @@ def data_key(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_baseline(run_dir: Path | None, key: str, compute, valid=lambda saved: True) -> dict:
-    """A baseline's figures, fitted once per run: RUN_DIR/baseline.json when it holds `key` (a
+def cached_baseline(
+    run_dir: Path | None, key: str, compute, valid=lambda saved: True, name: str = "baseline.json"
+) -> dict:
+    """A baseline's figures, fitted once per run: RUN_DIR/`name` when it holds `key` (a
     `data_key` of the data the fit used) and passes `valid`, else `compute()` (a dict of JSON
     values), written there. A cache that is damaged or edited is ignored and rewritten."""
-    cache = None if run_dir is None else Path(run_dir) / "baseline.json"
+    cache = None if run_dir is None else Path(run_dir) / name
     if cache is not None and cache.is_file():
         try:
             saved = json.loads(cache.read_text())

@@ -24,7 +24,17 @@ from rnnkit.decoding import sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.models._recurrent import regularizers
-from rnnkit.tasks._common import FlatStates, OnnxGraph, RegularizerOptions, Task, cell_option, state_axes
+from rnnkit.tasks._common import (
+    FlatStates,
+    OnnxGraph,
+    RegularizerOptions,
+    Task,
+    cached_baseline,
+    cell_option,
+    data_key,
+    state_axes,
+)
+from rnnkit.training.dynamic import dynamic_bits, tune
 from rnnkit.training.tbptt import tbptt_step
 
 
@@ -57,6 +67,7 @@ class CharLMTask(Task):
     name = "charlm"
     metric = "bpc"
     loss_unit = "cross-entropy (nats per character)"
+    evaluate_options = ("dynamic",)
 
     def __init__(self, config: CharLMConfig, *, data: str | None = None, saved: dict | None = None):
         self.config = config
@@ -117,20 +128,50 @@ class CharLMTask(Task):
 
     # --- the commands ---------------------------------------------------------------------------
 
-    def test_metrics(self, model, data: str | None = None, **options) -> dict:
+    def test_metrics(self, model, data: str | None = None, dynamic: bool = False, **options) -> dict:
+        """bpc on the test text against the compressors' figures; with `dynamic`, also
+        bpc_dynamic: dynamic evaluation (rnnkit.training.dynamic) with the learning rate and decay
+        chosen on the validation text (RUN_DIR/dynamic.json, chosen once per weights)."""
         test = self.splits.test if data is None else read_text(data)
         ids = self.vocab.encode(test)
-        n = len(test)
-        train_xz = len(lzma.compress(self.splits.train.encode(), preset=9))
-        return {
-            "bpc": bits_per_char(model, ids),
-            "gzip_bpc": 8 * len(gzip.compress(test.encode(), 9)) / n,
-            "xz_bpc": 8 * len(lzma.compress(test.encode(), preset=9)) / n,
-            "xz_cond_bpc": 8
-            * (len(lzma.compress((self.splits.train + test).encode(), preset=9)) - train_xz)
-            / n,
-            "test_chars": n,
-        }
+        metrics = {"bpc": bits_per_char(model, ids)}
+        if dynamic:
+            chosen = self.dynamic_settings(model)
+            metrics |= {
+                "bpc_dynamic": dynamic_bits(
+                    model, ids, lr=chosen["lr"], decay=chosen["decay"], segment=self.config.seq_len
+                ),
+                "dynamic_lr": chosen["lr"],
+                "dynamic_decay": chosen["decay"],
+            }
+        # the run's own test text: the compressors' figures are computed once (xz over a long
+        # training text takes a while) and kept in RUN_DIR/baseline.json
+        compressors = (
+            cached_baseline(
+                self.run_dir,
+                data_key([self.splits.train, test]),
+                lambda: compressor_bits(self.splits.train, test),
+            )
+            if data is None
+            else compressor_bits(self.splits.train, test)
+        )
+        return {**metrics, **{k: v for k, v in compressors.items() if k != "key"}, "test_chars": len(test)}
+
+    def dynamic_settings(self, model) -> dict:
+        """Dynamic evaluation's lr and decay for these weights, chosen on (up to --eval-chars of)
+        the validation text and kept in RUN_DIR/dynamic.json, keyed by the weights and the text."""
+        val = self.vocab.encode(self.splits.val[: self.config.eval_chars])
+        weights = [t.detach().cpu().float().numpy() for t in model.state_dict().values()]
+
+        def score(lr, decay):
+            return dynamic_bits(model, val, lr=lr, decay=decay, segment=self.config.seq_len)
+
+        def valid(saved) -> bool:
+            return all(isinstance(saved.get(k), (int, float)) and saved[k] >= 0 for k in ("lr", "decay"))
+
+        return cached_baseline(
+            self.run_dir, data_key(val.numpy(), *weights), lambda: tune(score), valid, "dynamic.json"
+        )
 
     def sample(self, model, *, prime: str, length: int, temperature: float, top_k, top_p, seed: int) -> str:
         device = next(model.parameters()).device
@@ -191,6 +232,18 @@ class CharLMTask(Task):
             self.sample(model, prime=text, length=100, temperature=1.0, top_k=None, top_p=None, seed=0)
             for text in inputs
         ]
+
+
+def compressor_bits(train: str, test: str) -> dict:
+    """Bits per character of `test` by gzip -9 and xz -9 alone, and xz's extra bits for it after
+    `train` (what a compressor that read the training text first needs: xz_cond_bpc)."""
+    n = len(test)
+    train_xz = len(lzma.compress(train.encode(), preset=9))
+    return {
+        "gzip_bpc": 8 * len(gzip.compress(test.encode(), 9)) / n,
+        "xz_bpc": 8 * len(lzma.compress(test.encode(), preset=9)) / n,
+        "xz_cond_bpc": 8 * (len(lzma.compress((train + test).encode(), preset=9)) - train_xz) / n,
+    }
 
 
 @torch.no_grad()
