@@ -78,3 +78,26 @@ def test_padding_changes_nothing():
         loss_pad = torch.nn.functional.cross_entropy(logits[b, :n], targets[b, :n])
         loss_alone = torch.nn.functional.cross_entropy(alone[0], targets[b, :n])
         torch.testing.assert_close(loss_pad, loss_alone)
+
+
+def test_embedding_dropout_drops_whole_tokens():
+    """In training each token's embedding row is kept (scaled by 1/(1-p)) or dropped at every
+    place it occurs, one mask a forward; in evaluation nothing is dropped."""
+    torch.manual_seed(0)
+    p = 0.5
+    model = LanguageModel(LanguageModelConfig(6, embedding_dim=4, hidden_size=5, embedding_dropout=p))
+    tokens = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]] * 3)
+    model.train()
+    e = model._embed(tokens)  # (3, 12, 4)
+    full = model.embedding(tokens)
+    for t in range(12):
+        same = tokens == tokens[0, t]
+        kept = torch.allclose(e[0, t], full[0, t] / (1 - p))
+        assert kept or bool((e[0, t] == 0).all())
+        assert all(torch.equal(e[0, t], e[b, s]) for b, s in same.nonzero().tolist())  # one mask
+    dropped = [(e[0, t] == 0).all().item() for t in range(6)]
+    assert any(dropped) and not all(dropped)  # seed 0: some of 6 tokens dropped, not every one
+    model.eval()
+    torch.testing.assert_close(model._embed(tokens), full)
+    with pytest.raises(rnnkit.RnnkitError, match="embedding_dropout"):
+        LanguageModelConfig(6, embedding_dropout=1.0)

@@ -1,6 +1,8 @@
 """N-vs-N: a language model predicting the next token at every step.
 
-    e_t = E[x_t]                      embedding, (B, T) -> (B, T, D)
+    e_t = E[x_t]                      embedding, (B, T) -> (B, T, D); in training with
+                                      embedding_dropout p, E's rows (whole tokens) dropped
+                                      with probability p, the rest scaled by 1/(1-p)
     h_t, s_t = RNN(e_t, s_{t-1})      any recurrent layer of the library, stacked
     p(x_{t+1} | x_<=t) = softmax(W h_t + b)
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rnnkit._checks import check_positive_int
@@ -30,14 +33,18 @@ class LanguageModelConfig(Regularized):
     num_layers: int = 1
     cell: str = "lstm"
     dropout: float = 0.0  # on the embeddings, between layers and on the outputs
+    # whole rows of E, one mask a forward (AWD-LSTM's embedding dropout, Gal and Ghahramani 2016):
+    # a dropped token is unknown at every place in the batch, which no element-wise dropout does
+    embedding_dropout: float = 0.0
     tie_weights: bool = False
     impl: str = "fused"
 
     def __post_init__(self):
         for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers"):
             check_positive_int(name, getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise RnnkitValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embedding_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise RnnkitValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.tie_weights and self.embedding_dim != self.hidden_size:
             raise RnnkitValueError(
                 "tie_weights needs embedding_dim == hidden_size (the output matrix is the "
@@ -68,9 +75,17 @@ class LanguageModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state=None, *, lengths=None):
         check_token_ids("tokens", tokens, self.config.vocab_size)
-        e = self.drop(self.embedding(tokens))  # (B, T, D)
+        e = self.drop(self._embed(tokens))  # (B, T, D)
         h, state = self.rnn(e, state, lengths=lengths)  # (B, T, H)
         return self.head(self.drop(h)), state  # (B, T, V)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        p = self.config.embedding_dropout
+        if not (self.training and p > 0):
+            return self.embedding(tokens)
+        weight = self.embedding.weight
+        keep = torch.empty(weight.shape[0], 1, device=weight.device, dtype=weight.dtype).bernoulli_(1 - p)
+        return F.embedding(tokens, weight * keep / (1 - p))
 
     def step(self, token: torch.Tensor, state=None):
         """One step for decoding: token (B,) -> (logits (B, V), state)."""

@@ -41,10 +41,15 @@ from rnnkit.training.tbptt import tbptt_step
 @dataclass(frozen=True)
 class CharLMConfig(RegularizerOptions):
     cell: str = cell_option("lstm")
-    hidden_size: int = option(256, "units per recurrent layer", integer(1, MAX_UNITS))
+    # the defaults below were chosen by measurement on the built-in text, 2 cores, ~10 minutes
+    # (docs/tasks.md, "charlm"): a wider layer trained briefly beats a narrower one trained long
+    hidden_size: int = option(512, "units per recurrent layer", integer(1, MAX_UNITS))
     num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
     embedding_dim: int = option(64, "character embedding size", integer(1, MAX_UNITS))
-    dropout: float = option(0.1, "dropout on embeddings, between layers and on outputs", rate())
+    dropout: float = option(0.15, "dropout on embeddings, between layers and on outputs", rate())
+    embedding_dropout: float = option(
+        0.0, "drop whole characters' embeddings (rows of E), one mask a step (AWD-LSTM)", rate()
+    )
     seq_len: int = option(100, "k1: characters between updates (truncated BPTT)", integer(1, MAX_LENGTH))
     bptt_steps: int = option(
         0,
@@ -52,6 +57,7 @@ class CharLMConfig(RegularizerOptions):
         integer(1, MAX_LENGTH, special={0: "k1, the sequence length"}),
     )
     batch_size: int = option(32, "parallel streams of text", integer(1, MAX_BATCH))
+    weight_dropout: float = option(0.2, "DropConnect on W_hh, one mask a forward (AWD-LSTM)", rate())
     eval_chars: int = option(30000, "validation characters per evaluation during training", integer(2, 10**8))
 
     def __post_init__(self):
@@ -68,6 +74,8 @@ class CharLMTask(Task):
     metric = "bpc"
     loss_unit = "cross-entropy (nats per character)"
     evaluate_options = ("dynamic",)
+    # cosine decay to 0 at the last step; early stopping for texts small enough to overfit
+    train_defaults = {"steps": 2000, "lr": 3e-3, "schedule": "cosine", "eval_every": 250, "patience": 4}
 
     def __init__(self, config: CharLMConfig, *, data: str | None = None, saved: dict | None = None):
         self.config = config
@@ -95,6 +103,7 @@ class CharLMTask(Task):
                 num_layers=c.num_layers,
                 cell=c.cell,
                 dropout=c.dropout,
+                embedding_dropout=c.embedding_dropout,
                 **regularizers(c),
             )
         )

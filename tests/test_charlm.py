@@ -1,0 +1,81 @@
+"""charlm on a text a user brings: small files, the selected weights, baselines computed once."""
+
+import json
+
+import pytest
+import torch
+
+from rnnkit.cli import main
+from rnnkit.data.text import CharVocab
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_small_file_keeps_the_weights_before_overfitting(tmp_path, capsys):
+    """A text of 3,000 characters overfits within a few hundred steps: validation rises again,
+    the run stops early (the default patience) and keeps the best validation step's weights,
+    not the last ones; the test record names that step."""
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[k] for k in sorted(topics))[:3000]
+    data = tmp_path / "small.txt"
+    data.write_text(text)
+    run = tmp_path / "run"
+    flags = ["--hidden-size", "96", "--embedding-dim", "16", "--seq-len", "32", "--batch-size", "8"]
+    flags += ["--lr", "1e-2", "--schedule", "constant", "--dropout", "0", "--weight-dropout", "0"]
+    flags += ["--steps", "2000", "--eval-every", "20", "--no-plots"]
+    assert main(["train", "--data", str(data), *flags, "--out", str(run)]) == 0
+    records = _records(run)
+    val = [r for r in records if r["split"] == "val"]
+    best = min(val, key=lambda r: r["bpc"])
+    test = records[-1]
+    assert test["split"] == "test" and test["selected_step"] == best["step"] < val[-1]["step"]
+    assert val[-1]["bpc"] > best["bpc"] + 0.05  # it did overfit
+    assert val[-1]["step"] < 2000  # and stopped early
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bpc"] == pytest.approx(test["bpc"])
+
+
+def test_a_text_shorter_than_a_window_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "short.txt"
+    data.write_text("x" * 150)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than one window" in err and "--seq-len" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_compressors_are_run_once(tmp_path, capsys, text_file, monkeypatch):
+    """gzip and xz over the training and test text (xz -9 over tens of megabytes takes minutes)
+    are computed when the run ends and read back by evaluate; a test file of the user's is
+    measured afresh."""
+    run = tmp_path / "run"
+    flags = ["--hidden-size", "8", "--seq-len", "8", "--steps", "4", "--eval-every", "4", "--no-plots"]
+    assert main(["train", "--data", str(text_file), *flags, "--out", str(run)]) == 0
+    final = _records(run)[-1]
+    saved = json.loads((run / "baseline.json").read_text())
+    assert saved["xz_cond_bpc"] == final["xz_cond_bpc"]
+
+    def refuse(*args):
+        raise AssertionError("the compressors ran again")
+
+    monkeypatch.setattr("rnnkit.tasks.charlm.compressor_bits", refuse)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["xz_bpc"] == final["xz_bpc"]
+    monkeypatch.undo()
+    other = tmp_path / "other.txt"
+    other.write_text("a different test text. " * 20)
+    assert main(["evaluate", str(run), "--data", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["xz_bpc"] != final["xz_bpc"]
+    assert json.loads((run / "baseline.json").read_text()) == saved  # the run's own is kept
+
+
+def test_encode_is_the_vocabulary_lookup():
+    vocab = CharVocab("hello wörld\n")
+    text = "hello wörld 😀 unseen\n" * 3
+    assert vocab.encode(text).tolist() == [vocab.index.get(ch, 0) for ch in text]
+    assert vocab.encode("").dtype == torch.long and vocab.encode("").numel() == 0
