@@ -22,15 +22,15 @@ def test_adding_problem_learns():
 
 
 @pytest.mark.slow
-def test_make_demo_beats_xz(tmp_path):
-    # the training command of `make demo` (Makefile), into a temporary run directory
-    assert (
-        main(["train", "charlm", "--steps", "1500", "--eval-every", "250", "--out", str(tmp_path / "demo")])
-        == 0
-    )
+def test_make_demo_reaches_its_figure(tmp_path):
+    """The training command of `make demo`, read from the Makefile, into a temporary run: test
+    bpc at most 1.90 (README), below xz on the test text alone."""
+    makefile = (pathlib.Path(__file__).parents[1] / "Makefile").read_text()
+    line = re.search(r"rnnkit train (charlm[^\n]*) --out \$\(DEMO_RUN\)", makefile).group(1)
+    assert main(["train", *line.split(), "--out", str(tmp_path / "demo")]) == 0
     test = [json.loads(ln) for ln in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
     test = [r for r in test if r["split"] == "test"][-1]
-    assert test["bpc"] < test["xz_bpc"]
+    assert test["bpc"] <= 1.90 and test["bpc"] < test["xz_bpc"], test
 
 
 @pytest.mark.slow

@@ -205,9 +205,9 @@ def positive(high: float | None = None, special: dict | None = None) -> Valid:
     return real(0.0, high, low_open=True, special=special)
 
 
-def rate() -> Valid:
+def rate(special: dict | None = None) -> Valid:
     """A dropout-like rate in [0, 1): 1 would drop everything."""
-    return real(0.0, 1.0, high_open=True)
+    return real(0.0, 1.0, high_open=True, special=special)
 
 
 def probability() -> Valid:

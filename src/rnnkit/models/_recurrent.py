@@ -33,6 +33,15 @@ def regularizers(config) -> dict:
     return {name: getattr(config, name) for name in REGULARIZERS if getattr(config, name)}
 
 
+def drops_weights(cell: str) -> bool:
+    """Whether the named cell's layer takes weight_dropout: it has recurrent weights W_hh to drop
+    (the minimal cells, a parallel scan over h_{t-1}-free gates, have none)."""
+    if cell in BUILTIN:
+        return takes(cell, "weight_dropout")
+    found = registered(cell)
+    return found is not None and bool(tuple(getattr(found, "recurrent_weights", ()) or ()))
+
+
 def recurrent_layer(
     cell: str,
     input_size: int,

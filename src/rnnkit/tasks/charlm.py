@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -23,7 +23,7 @@ from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus,
 from rnnkit.decoding import sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.models._recurrent import regularizers
+from rnnkit.models._recurrent import drops_weights, regularizers
 from rnnkit.tasks._common import (
     FlatStates,
     OnnxGraph,
@@ -36,6 +36,8 @@ from rnnkit.tasks._common import (
 )
 from rnnkit.training.dynamic import dynamic_bits, tune
 from rnnkit.training.tbptt import tbptt_step
+
+DEFAULT_WEIGHT_DROPOUT = 0.2
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,15 @@ class CharLMConfig(RegularizerOptions):
         integer(1, MAX_LENGTH, special={0: "k1, the sequence length"}),
     )
     batch_size: int = option(32, "parallel streams of text", integer(1, MAX_BATCH))
-    weight_dropout: float = option(0.2, "DropConnect on W_hh, one mask a forward (AWD-LSTM)", rate())
+    weight_dropout: float | None = option(
+        None,
+        "DropConnect on W_hh, one mask a forward (AWD-LSTM)",
+        rate(
+            special={
+                None: "0.2 for a cell with recurrent weights W_hh, 0 for one without (min_gru, min_lstm)"
+            }
+        ),
+    )
     eval_chars: int = option(30000, "validation characters per evaluation during training", integer(2, 10**8))
 
     def __post_init__(self):
@@ -93,6 +103,13 @@ class CharLMTask(Task):
     def describe(self) -> dict:
         return {"task": self.name, "task_config": asdict(self.config), "vocab": self.vocab.chars}
 
+    @property
+    def weight_dropout(self) -> float:
+        """--weight-dropout, or its default for the cell (measured with the LSTM; docs/tasks.md)."""
+        if self.config.weight_dropout is not None:
+            return self.config.weight_dropout
+        return DEFAULT_WEIGHT_DROPOUT if drops_weights(self.config.cell) else 0.0
+
     def build_model(self) -> LanguageModel:
         c = self.config
         return LanguageModel(
@@ -104,7 +121,7 @@ class CharLMTask(Task):
                 cell=c.cell,
                 dropout=c.dropout,
                 embedding_dropout=c.embedding_dropout,
-                **regularizers(c),
+                **regularizers(replace(c, weight_dropout=self.weight_dropout)),
             )
         )
 
