@@ -63,6 +63,11 @@ def test_the_compressors_are_run_once(tmp_path, capsys, text_file, monkeypatch):
         raise AssertionError("the compressors ran again")
 
     monkeypatch.setattr("rnnkit.tasks.charlm.compressor_bits", refuse)
+    edited = {**saved, "xz_bpc": "small"}  # an edited record is not used: it is computed again
+    (run / "baseline.json").write_text(json.dumps(edited))
+    with pytest.raises(AssertionError, match="ran again"):
+        main(["evaluate", str(run), "--json"])
+    (run / "baseline.json").write_text(json.dumps(saved))
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["xz_bpc"] == final["xz_bpc"]

@@ -34,7 +34,7 @@ from rnnkit.tasks._common import (
     data_key,
     state_axes,
 )
-from rnnkit.training.dynamic import dynamic_bits, tune
+from rnnkit.training.dynamic import DECAY_GRID, LR_GRID, dynamic_bits, tune
 from rnnkit.training.tbptt import tbptt_step
 
 DEFAULT_WEIGHT_DROPOUT = 0.2
@@ -177,6 +177,7 @@ class CharLMTask(Task):
                 self.run_dir,
                 data_key([self.splits.train, test]),
                 lambda: compressor_bits(self.splits.train, test),
+                _finite_figures,
             )
             if data is None
             else compressor_bits(self.splits.train, test)
@@ -185,7 +186,8 @@ class CharLMTask(Task):
 
     def dynamic_settings(self, model) -> dict:
         """Dynamic evaluation's lr and decay for these weights, chosen on (up to --eval-chars of)
-        the validation text and kept in RUN_DIR/dynamic.json, keyed by the weights and the text."""
+        the validation text and kept in RUN_DIR/dynamic.json, keyed by the weights, the text and
+        the grids searched (a changed grid chooses again)."""
         val = self.vocab.encode(self.splits.val[: self.config.eval_chars])
         weights = [t.detach().cpu().float().numpy() for t in model.state_dict().values()]
 
@@ -196,7 +198,11 @@ class CharLMTask(Task):
             return all(isinstance(saved.get(k), (int, float)) and saved[k] >= 0 for k in ("lr", "decay"))
 
         return cached_baseline(
-            self.run_dir, data_key(val.numpy(), *weights), lambda: tune(score), valid, "dynamic.json"
+            self.run_dir,
+            data_key(val.numpy(), *weights, [repr(LR_GRID), repr(DECAY_GRID)]),
+            lambda: tune(score),
+            valid,
+            "dynamic.json",
         )
 
     def sample(self, model, *, prime: str, length: int, temperature: float, top_k, top_p, seed: int) -> str:
@@ -258,6 +264,14 @@ class CharLMTask(Task):
             self.sample(model, prime=text, length=100, temperature=1.0, top_k=None, top_p=None, seed=0)
             for text in inputs
         ]
+
+
+def _finite_figures(saved: dict) -> bool:
+    """A kept compressors' record is used only when it holds their three figures as numbers."""
+    return all(
+        isinstance(saved.get(k), (int, float)) and math.isfinite(saved[k])
+        for k in ("gzip_bpc", "xz_bpc", "xz_cond_bpc")
+    )
 
 
 def compressor_bits(train: str, test: str) -> dict:
