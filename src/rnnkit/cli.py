@@ -317,8 +317,11 @@ def _train(args) -> Path | None:
     name = args.task or "charlm"
     task_cls, config_cls = TASKS[name]
     task_config = config_from(config_cls, args)  # every flag checked before any work
-    train_config = config_from(TrainConfig, args, task_cls.train_defaults)
+    config_from(TrainConfig, args, task_cls.train_defaults)
     if opts.print_config:
+        _seed(opts.seed)
+        task = task_cls(task_config, data=opts.data)  # some defaults depend on the data's size
+        train_config = config_from(TrainConfig, args, {**task_cls.train_defaults, **task.sized_train_defaults()})
         resolved = {"task": name, "seed": opts.seed, "data": opts.data}
         print(
             json.dumps(
@@ -332,6 +335,7 @@ def _train(args) -> Path | None:
         torch.set_num_threads(opts.threads)
     _seed(opts.seed)
     task = task_cls(task_config, data=opts.data)
+    train_config = config_from(TrainConfig, args, {**task_cls.train_defaults, **task.sized_train_defaults()})
     model = task.build_model()
     data = keep_data(opts.data, out)
     meta = {"model": describe(model), **task.describe(), "data": data, "seed": opts.seed}

@@ -178,6 +178,11 @@ class Task:
     def plot(self, model, run_dir: Path) -> list[Path]:
         return []
 
+    def sized_train_defaults(self) -> dict:
+        """TrainConfig defaults that depend on the data this task has read (classify: the steps
+        by the number of training examples), over `train_defaults`; flags still win."""
+        return {}
+
     def trivial(self) -> tuple[float, str] | None:
         """The validation `metric` of a predictor that learned nothing (a uniform guess, the
         mean), and its name: a run that ends worse than this is said to have gone wrong."""
@@ -215,6 +220,32 @@ def epoch_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tens
     epoch, i = divmod(step, per_epoch)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     return order[i * batch_size : (i + 1) * batch_size]
+
+
+def bucket_batch(lengths: torch.Tensor, batch_size: int, step: int, seed: int = 0, pool: int = 50) -> torch.Tensor:
+    """The indices of step `step`'s batch, of sequences of similar lengths: each epoch's order
+    (drawn from (seed, epoch) alone, as epoch_batch draws it) is cut into pools of `pool` batches,
+    each pool sorted by length and cut into batches, and the epoch's batches are visited in an
+    order drawn from the same generator. Every example once an epoch; a padded batch then wastes
+    few steps, and any step's batch is known without replaying earlier ones."""
+    n = len(lengths)
+    span = pool * batch_size
+    per_epoch = sum(-(-min(span, n - start) // batch_size) for start in range(0, n, span)) or 1
+    epoch, i = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    batches = []
+    for start in range(0, n, span):
+        chunk = order[start : start + span]
+        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
+        batches += list(chunk.split(batch_size))
+    return batches[int(torch.randperm(len(batches), generator=generator)[i])] if batches else order
+
+
+def by_length(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Evaluation batches: the indices sorted by length, cut into batches of `size` (put the
+    outputs back in place with `torch.cat(outputs)[torch.cat(batches).argsort()]`)."""
+    return list(torch.sort(lengths, stable=True).indices.split(size))
 
 
 def stratified_split(labels: list, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> tuple[list[int], ...]:

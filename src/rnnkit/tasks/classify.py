@@ -41,6 +41,8 @@ from rnnkit.tasks._common import (
     OnnxGraph,
     RegularizerOptions,
     Task,
+    bucket_batch,
+    by_length,
     cached_baseline,
     cell_option,
     data_key,
@@ -112,7 +114,8 @@ class ClassifyTask(Task):
     loss_unit = "cross-entropy (nats per sequence)"
     # measured on surnames (docs/tasks.md): a bidirectional LSTM with max pooling and dropout 0.3,
     # cosine decay over 4,000 steps; unidirectional with last-state pooling stays below the baseline
-    train_defaults = {"steps": 4000, "lr": 3e-3, "schedule": "cosine", "eval_every": 250}
+    train_defaults = {"steps": 4000, "lr": 3e-3, "schedule": "cosine", "eval_every": 250, "patience": 4}
+    EPOCHS, MIN_STEPS, MAX_STEPS = 20, 300, 4000  # see sized_train_defaults
 
     def __init__(self, config: ClassifyConfig, *, data=None, saved: dict | None = None):
         self.config, self.data = config, data
@@ -128,8 +131,18 @@ class ClassifyTask(Task):
             x = self.train.numbers.reshape(-1, self.train.numbers.shape[-1])
             self.mean = np.array(state["mean"] if state else x.mean(0), dtype=np.float32)
             self.std = np.array(state["std"] if state else x.std(0) + 1e-6, dtype=np.float32)
+        if self.is_text:
+            self.train_lengths = torch.tensor([len(t) for t in self.train.texts])
         counts = np.bincount(self.label_ids(self.train.labels), minlength=len(self.labels))
         self.class_weight = torch.tensor(len(self.train.labels) / (len(self.labels) * np.maximum(counts, 1)))
+
+    def sized_train_defaults(self) -> dict:
+        """Steps for EPOCHS passes over the training examples (at least MIN_STEPS), validation
+        about twice an epoch (at most every 250 steps), so early stopping sees the curve at the
+        same resolution on a small file and a large one."""
+        per_epoch = -(-len(self.train.labels) // self.config.batch_size)
+        steps = max(self.MIN_STEPS, min(self.MAX_STEPS, self.EPOCHS * per_epoch))
+        return {"steps": steps, "eval_every": max(10, min(250, -(-per_epoch // 2)))}
 
     def describe(self) -> dict:
         state = {"labels": self.labels}
@@ -175,7 +188,12 @@ class ClassifyTask(Task):
     # --- training -------------------------------------------------------------------------------
 
     def batches(self, step: int):
-        idx = epoch_batch(len(self.train.labels), self.config.batch_size, step).tolist()
+        """Text: sequences of similar lengths together (bucket_batch), so a padded batch runs few
+        steps past its sequences' ends (and `lengths=` skips those)."""
+        if self.is_text:
+            idx = bucket_batch(self.train_lengths, self.config.batch_size, step).tolist()
+        else:
+            idx = epoch_batch(len(self.train.labels), self.config.batch_size, step).tolist()
         ex = self.train.take(idx)
         x, lengths = self.inputs(ex)
         return x, lengths, torch.from_numpy(self.label_ids(ex.labels))
@@ -187,14 +205,19 @@ class ClassifyTask(Task):
         return F.cross_entropy(logits, y, weight=weight), None, weight[y].sum()
 
     @torch.no_grad()
-    def probabilities(self, model, ex: Examples, chunk: int = 512) -> torch.Tensor:
+    def probabilities(self, model, ex: Examples, chunk: int = 256) -> torch.Tensor:
+        """(N, labels) in the order of `ex`; text is read in batches of similar lengths."""
         model.eval()
+        n = len(ex.labels)
+        sizes = torch.tensor([len(t) for t in ex.texts]) if self.is_text else torch.zeros(n)
+        batches = by_length(sizes, chunk)
         out = []
-        for start in range(0, len(ex.labels), chunk):
-            x, lengths = self.inputs(ex.take(range(start, min(start + chunk, len(ex.labels)))))
-            x = x.to(device_of(model))
-            out.append(model(x, lengths=lengths).float().softmax(-1).cpu())
-        return torch.cat(out)
+        for idx in batches:
+            x, lengths = self.inputs(ex.take(idx.tolist()))
+            out.append(model(x.to(device_of(model)), lengths=lengths).float().softmax(-1).cpu())
+        if not out:
+            return torch.zeros(0, len(self.labels))
+        return torch.cat(out)[torch.cat(batches).argsort()]
 
     def scores(self, model, ex: Examples) -> dict:
         p = self.probabilities(model, ex)
@@ -216,49 +239,58 @@ class ClassifyTask(Task):
         return self.test if data is None else read_examples(self.config, data)
 
     def test_metrics(self, model, data=None, **options) -> dict:
+        """accuracy and macro-F1 (every label counts alike) beside the baseline's, per-class
+        precision, recall and F1, the confusion matrix (sklearn.metrics)."""
+        from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
         test = self.test_examples(data)
         p = self.probabilities(model, test)
         y = self.label_ids(test.labels)
         pred = p.argmax(-1).numpy()
-        K = len(self.labels)
-        confusion = np.zeros((K, K), dtype=np.int64)
-        np.add.at(confusion, (y, pred), 1)
-        per_class = {
-            label: {
-                "precision": float(confusion[k, k] / max(confusion[:, k].sum(), 1)),
-                "recall": float(confusion[k, k] / max(confusion[k].sum(), 1)),
-                "support": int(confusion[k].sum()),
-            }
-            for k, label in enumerate(self.labels)
-        }
+        every = list(range(len(self.labels)))
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y, pred, labels=every, zero_division=0
+        )
+        baseline = self.baseline(test)
         return {
             "accuracy": float((pred == y).mean()),
+            "baseline_accuracy": baseline["accuracy"],
+            "macro_f1": float(f1_score(y, pred, labels=every, average="macro", zero_division=0)),
+            "baseline_macro_f1": baseline["macro_f1"],
             "loss": float(F.nll_loss(p.clamp_min(1e-12).log(), torch.from_numpy(y)).item()),
-            "baseline_accuracy": self.baseline_accuracy(test),
             "test_examples": len(y),
-            "per_class": per_class,
-            "confusion": confusion.tolist(),
+            "per_class": {
+                label: {
+                    "precision": float(precision[k]),
+                    "recall": float(recall[k]),
+                    "f1": float(f1[k]),
+                    "support": int(support[k]),
+                }
+                for k, label in enumerate(self.labels)
+            },
+            "confusion": confusion_matrix(y, pred, labels=every).tolist(),
         }
 
-    def baseline_accuracy(self, test: Examples) -> float:
-        """Logistic regression (see the module docstring), C chosen on validation; fitted once
-        per run and test set (RUN_DIR/baseline.json), so evaluate and plot read it back."""
+    def baseline(self, test: Examples) -> dict:
+        """The baseline's accuracy and macro-F1 on `test` (NaN where it has nothing to fit):
+        logistic regression (see the module docstring), C chosen on validation; fitted once per
+        run and test set (RUN_DIR/baseline.json), so evaluate and plot read it back."""
         parts = [self.train, self.val, test]
         key = data_key(*[p.texts if self.is_text else p.numbers for p in parts], *[p.labels for p in parts])
 
-        def fit() -> dict:
-            return {"accuracy": self._fit_baseline(test)}
-
         def valid(saved) -> bool:
-            a = saved["accuracy"]
-            return a is None or (isinstance(a, float) and 0 <= a <= 1)
+            return all(
+                name in saved and (saved[name] is None or (isinstance(saved[name], float) and 0 <= saved[name] <= 1))
+                for name in ("accuracy", "macro_f1")
+            )
 
-        accuracy = cached_baseline(self.run_dir, key, fit, valid)["accuracy"]
-        return float("nan") if accuracy is None else accuracy
+        saved = cached_baseline(self.run_dir, key, lambda: self._fit_baseline(test), valid)
+        return {name: float("nan") if saved[name] is None else saved[name] for name in ("accuracy", "macro_f1")}
 
-    def _fit_baseline(self, test: Examples) -> float | None:
+    def _fit_baseline(self, test: Examples) -> dict:
         from sklearn.feature_extraction.text import CountVectorizer
         from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import f1_score
 
         if self.is_text:
             vectorizer = CountVectorizer(analyzer="char", ngram_range=(1, 5), lowercase=False).fit(
@@ -275,7 +307,7 @@ class ClassifyTask(Task):
         xs = {name: features(ex) for name, ex in (("train", self.train), ("val", self.val), ("test", test))}
         ys = {name: self.label_ids(ex.labels) for name, ex in (("train", self.train), ("val", self.val))}
         if len(set(ys["train"])) < 2:
-            return None  # one label: nothing to fit (reported as NaN)
+            return {"accuracy": None, "macro_f1": None}  # one label: nothing to fit
         best = None
         for C in (0.01, 0.1, 1.0, 10.0, 100.0):
             fit = LogisticRegression(C=C, max_iter=2000, class_weight="balanced").fit(
@@ -284,7 +316,12 @@ class ClassifyTask(Task):
             score = fit.score(xs["val"], ys["val"]) if len(ys["val"]) else 0.0
             if best is None or score > best[0]:
                 best = (score, fit)
-        return float((best[1].predict(xs["test"]) == self.label_ids(test.labels)).mean())
+        pred, y = best[1].predict(xs["test"]), self.label_ids(test.labels)
+        every = list(range(len(self.labels)))
+        return {
+            "accuracy": float((pred == y).mean()),
+            "macro_f1": float(f1_score(y, pred, labels=every, average="macro", zero_division=0)),
+        }
 
     def predict_values(self, model, inputs: list[str], **options) -> list[tuple[str, float]]:
         """(label, probability) of the likeliest label, per input."""
