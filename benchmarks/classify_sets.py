@@ -57,7 +57,20 @@ def languages_set(languages, low, high, most, seed=0) -> list[tuple[str, str]]:
     return rows
 
 
-TOPICS = ("admin", "devel", "doc", "games", "graphics", "math", "net", "science", "sound", "text", "utils", "x11")
+TOPICS = (
+    "admin",
+    "devel",
+    "doc",
+    "games",
+    "graphics",
+    "math",
+    "net",
+    "science",
+    "sound",
+    "text",
+    "utils",
+    "x11",
+)
 
 
 def debian_set(most=400, seed=0) -> list[tuple[str, str]]:

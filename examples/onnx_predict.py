@@ -6,7 +6,7 @@
 
 charlm continues each input with sampled characters (--length, --temperature, --seed); classify
 prints the likeliest label and its probability; forecast the next --steps values; dates,
-translate and colors decode greedily (colors reads r,g,b). Everything a task needs beside the
+translate and colors decode greedily (colors reads r,g,b); tag prints each input's fields. Everything a task needs beside the
 graphs (vocabulary, labels, start and end ids) is in the JSON file `rnnkit export` writes.
 """
 
@@ -133,6 +133,31 @@ def translate(model: Exported, inputs: list[str], locale: str | None = None) -> 
     return greedy(model, feeds, len(inputs), meta["target_vocabulary"])
 
 
+def tag(model: Exported, inputs: list[str]) -> list[list[tuple[str, str]]]:
+    """Per input, its fields in order as (field, text): runs of one label other than O (or
+    B-X / I-X spans). The steps are characters, or tokens split at whitespace (meta "unit")."""
+    by_char = model.meta["unit"] == "char"
+    steps = [list(text) if by_char else text.split() for text in inputs]
+    index = {s: i for i, s in enumerate(model.meta["vocabulary"])}
+    T = max(len(s) for s in steps)
+    x = np.zeros((len(steps), T), dtype=np.int64)
+    for i, seq in enumerate(steps):
+        x[i, : len(seq)] = [index.get(s, model.meta["unknown_id"]) for s in seq]
+    (p,) = model.run("model", {"tokens": x, "lengths": np.array([len(s) for s in steps], dtype=np.int64)})
+    out = []
+    for i, seq in enumerate(steps):
+        labels = [model.meta["labels"][k] for k in p[i, : len(seq)].argmax(-1)]
+        fields, start, field = [], None, None
+        for t, label in enumerate([*labels, "O"]):
+            kind, name = (label[:2], label[2:]) if label[:2] in ("B-", "I-") else ("", label)
+            if not (field is not None and name == field and kind != "B-"):
+                if field is not None:
+                    fields.append((field, ("" if by_char else " ").join(seq[start:t])))
+                start, field = (t, name) if name != "O" else (None, None)
+        out.append(fields)
+    return out
+
+
 def color_names(model: Exported, inputs: list[str]) -> list[str]:
     rgb = np.array([[float(v) for v in text.split(",")] for text in inputs], dtype=np.float32)
     return greedy(model, {"rgb": rgb}, len(inputs), model.meta["vocabulary"])
@@ -163,6 +188,9 @@ def main() -> None:
     elif model.task in ("dates", "translate"):
         for line in translate(model, args.inputs, args.locale):
             print(line)
+    elif model.task == "tag":
+        for fields in tag(model, args.inputs):
+            print("\t".join(f"{f}={t}" for f, t in fields) if fields else "(no field found)")
     elif model.task == "colors":
         for line in color_names(model, args.inputs):
             print(line)

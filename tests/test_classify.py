@@ -115,7 +115,12 @@ def test_early_stopping_keeps_the_best_validation_step_by_default(tmp_path, caps
     path = tmp_path / "noise.tsv"
     path.write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
-    assert main(["train", "classify", "--data", str(path), "--hidden-size", "32", "--no-plots", "--out", str(run)]) == 0
+    assert (
+        main(
+            ["train", "classify", "--data", str(path), "--hidden-size", "32", "--no-plots", "--out", str(run)]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((run / "config.json").read_text())["train"]
     val = [r for r in records if r["split"] == "val"]

@@ -115,6 +115,27 @@ def test_classify_text_probabilities(root, labelled_text, cell, capsys, example)
     ] == printed
 
 
+def test_tag_fields(root, capsys, example):
+    run, path = train(root, "tag", "--examples", "100")
+    s, meta = session(path)
+    assert [i.name for i in s.get_inputs()] == ["tokens", "lengths"] and meta["unit"] == "char"
+    g = torch.Generator().manual_seed(3)
+    for B, T in ((1, 5), (4, 17)):
+        tokens = torch.randint(0, len(meta["vocabulary"]), (B, T), generator=g)
+        lengths = torch.cat([torch.tensor([T]), torch.randint(1, T + 1, (B - 1,), generator=g)])
+        with torch.no_grad():
+            logits, _ = run.model(tokens, lengths=lengths)
+        (got,) = s.run(None, {"tokens": tokens.numpy(), "lengths": lengths.numpy()})
+        for b in range(B):  # past a length the graph's numbers are not defined
+            close(got[b, : lengths[b]], logits[b, : lengths[b]].softmax(-1))
+    texts = ["10 Downing Street, London SW1A 2AA", "Hauptstr. 5, 10115 Berlin"]
+    capsys.readouterr()
+    assert main(["predict", str(run.run_dir), *texts]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    fields = example["tag"](example["Exported"](path), texts)
+    assert ["\t".join(f"{f}={t}" for f, t in fs) or "(no field found)" for fs in fields] == printed
+
+
 def test_classify_numbers(root, example):
     run, path = train(root, "classify")  # the built-in digits: features (8 steps of 8)
     s, meta = session(path)

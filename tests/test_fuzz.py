@@ -229,6 +229,8 @@ READERS = {
         "t,y\n" + "".join(f"{i},{i % 7}\n" for i in range(200)),
     ),
     "translate": (["translate"], "pairs.tsv", "".join(f"{i}\t{2 * i}\n" for i in range(40))),
+    "tag-chars": (["tag"], "tagged.tsv", "".join(f"a{i}\tx{' y' * len(str(i))}\n" for i in range(40))),
+    "tag-conll": (["tag"], "tagged.conll", "".join(f"w{i}\tB-X\nis\tO\n\n" for i in range(40))),
 }
 
 # Ways a file goes wrong for any reader, and for the readers of a kind of file.

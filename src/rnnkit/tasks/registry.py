@@ -5,12 +5,14 @@ from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask
 from rnnkit.tasks.colors import ColorsConfig, ColorsTask
 from rnnkit.tasks.dates import DatesConfig, DatesTask
 from rnnkit.tasks.forecast import ForecastConfig, ForecastTask
+from rnnkit.tasks.tag import TagConfig, TagTask
 from rnnkit.tasks.memory import MemoryConfig, MemoryTask
 from rnnkit.tasks.translate import TranslateConfig, TranslateTask
 
 TASKS = {
     "charlm": (CharLMTask, CharLMConfig),
     "classify": (ClassifyTask, ClassifyConfig),
+    "tag": (TagTask, TagConfig),
     "forecast": (ForecastTask, ForecastConfig),
     "dates": (DatesTask, DatesConfig),
     "translate": (TranslateTask, TranslateConfig),
