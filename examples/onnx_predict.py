@@ -6,8 +6,9 @@
 
 charlm continues each input with sampled characters (--length, --temperature, --seed); classify
 prints the likeliest label and its probability; forecast the next --steps values; dates,
-translate and colors decode greedily (colors reads r,g,b); tag prints each input's fields. Everything a task needs beside the
-graphs (vocabulary, labels, start and end ids) is in the JSON file `rnnkit export` writes.
+translate and colors decode greedily (colors reads r,g,b); tag prints each input's fields.
+Everything a task needs beside the graphs (vocabulary, labels, start and end ids) is in the
+JSON file `rnnkit export` writes.
 """
 
 from __future__ import annotations

@@ -321,7 +321,9 @@ def _train(args) -> Path | None:
     if opts.print_config:
         _seed(opts.seed)
         task = task_cls(task_config, data=opts.data)  # some defaults depend on the data's size
-        train_config = config_from(TrainConfig, args, {**task_cls.train_defaults, **task.sized_train_defaults()})
+        train_config = config_from(
+            TrainConfig, args, {**task_cls.train_defaults, **task.sized_train_defaults()}
+        )
         resolved = {"task": name, "seed": opts.seed, "data": opts.data}
         print(
             json.dumps(

@@ -222,7 +222,9 @@ def epoch_batch(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tens
     return order[i * batch_size : (i + 1) * batch_size]
 
 
-def bucket_batch(lengths: torch.Tensor, batch_size: int, step: int, seed: int = 0, pool: int = 50) -> torch.Tensor:
+def bucket_batch(
+    lengths: torch.Tensor, batch_size: int, step: int, seed: int = 0, pool: int = 50
+) -> torch.Tensor:
     """The indices of step `step`'s batch, of sequences of similar lengths: each epoch's order
     (drawn from (seed, epoch) alone, as epoch_batch draws it) is cut into pools of `pool` batches,
     each pool sorted by length and cut into batches, and the epoch's batches are visited in an
@@ -312,6 +314,22 @@ def data_key(*arrays) -> str:
         h.update(a.tobytes() if hasattr(a, "tobytes") else "\x00".join(map(str, a)).encode())
         h.update(b"\x01")
     return h.hexdigest()[:16]
+
+
+def cached_shares(run_dir: Path | None, key: str, compute, names: tuple[str, ...]) -> dict:
+    """`cached_baseline` for figures that are shares in [0, 1] (accuracy, F1, exact match):
+    {name: value}, NaN where `compute` gave None (nothing to fit); a saved record with a
+    missing or out-of-range figure is computed again."""
+
+    def valid(saved) -> bool:
+        return all(
+            name in saved
+            and (saved[name] is None or (isinstance(saved[name], float) and 0 <= saved[name] <= 1))
+            for name in names
+        )
+
+    saved = cached_baseline(run_dir, key, compute, valid)
+    return {name: float("nan") if saved[name] is None else saved[name] for name in names}
 
 
 def cached_baseline(

@@ -43,7 +43,7 @@ from rnnkit.tasks._common import (
     Task,
     bucket_batch,
     by_length,
-    cached_baseline,
+    cached_shares,
     cell_option,
     data_key,
     device_of,
@@ -278,14 +278,7 @@ class ClassifyTask(Task):
         parts = [self.train, self.val, test]
         key = data_key(*[p.texts if self.is_text else p.numbers for p in parts], *[p.labels for p in parts])
 
-        def valid(saved) -> bool:
-            return all(
-                name in saved and (saved[name] is None or (isinstance(saved[name], float) and 0 <= saved[name] <= 1))
-                for name in ("accuracy", "macro_f1")
-            )
-
-        saved = cached_baseline(self.run_dir, key, lambda: self._fit_baseline(test), valid)
-        return {name: float("nan") if saved[name] is None else saved[name] for name in ("accuracy", "macro_f1")}
+        return cached_shares(self.run_dir, key, lambda: self._fit_baseline(test), ("accuracy", "macro_f1"))
 
     def _fit_baseline(self, test: Examples) -> dict:
         from sklearn.feature_extraction.text import CountVectorizer

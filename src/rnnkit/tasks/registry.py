@@ -5,8 +5,8 @@ from rnnkit.tasks.classify import ClassifyConfig, ClassifyTask
 from rnnkit.tasks.colors import ColorsConfig, ColorsTask
 from rnnkit.tasks.dates import DatesConfig, DatesTask
 from rnnkit.tasks.forecast import ForecastConfig, ForecastTask
-from rnnkit.tasks.tag import TagConfig, TagTask
 from rnnkit.tasks.memory import MemoryConfig, MemoryTask
+from rnnkit.tasks.tag import TagConfig, TagTask
 from rnnkit.tasks.translate import TranslateConfig, TranslateTask
 
 TASKS = {

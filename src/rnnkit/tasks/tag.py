@@ -32,7 +32,7 @@ from rnnkit.tasks._common import (
     Task,
     bucket_batch,
     by_length,
-    cached_baseline,
+    cached_shares,
     cell_option,
     data_key,
     device_of,
@@ -93,7 +93,7 @@ def read_tagged(path) -> tuple[Tagged, str]:
             [list(line.split("\t")[0]) for _, line in rows], [line.split("\t")[1].split() for _, line in rows]
         ), "char"
     steps, labels, seq_steps, seq_labels = [], [], [], []
-    for n, line in enumerate([*lines, ""], start=1):
+    for line in [*lines, ""]:
         if not line.strip():
             if seq_steps:
                 steps.append(seq_steps)
@@ -325,15 +325,7 @@ class TagTask(Task):
         )
         names = ("accuracy", "field_exact_match")
 
-        def valid(saved) -> bool:
-            return all(
-                name in saved
-                and (saved[name] is None or (isinstance(saved[name], float) and 0 <= saved[name] <= 1))
-                for name in names
-            )
-
-        saved = cached_baseline(self.run_dir, key, lambda: self._fit_baseline(test), valid)
-        return {name: float("nan") if saved[name] is None else saved[name] for name in names}
+        return cached_shares(self.run_dir, key, lambda: self._fit_baseline(test), names)
 
     def _fit_baseline(self, test: Tagged) -> dict:
         from sklearn.linear_model import LogisticRegression
