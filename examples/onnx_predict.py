@@ -65,11 +65,22 @@ def charlm_sample(model: Exported, prime: str, length: int, temperature: float, 
     return prime + "".join(out)
 
 
+def tokenize(model: Exported, texts: list[str]) -> list[np.ndarray]:
+    """Each text's ids: its characters, or for a word or BPE run the ids of the tokenizer
+    written beside the graphs (this needs the `tokenizers` package); never empty."""
+    if "tokenizer" not in model.meta:
+        return [model.ids(text) for text in texts]
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model.path.with_name(model.meta["tokenizer"])))
+    return [np.array(tokenizer.encode(text).ids or [0], dtype=np.int64) for text in texts]
+
+
 def classify(model: Exported, inputs: list[str]) -> list[tuple[str, float]]:
     """The likeliest label and its probability for each input (text, or comma-separated numbers
     for a run on numbers: time_steps rows of features, flattened)."""
-    if "vocabulary" in model.meta:
-        seqs = [model.ids(text) for text in inputs]
+    if "vocabulary" in model.meta or "tokenizer" in model.meta:
+        seqs = tokenize(model, inputs)
         T = max(len(s) for s in seqs)
         x = np.zeros((len(seqs), T), dtype=np.int64)
         for i, s in enumerate(seqs):

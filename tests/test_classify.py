@@ -156,3 +156,48 @@ def test_the_report_puts_the_baseline_beside_accuracy_and_macro_f1(tmp_path, cap
     lines = capsys.readouterr().out.splitlines()
     order = [line.split()[0] for line in lines if line.strip()][:4]
     assert order == ["accuracy", "baseline_accuracy", "macro_f1", "baseline_macro_f1"]
+
+
+@pytest.mark.parametrize("tokens", ["word", "bpe"])
+def test_words_and_subwords(tmp_path, capsys, tokens):
+    """--tokens word|bpe: a tokenizer trained on the training split, kept in the run (evaluate,
+    predict and rnnkit.load read it back), unknown words mapped to UNK, exported beside the
+    ONNX model (examples/onnx_predict.py then predicts what `rnnkit predict` prints)."""
+    rng = np.random.default_rng(0)
+    topics = {"fruit": ["apple", "pear", "plum", "fig"], "tool": ["hammer", "saw", "drill", "file"]}
+    filler = ["the", "a", "good", "old", "new", "is", "here"]
+    lines = []
+    for i in range(120):
+        label = "fruit" if i % 2 else "tool"
+        words = list(rng.choice(filler, 4)) + [str(rng.choice(topics[label]))]
+        rng.shuffle(words)
+        lines.append(f"{label}\t{' '.join(words)}")
+    data = tmp_path / "topics.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    flags = ["--tokens", tokens, "--vocab-size", "40", "--hidden-size", "16", "--steps", "120"]
+    flags += ["--eval-every", "40", "--no-plots"]
+    assert main(["train", "classify", "--data", str(data), *flags, "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())["task_state"]
+    assert saved["tokenizer"]["kind"] == tokens and "vocab" not in saved
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.9  # one word decides
+    import rnnkit
+
+    texts = ["a good old plum", "the new drill is here", "zebra \u2603 quux", "   "]
+    assert main(["predict", str(run), *texts]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    values = rnnkit.Run.load(run).predict(texts)
+    assert printed == [f"{label}\t{p:.4f}" for label, p in values]
+    assert [label for label, _ in values[:2]] == ["fruit", "tool"]
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(run)]) == 0
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["tokens"] == tokens and (run / meta["tokenizer"]).exists()
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "onnx_predict.py"))
+    got = example["classify"](example["Exported"](run / "model.json"), texts)
+    assert [f"{label}\t{p:.4f}" for label, p in got] == printed

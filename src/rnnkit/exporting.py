@@ -46,7 +46,10 @@ def export_onnx(run, out=None, *, check: bool = True) -> list[Path]:
         raise RnnkitValueError(f"--out must name a .onnx file, got {out}")
     meta_path = out.with_suffix(".json")
     paths = {g.part: out if not g.part else out.with_name(f"{out.stem}.{g.part}.onnx") for g in graphs}
-    _check_writable([*paths.values(), meta_path], meta_path)
+    extra = {
+        name: (out.with_name(f"{out.stem}.{name}.json"), text) for name, text in task.onnx_files().items()
+    }
+    _check_writable([*paths.values(), *(p for p, _ in extra.values()), meta_path], meta_path)
     blobs = {g.part: _onnx_bytes(g) for g in graphs}  # all traced and checked before anything is written
     if check:
         for g in graphs:
@@ -64,6 +67,8 @@ def export_onnx(run, out=None, *, check: bool = True) -> list[Path]:
                 "doc": g.doc,
             }
         )
+    for path, text in extra.values():
+        write_bytes(path, text.encode("utf-8"))
     write_json(
         meta_path,
         {
@@ -72,9 +77,10 @@ def export_onnx(run, out=None, *, check: bool = True) -> list[Path]:
             "task": task.name,
             "graphs": described,
             **task.onnx_metadata(run.model),
+            **{name: path.name for name, (path, _) in extra.items()},
         },
     )
-    return [*paths.values(), meta_path]
+    return [*paths.values(), *(p for p, _ in extra.values()), meta_path]
 
 
 def _check_requirements() -> None:

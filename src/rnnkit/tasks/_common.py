@@ -170,6 +170,11 @@ class Task:
         decoder step) with the model inside, named inputs and outputs, dynamic axes."""
         raise RnnkitUnsupportedError(f"task {self.name} has no export (it has no predict)")
 
+    def onnx_files(self) -> dict[str, str]:
+        """Text files `rnnkit export` writes beside the graphs, by name (a word or BPE run: its
+        tokenizer); each is written as MODEL.NAME.json and named in the JSON under NAME."""
+        return {}
+
     def onnx_metadata(self, model) -> dict:
         """What a program needs beside the graphs to predict (vocabulary, labels, scaling, the
         decoding loop's tokens): JSON values, written next to them."""

@@ -33,6 +33,8 @@ from rnnkit._config import (
 from rnnkit.data.datasets import digits, surnames
 from rnnkit.data.files import column_index, numbers, read_pairs, read_table
 from rnnkit.data.text import CharVocab
+from rnnkit.data.tokens import KINDS as TOKEN_KINDS
+from rnnkit.data.tokens import Subwords
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models._recurrent import regularizers
@@ -63,7 +65,15 @@ class ClassifyConfig(RegularizerOptions):
     cell: str = cell_option("lstm")
     hidden_size: int = option(256, "units per recurrent layer", integer(1, MAX_UNITS))
     num_layers: int = option(1, "stacked recurrent layers", integer(1, MAX_LAYERS))
-    embedding_dim: int = option(32, "character embedding size (text)", integer(1, MAX_UNITS))
+    tokens: str = option(
+        "char", "what a step of a text is: a character, a word, or a BPE subword", one_of(*TOKEN_KINDS)
+    )
+    vocab_size: int = option(
+        8000,
+        "--tokens word/bpe: the most words or subwords kept (trained on the training split)",
+        integer(2, 10**6),
+    )
+    embedding_dim: int = option(32, "embedding size of a step (text)", integer(1, MAX_UNITS))
     bidirectional: bool = option(True, "read each sequence in both directions", flag())
     pooling: str = option("max", "sequence summary", one_of(*POOLINGS))
     dropout: float = option(0.3, "dropout on inputs, between layers and before the head", rate())
@@ -125,14 +135,22 @@ class ClassifyTask(Task):
         state = (saved or {}).get("task_state")
         self.labels = state["labels"] if state else sorted(set(examples.labels))
         self.is_text = examples.texts is not None
-        if self.is_text:
+        self.vocab = None
+        if not self.is_text and config.tokens != "char":
+            raise RnnkitValueError(f"--tokens {config.tokens}: this data is numbers, not text")
+        if self.is_text and config.tokens != "char":  # words or subwords: a trained tokenizer
+            if state:
+                self.vocab = Subwords.restore(state["tokenizer"])
+            else:
+                self.vocab = Subwords.train(config.tokens, self.train.texts, config.vocab_size)
+        elif self.is_text:
             self.vocab = CharVocab.restore(state["vocab"]) if state else CharVocab("".join(self.train.texts))
         else:
             x = self.train.numbers.reshape(-1, self.train.numbers.shape[-1])
             self.mean = np.array(state["mean"] if state else x.mean(0), dtype=np.float32)
             self.std = np.array(state["std"] if state else x.std(0) + 1e-6, dtype=np.float32)
         if self.is_text:
-            self.train_lengths = torch.tensor([len(t) for t in self.train.texts])
+            self.train_lengths = torch.tensor([len(self.vocab.encode(t)) for t in self.train.texts])
         counts = np.bincount(self.label_ids(self.train.labels), minlength=len(self.labels))
         self.class_weight = torch.tensor(len(self.train.labels) / (len(self.labels) * np.maximum(counts, 1)))
 
@@ -146,7 +164,9 @@ class ClassifyTask(Task):
 
     def describe(self) -> dict:
         state = {"labels": self.labels}
-        if self.is_text:
+        if isinstance(self.vocab if self.is_text else None, Subwords):
+            state["tokenizer"] = self.vocab.state()
+        elif self.is_text:
             state["vocab"] = self.vocab.chars
         else:
             state |= {"mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -209,7 +229,7 @@ class ClassifyTask(Task):
         """(N, labels) in the order of `ex`; text is read in batches of similar lengths."""
         model.eval()
         n = len(ex.labels)
-        sizes = torch.tensor([len(t) for t in ex.texts]) if self.is_text else torch.zeros(n)
+        sizes = torch.tensor([len(t) for t in ex.texts]) if self.is_text else torch.zeros(n)  # ~ steps
         batches = by_length(sizes, chunk)
         out = []
         for idx in batches:
@@ -369,10 +389,16 @@ class ClassifyTask(Task):
             )
         ]
 
+    def onnx_files(self) -> dict[str, str]:
+        """A word or BPE run's tokenizer, written beside the graphs as Hugging Face's JSON."""
+        return {"tokenizer": self.vocab.json_text()} if isinstance(self.vocab, Subwords) else {}
+
     def onnx_metadata(self, model) -> dict:
         meta = {"labels": self.labels}
-        if self.is_text:
-            meta |= {"vocabulary": self.vocab.chars, "unknown_id": 0}
+        if self.is_text and isinstance(self.vocab, Subwords):
+            meta |= {"tokens": self.config.tokens, "unknown_id": 0}
+        elif self.is_text:
+            meta |= {"tokens": "char", "vocabulary": self.vocab.chars, "unknown_id": 0}
         else:
             meta["time_steps"] = int(self.train.numbers.shape[1])
         return meta
