@@ -109,9 +109,10 @@ def forecast(model: Exported, text: str, steps: int) -> list[float]:
     return out
 
 
-def greedy(model: Exported, encoder_feeds: dict, batch: int, vocab: list[str]) -> list[str]:
+def greedy(model: Exported, encoder_feeds: dict, batch: int, vocab) -> list[str]:
     """Encoder once, then the decoder step by step from start_id, taking the likeliest id, until
-    every row has produced end_id or max_output ids."""
+    every row has produced end_id or max_output ids. `vocab`: the target characters, or a
+    tokenizer (a word or BPE run) that decodes the ids."""
     states = model.run("encoder", encoder_feeds)
     token = np.full(batch, model.meta["start_id"], dtype=np.int64)
     done, out = np.zeros(batch, dtype=bool), [[] for _ in range(batch)]
@@ -123,16 +124,27 @@ def greedy(model: Exported, encoder_feeds: dict, batch: int, vocab: list[str]) -
         for i, t in enumerate(token):
             done[i] |= t == model.meta["end_id"]
             if not done[i]:
-                out[i].append(vocab[t])
+                out[i].append(int(t))
         if done.all():
             break
-    return ["".join(chars) for chars in out]
+    if isinstance(vocab, list):
+        return ["".join(vocab[t] for t in ids) for ids in out]
+    return [vocab.decode(ids) for ids in out]
 
 
 def translate(model: Exported, inputs: list[str], locale: str | None = None) -> list[str]:
     """dates and translate: source ids (dates: a locale id first), padded, then greedy decoding."""
     meta = model.meta
-    seqs = [model.ids(text, "source_vocabulary") for text in inputs]
+    if "source_tokenizer" in meta:  # a word or BPE run (needs the `tokenizers` package)
+        from tokenizers import Tokenizer
+
+        source, target = (
+            Tokenizer.from_file(str(model.path.with_name(meta[f"{side}_tokenizer"])))
+            for side in ("source", "target")
+        )
+        seqs = [np.array(source.encode(text).ids or [0], dtype=np.int64) for text in inputs]
+    else:
+        seqs, target = [model.ids(text, "source_vocabulary") for text in inputs], meta["target_vocabulary"]
     if "locale_ids" in meta:  # dates
         name = locale if locale and meta["locale_token"] else meta["any_locale"]
         seqs = [np.concatenate([[meta["locale_ids"][name]], s]).astype(np.int64) for s in seqs]
@@ -142,7 +154,7 @@ def translate(model: Exported, inputs: list[str], locale: str | None = None) -> 
         src[i, : len(s)] = s
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     feeds = {"source": src, "source_lengths": lengths}
-    return greedy(model, feeds, len(inputs), meta["target_vocabulary"])
+    return greedy(model, feeds, len(inputs), target)
 
 
 def tag(model: Exported, inputs: list[str]) -> list[list[tuple[str, str]]]:

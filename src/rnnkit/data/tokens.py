@@ -2,10 +2,12 @@
 
 - word: words and runs of punctuation (the `Whitespace` pre-tokenizer, `\\w+|[^\\w\\s]+`), the
   `vocab_size` most frequent kept; any other word is UNK.
+- word, reversible (what a decoder writes: translate's targets): words as the text's spaces
+  delimit them, punctuation attached, so that decoding gives the text back.
 - bpe: byte-pair encoding (Sennrich et al. 2016) over the characters of words marked with their
   leading space (the `Metaspace` pre-tokenizer, so decoding gives the text back), merged up to
   `vocab_size` pieces; a character never seen in training is UNK.
-Id 0 is UNK in both, so padding with 0 and `lengths=` work as they do for characters. A trained
+Id 0 is UNK in all, so padding with 0 and `lengths=` work as they do for characters. A trained
 tokenizer is saved as its JSON (`state()`), which a run keeps in its config.json and `rnnkit
 export` writes beside the ONNX model; nothing is pickled.
 """
@@ -29,22 +31,28 @@ class Subwords:
         self.tokenizer, self.kind = tokenizer, kind
 
     @classmethod
-    def train(cls, kind: str, texts: list[str], vocab_size: int) -> Subwords:
+    def train(
+        cls, kind: str, texts: list[str], vocab_size: int, *, reversible: bool = False, specials=()
+    ) -> Subwords:
+        """Learn a tokenizer on `texts`; `specials` (e.g. start and end tokens) get ids 1, 2, ..."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+        specials = [UNK_TOKEN, *specials]
         if kind == "word":
             tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
-            tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+            if reversible:
+                tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+                tokenizer.decoder = decoders.Metaspace()
+            else:
+                tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
             trainer = trainers.WordLevelTrainer(
-                vocab_size=vocab_size, special_tokens=[UNK_TOKEN], show_progress=False
+                vocab_size=vocab_size, special_tokens=specials, show_progress=False
             )
         elif kind == "bpe":
             tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
             tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
             tokenizer.decoder = decoders.Metaspace()
-            trainer = trainers.BpeTrainer(
-                vocab_size=vocab_size, special_tokens=[UNK_TOKEN], show_progress=False
-            )
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
         else:
             raise RnnkitValueError(f"tokens must be one of word, bpe for a trained tokenizer, got {kind!r}")
         tokenizer.train_from_iterator(texts, trainer=trainer)
@@ -82,8 +90,22 @@ class Subwords:
         ids = self.tokenizer.encode(text).ids or [0]
         return torch.tensor(ids, dtype=torch.long)
 
+    def ids(self, text: str) -> list[int]:
+        """The text's ids as they come (none for an empty text)."""
+        return self.tokenizer.encode(text).ids
+
     def encode_batch(self, texts: list[str]) -> list[torch.Tensor]:
         return [torch.tensor(e.ids or [0], dtype=torch.long) for e in self.tokenizer.encode_batch(texts)]
 
     def tokens(self, text: str) -> list[str]:
         return self.tokenizer.encode(text).tokens
+
+    def token(self, id_: int) -> str:
+        return self.tokenizer.id_to_token(int(id_))
+
+    def id(self, token: str) -> int:
+        return self.tokenizer.token_to_id(token)
+
+    def decode(self, ids) -> str:
+        """The text of `ids` (special tokens dropped)."""
+        return self.tokenizer.decode([int(i) for i in ids])

@@ -119,6 +119,25 @@ class Seq2SeqTask(Task):
     def target_vocab(self, texts) -> CharVocab:
         return CharVocab("".join(texts) + BOS + EOS)
 
+    # the target side, characters here (translate --tokens word|bpe: a tokenizer's)
+    def target_ids(self, text: str) -> torch.Tensor:
+        """Start, the text's ids, end."""
+        return self.tgt_vocab.encode(BOS + text + EOS)
+
+    def start_end(self) -> tuple[int, int]:
+        return int(self.tgt_vocab.index[BOS]), int(self.tgt_vocab.index[EOS])
+
+    def target_text(self, ids: list[int]) -> str:
+        """The text of decoded ids (the start id first), up to the end id."""
+        return self.tgt_vocab.decode(ids).split(EOS)[0]
+
+    def target_labels(self, text: str) -> list[str]:
+        """The output steps of `text` (what the attention figure's rows name), the end last."""
+        return [repr(ch)[1:-1] for ch in text] + ["<end>"]
+
+    def target_metadata(self) -> dict:
+        return {"target_vocabulary": self.tgt_vocab.chars}
+
     def model_config(self) -> Seq2SeqConfig:
         c = self.config
         return Seq2SeqConfig(
@@ -144,7 +163,7 @@ class Seq2SeqTask(Task):
         """(src (B, S), src lengths (B,), decoder inputs BOS + y (B, T), targets y + EOS (B, T)
         padded with -100)."""
         src, lengths = pad_ids([torch.as_tensor(s, dtype=torch.long) for s, _ in pairs])
-        ids = [self.tgt_vocab.encode(BOS + t + EOS) for _, t in pairs]
+        ids = [self.target_ids(t) for _, t in pairs]
         tgt_in, _ = pad_ids([i[:-1] for i in ids])
         tgt_out, _ = pad_ids([i[1:] for i in ids], pad=-100)
         return src, lengths, tgt_in, tgt_out
@@ -163,7 +182,7 @@ class Seq2SeqTask(Task):
     @torch.no_grad()
     def decode(self, model, sources: list, *, beam: int = 1, chunk: int = 500) -> list[str]:
         model.eval()
-        bos, eos = int(self.tgt_vocab.index[BOS]), int(self.tgt_vocab.index[EOS])
+        bos, eos = self.start_end()
         out = []
         for start in range(0, len(sources), chunk):
             part = sources[start : start + chunk]
@@ -177,7 +196,7 @@ class Seq2SeqTask(Task):
                 tokens, _ = beam_search(
                     model.step, prefix, self.config.max_output, beam_size=beam, state=state, eos=eos
                 )
-            out += [self.tgt_vocab.decode(row).split(EOS)[0] for row in tokens.tolist()]
+            out += [self.target_text(row) for row in tokens.tolist()]
         return out
 
     @torch.no_grad()
@@ -278,9 +297,9 @@ class Seq2SeqTask(Task):
 
     def onnx_metadata(self, model) -> dict:
         return {
-            "target_vocabulary": self.tgt_vocab.chars,
-            "start_id": int(self.tgt_vocab.index[BOS]),
-            "end_id": int(self.tgt_vocab.index[EOS]),
+            **self.target_metadata(),
+            "start_id": self.start_end()[0],
+            "end_id": self.start_end()[1],
             "max_output": self.config.max_output,
             **self.source_metadata(),
         }
@@ -308,7 +327,7 @@ class Seq2SeqTask(Task):
             _, alpha = model(src_t, tgt_in, return_attention=True)  # (1, T, S)
             alpha = alpha[0].float().cpu().numpy()
             image = ax.imshow(alpha, cmap="viridis", aspect="auto", vmin=0, vmax=1)
-            inputs, outs = self.source_labels(src), [repr(ch)[1:-1] for ch in out] + ["<end>"]
+            inputs, outs = self.source_labels(src), self.target_labels(out)
             ax.set_xticks(range(len(src)), inputs, fontsize=7)
             ax.set_yticks(range(alpha.shape[0]), outs, fontsize=7)
             ax.set_xlabel("input token")
