@@ -51,18 +51,23 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def charlm_sample(model: Exported, prime: str, length: int, temperature: float, rng) -> str:
-    """Read the prime, then draw one character at a time, carrying the recurrent state."""
+    """Read the prime, then draw one token (a character, or a BPE subword) at a time, carrying
+    the recurrent state."""
     vocab = model.meta["vocabulary"]
     states = [np.asarray(s, dtype=np.float32)[:, None, :] for s in model.meta["initial_state"]]  # (L, 1, n)
-    tokens = model.ids(prime or "\n")[None]  # (1, T)
-    out = []
+    prefix = tokenize(model, [prime or "\n"])[0]
+    tokens, out = prefix[None], []  # (1, T)
     for _ in range(length):
         feeds = {"tokens": tokens, **{f"state_in_{j}": s for j, s in enumerate(states)}}
         logits, *states = model.run("model", feeds)
         nxt = rng.choice(len(vocab), p=softmax(logits[0, -1], temperature))
-        out.append(vocab[nxt])
+        out.append(int(nxt))
         tokens = np.array([[nxt]], dtype=np.int64)
-    return prime + "".join(out)
+    if "tokenizer" not in model.meta:
+        return prime + "".join(vocab[i] for i in out)
+    tokenizer = _tokenizer(model, "tokenizer")  # subwords: what the sample adds to the prime's text
+    head = tokenizer.decode(prefix.tolist())
+    return prime + tokenizer.decode(prefix.tolist() + out)[len(head) :]
 
 
 def tokenize(model: Exported, texts: list[str]) -> list[np.ndarray]:
@@ -70,10 +75,15 @@ def tokenize(model: Exported, texts: list[str]) -> list[np.ndarray]:
     written beside the graphs (this needs the `tokenizers` package); never empty."""
     if "tokenizer" not in model.meta:
         return [model.ids(text) for text in texts]
+    tokenizer = _tokenizer(model, "tokenizer")
+    return [np.array(tokenizer.encode(text).ids or [0], dtype=np.int64) for text in texts]
+
+
+def _tokenizer(model: Exported, key: str):
+    """The Hugging Face tokenizer `rnnkit export` wrote beside the graphs (meta[key] names it)."""
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(model.path.with_name(model.meta["tokenizer"])))
-    return [np.array(tokenizer.encode(text).ids or [0], dtype=np.int64) for text in texts]
+    return Tokenizer.from_file(str(model.path.with_name(model.meta[key])))
 
 
 def classify(model: Exported, inputs: list[str]) -> list[tuple[str, float]]:
@@ -136,12 +146,7 @@ def translate(model: Exported, inputs: list[str], locale: str | None = None) -> 
     """dates and translate: source ids (dates: a locale id first), padded, then greedy decoding."""
     meta = model.meta
     if "source_tokenizer" in meta:  # a word or BPE run (needs the `tokenizers` package)
-        from tokenizers import Tokenizer
-
-        source, target = (
-            Tokenizer.from_file(str(model.path.with_name(meta[f"{side}_tokenizer"])))
-            for side in ("source", "target")
-        )
+        source, target = _tokenizer(model, "source_tokenizer"), _tokenizer(model, "target_tokenizer")
         seqs = [np.array(source.encode(text).ids or [0], dtype=np.int64) for text in inputs]
     else:
         seqs, target = [model.ids(text, "source_vocabulary") for text in inputs], meta["target_vocabulary"]

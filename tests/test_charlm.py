@@ -84,3 +84,41 @@ def test_encode_is_the_vocabulary_lookup():
     text = "hello wörld 😀 unseen\n" * 3
     assert vocab.encode(text).tolist() == [vocab.index.get(ch, 0) for ch in text]
     assert vocab.encode("").dtype == torch.long and vocab.encode("").numel() == 0
+
+
+def test_subwords_report_bits_per_character(tmp_path, capsys, text_file):
+    """--tokens bpe: a BPE tokenizer learnt on the training text, kept in the run; bpc is the
+    mean bits per subword times subwords per character (so it compares with characters);
+    sampling and the export (tokenizer beside the graph) give text."""
+    import runpy
+    from pathlib import Path
+
+    import rnnkit
+    from rnnkit.tasks.charlm import bits_per_char
+
+    run = tmp_path / "run"
+    flags = ["--tokens", "bpe", "--vocab-size", "300", "--hidden-size", "16", "--embedding-dim", "8"]
+    flags += ["--seq-len", "16", "--steps", "4", "--eval-every", "4", "--no-plots"]
+    assert main(["train", "--data", str(text_file), *flags, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["tokenizer"]["kind"] == "bpe" and "vocab" not in config
+    trained = rnnkit.Run.load(run)
+    task = trained._task
+    test = task.splits.test
+    ids = task.vocab.encode(test)
+    assert len(ids) < 0.8 * len(test)  # subwords: fewer steps than characters
+    want = bits_per_char(trained.model, ids) * len(ids) / len(test)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bpc"] == pytest.approx(want)
+    text = trained.predict(["The "])[0]
+    assert text.startswith("The ") and len(text) > 4
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(run)]) == 0
+    example = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "onnx_predict.py"))
+    import numpy as np
+
+    sampled = example["charlm_sample"](
+        example["Exported"](run / "model.json"), "The ", 20, 1.0, np.random.default_rng(0)
+    )
+    assert sampled.startswith("The ") and len(sampled) > 4

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_LENGTH, MAX_UNITS, integer, option, rate, shown
+from rnnkit._config import MAX_BATCH, MAX_LAYERS, MAX_LENGTH, MAX_UNITS, integer, one_of, option, rate, shown
 from rnnkit.data.text import CharVocab, TextSplits, builtin_corpus, file_corpus, read_text
+from rnnkit.data.tokens import Subwords
 from rnnkit.decoding import sample
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
@@ -69,6 +70,13 @@ class CharLMConfig(RegularizerOptions):
         ),
     )
     eval_chars: int = option(30000, "validation characters per evaluation during training", integer(2, 10**8))
+    tokens: str = option(
+        "char",
+        "a step: a character, or a BPE subword (bpc stays bits per character of the text); "
+        "not words, whose unknown ones would cost no bits for their spelling",
+        one_of("char", "bpe"),
+    )
+    vocab_size: int = option(2000, "--tokens bpe: the most subwords kept", integer(2, 10**6))
 
     def __post_init__(self):
         super().__post_init__()
@@ -90,18 +98,36 @@ class CharLMTask(Task):
     def __init__(self, config: CharLMConfig, *, data: str | None = None, saved: dict | None = None):
         self.config = config
         self.splits: TextSplits = builtin_corpus() if data is None else file_corpus(data)
-        vocab = (saved or {}).get("vocab")
-        self.vocab = CharVocab(self.splits.train) if vocab is None else CharVocab.restore(vocab)
+        saved = saved or {}
+        if config.tokens == "bpe":
+            self.vocab = (
+                Subwords.restore(saved["tokenizer"])
+                if "tokenizer" in saved
+                else Subwords.train("bpe", self.splits.train.splitlines(keepends=True), config.vocab_size)
+            )
+        else:
+            vocab = saved.get("vocab")
+            self.vocab = CharVocab(self.splits.train) if vocab is None else CharVocab.restore(vocab)
         self.train_ids = self.vocab.encode(self.splits.train)
         window = max(config.seq_len, config.bptt_steps) + 1  # what one training step reads
         if len(self.train_ids) < window:
+            unit = "characters" if config.tokens == "char" else "subwords"
             raise RnnkitValueError(
-                f"the training text has {len(self.train_ids)} characters, fewer than one window of "
+                f"the training text has {len(self.train_ids)} {unit}, fewer than one window of "
                 f"{window} (--seq-len / --bptt-steps plus 1): give more text or a shorter --seq-len"
             )
 
     def describe(self) -> dict:
-        return {"task": self.name, "task_config": asdict(self.config), "vocab": self.vocab.chars}
+        described = {"task": self.name, "task_config": asdict(self.config)}
+        if isinstance(self.vocab, Subwords):
+            return described | {"tokenizer": self.vocab.state()}
+        return described | {"vocab": self.vocab.chars}
+
+    def bits_per_char(self, text: str, ids: torch.Tensor, bits_per_token: float) -> float:
+        """Bits per character of `text` from the model's mean bits per token over its `ids`:
+        times tokens per character (1 for characters), so subword models compare with
+        character models and the compressors."""
+        return bits_per_token * len(ids) / max(1, len(text))
 
     @property
     def weight_dropout(self) -> float:
@@ -147,10 +173,15 @@ class CharLMTask(Task):
         return tbptt_step(model, tokens[:, :-1], tokens[:, 1:], None if restart else state, k1)
 
     def trivial(self) -> tuple[float, str]:
-        return math.log2(len(self.vocab)), f"a uniform guess over {len(self.vocab)} characters"
+        val = self.splits.val[: self.config.eval_chars]
+        bits = self.bits_per_char(val, self.vocab.encode(val), math.log2(len(self.vocab)))
+        unit = "characters" if self.config.tokens == "char" else "subwords"
+        return bits, f"a uniform guess over {len(self.vocab)} {unit}"
 
     def evaluate(self, model) -> dict:
-        return {"bpc": bits_per_char(model, self.vocab.encode(self.splits.val[: self.config.eval_chars]))}
+        val = self.splits.val[: self.config.eval_chars]
+        ids = self.vocab.encode(val)
+        return {"bpc": self.bits_per_char(val, ids, bits_per_char(model, ids))}
 
     # --- the commands ---------------------------------------------------------------------------
 
@@ -160,13 +191,14 @@ class CharLMTask(Task):
         chosen on the validation text (RUN_DIR/dynamic.json, chosen once per weights)."""
         test = self.splits.test if data is None else read_text(data)
         ids = self.vocab.encode(test)
-        metrics = {"bpc": bits_per_char(model, ids)}
+        metrics = {"bpc": self.bits_per_char(test, ids, bits_per_char(model, ids))}
         if dynamic:
             chosen = self.dynamic_settings(model)
+            bits = dynamic_bits(
+                model, ids, lr=chosen["lr"], decay=chosen["decay"], segment=self.config.seq_len
+            )
             metrics |= {
-                "bpc_dynamic": dynamic_bits(
-                    model, ids, lr=chosen["lr"], decay=chosen["decay"], segment=self.config.seq_len
-                ),
+                "bpc_dynamic": self.bits_per_char(test, ids, bits),
                 "dynamic_lr": chosen["lr"],
                 "dynamic_decay": chosen["decay"],
             }
@@ -217,6 +249,10 @@ class CharLMTask(Task):
             top_p=top_p,
             generator=torch.Generator(device=device).manual_seed(seed),  # draws on the model's device
         )
+        if isinstance(self.vocab, Subwords):  # subwords: what the sample adds to the prime's text
+            head = self.vocab.decode(prefix[0].tolist())
+            whole = self.vocab.decode(prefix[0].tolist() + out[0].tolist())
+            return (prime or "") + whole[len(head) :]
         return (prime or "") + self.vocab.decode(out[0])
 
     def tensorboard_text(self, model) -> dict[str, str]:
@@ -250,9 +286,18 @@ class CharLMTask(Task):
             )
         ]
 
+    def onnx_files(self) -> dict[str, str]:
+        return {"tokenizer": self.vocab.json_text()} if isinstance(self.vocab, Subwords) else {}
+
     def onnx_metadata(self, model) -> dict:
+        vocabulary = (
+            [self.vocab.token(i) for i in range(len(self.vocab))]
+            if isinstance(self.vocab, Subwords)
+            else self.vocab.chars
+        )
         return {
-            "vocabulary": self.vocab.chars,
+            "tokens": self.config.tokens,
+            "vocabulary": vocabulary,
             "unknown_id": 0,
             # the states to start from: (num_layers, size) each, the same for every sequence
             "initial_state": [s[:, 0].tolist() for s in model.rnn.default_states(1)],
