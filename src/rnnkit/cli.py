@@ -167,7 +167,8 @@ def build_parser(task: str = "charlm") -> argparse.ArgumentParser:
     train.add_argument("task", nargs="?", default=None, choices=sorted(TASKS))
     add_config_flags(train, TrainOptions, "run")
     task_cls, config_cls = TASKS.get(task, TASKS["charlm"])
-    add_config_flags(train, TrainConfig, f"training (defaults of task {task})", task_cls.train_defaults)
+    shown = {**task_cls.train_defaults, **task_cls.sized_help}
+    add_config_flags(train, TrainConfig, f"training (defaults of task {task})", shown)
     add_config_flags(train, config_cls, f"task {task} (see: rnnkit train TASK --help)")
 
     evaluate = sub.add_parser("evaluate", help=HELP["evaluate"])

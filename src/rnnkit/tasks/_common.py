@@ -135,6 +135,7 @@ class Task:
     metric = "loss"  # the validation metric that selects the weights (lower is better)
     loss_unit = "cross-entropy (nats per prediction)"  # the training loss, as loss.png labels it
     train_defaults: dict = {}  # this task's defaults for TrainConfig fields
+    sized_help: dict = {}  # how sized_train_defaults sets a field, for --help
     evaluate_options: tuple = ()  # keyword options of test_metrics beyond data (e.g. lengths)
     predict_options: tuple = ()  # keyword options of predict (e.g. locale)
     run_dir: Path | None = None  # set by the command: where a task may cache what it computed

@@ -124,8 +124,12 @@ class ClassifyTask(Task):
     loss_unit = "cross-entropy (nats per sequence)"
     # measured on surnames (docs/tasks.md): a bidirectional LSTM with max pooling and dropout 0.3,
     # cosine decay over 4,000 steps; unidirectional with last-state pooling stays below the baseline
-    train_defaults = {"steps": 4000, "lr": 3e-3, "schedule": "cosine", "eval_every": 250, "patience": 4}
-    EPOCHS, MIN_STEPS, MAX_STEPS = 20, 300, 4000  # see sized_train_defaults
+    train_defaults = {"steps": 4000, "lr": 3e-3, "schedule": "cosine", "eval_every": 250, "patience": 6}
+    sized_help = {
+        "steps": "10 epochs of the training data, 600 to 4000",
+        "eval_every": "half an epoch, 10 to 250",
+    }
+    EPOCHS, MIN_STEPS, MAX_STEPS = 10, 600, 4000  # see sized_train_defaults; docs/tasks.md
 
     def __init__(self, config: ClassifyConfig, *, data=None, saved: dict | None = None):
         self.config, self.data = config, data

@@ -134,6 +134,10 @@ class TagTask(Task):
     metric = "loss"
     loss_unit = "cross-entropy (nats per step)"
     train_defaults = {"steps": 2000, "lr": 3e-3, "schedule": "cosine", "eval_every": 200, "patience": 4}
+    sized_help = {
+        "steps": "20 epochs of the training data, 300 to 2000",
+        "eval_every": "half an epoch, 10 to 200",
+    }
 
     def __init__(self, config: TagConfig, *, data=None, saved: dict | None = None):
         self.config, self.data = config, data
