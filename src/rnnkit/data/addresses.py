@@ -7,7 +7,9 @@ guess from parsing the finished text. `address` and `street_address` are formats
 are expanded; every other placeholder is a field (LEAVES). Line breaks become ", " (an address
 as one line, as a person types it), a quarter of the addresses end with the locale's country,
 and the characters between two fields are labelled OUTSIDE, unless both sides are the same field
-(the space in "ul. Długa" belongs to the street).
+(the space in "ul. Długa" belongs to the street). As people type addresses, half of them lose
+their commas (the fields' boundaries must then be read from the words) and a quarter are typed
+in lower or upper case; the labels are unchanged by either.
 """
 
 from __future__ import annotations
@@ -63,11 +65,13 @@ def _expand(fake, provider, pattern: str) -> list[tuple[str, str | None]]:
     return pieces
 
 
-def _labelled(pieces: list[tuple[str, str | None]]) -> tuple[str, list[str]]:
+def _labelled(pieces: list[tuple[str, str | None]], commas: bool = True) -> tuple[str, list[str]]:
     fields = [f for _, f in pieces]
     text, labels = "", []
     for i, (part, field) in enumerate(pieces):
         part = part.replace("\n", ", ")
+        if not commas and field is None:
+            part = part.replace(",", "")
         if field is None:  # between two pieces of one field, it is part of that field
             before = next((f for f in reversed(fields[:i]) if f is not None), None)
             after = next((f for f in fields[i + 1 :] if f is not None), None)
@@ -106,7 +110,12 @@ def addresses(count: int, seed: int = 0, locales=LOCALES, country_share: float =
             continue
         if rng.random() < country_share:
             pieces += [(", ", None), (fake.current_country(), "country")]
-        text, labels = _labelled(pieces)
-        if text:
+        text, labels = _labelled(pieces, commas=rng.random() < 0.5)
+        case = rng.random()
+        if case < 0.15:
+            text = text.lower()
+        elif case < 0.25:
+            text = text.upper()
+        if text and len(text) == len(labels):  # (a case change that alters the length: skipped)
             out.append((text, labels))
     return out
