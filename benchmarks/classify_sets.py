@@ -107,12 +107,18 @@ def write(path: Path, rows) -> None:
     )
 
 
+SETS = {
+    "messages": lambda: languages_set(("es", "fr", "it", "pt"), 70, 200, 1700),
+    "nordic": lambda: languages_set(("da", "de", "nb", "nl", "sv"), 15, 60, 1200),
+    "debian": debian_set,
+}
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "classify_sets")
     out.mkdir(parents=True, exist_ok=True)
-    write(out / "messages.tsv", languages_set(("es", "fr", "it", "pt"), 70, 200, 1700))
-    write(out / "nordic.tsv", languages_set(("da", "de", "nb", "nl", "sv"), 15, 60, 1200))
-    write(out / "debian.tsv", debian_set())
+    for name, build in SETS.items():
+        write(out / f"{name}.tsv", build())
 
 
 if __name__ == "__main__":

@@ -434,7 +434,8 @@ class TagTask(Task):
             plt.Rectangle((0, 0), 1, 1, color=colours(k % colours.N), alpha=0.6)
             for k in range(len(self.tags))
         ]
-        ax.legend(handles, self.tags, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        names = [f"{t} (no field)" if t == OUTSIDE else t for t in self.tags]
+        ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         ax.set_xlim(0, (width if self.unit == "char" else 4 * width) + 1)
         ax.set_ylim(-len(test.steps) + 0.5, 1.2)
         ax.axis("off")
