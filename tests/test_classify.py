@@ -91,19 +91,25 @@ def test_evaluation_in_length_order_gives_each_example_its_own_probabilities(tex
     assert [b.tolist() for b in batches] == [[1, 2], [3, 0], [4]]
 
 
-def test_steps_follow_the_size_of_the_training_data(tmp_path, capsys):
-    sizes = {}
-    for n in (90, 3000):
-        path = tmp_path / f"{n}.tsv"
-        path.write_text("\n".join(_lines(n)) + "\n")
-        assert main(["train", "classify", "--data", str(path), "--print-config"]) == 0
-        sizes[n] = json.loads(capsys.readouterr().out)
-        assert sizes[n]["patience"] is not None  # early stopping is on by default
-    assert sizes[3000]["steps"] > sizes[90]["steps"]
-    assert sizes[3000]["eval_every"] >= sizes[90]["eval_every"]
-    path = tmp_path / "3000.tsv"
-    assert main(["train", "classify", "--data", str(path), "--steps", "7", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["steps"] == 7  # a flag still wins
+def test_steps_follow_the_size_and_length_of_the_training_data(tmp_path, capsys):
+    """10 epochs of long lines; more steps for short ones (each step is cheaper); 600 at least;
+    validation 16 times a run; a flag still wins."""
+
+    def resolved(name, lines, *flags):
+        path = tmp_path / name
+        path.write_text("\n".join(lines) + "\n")
+        assert main(["train", "classify", "--data", str(path), "--print-config", *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    long = resolved("long.tsv", [f"{'ab'[i % 2]}\t{'xy' * 60} {i}" for i in range(6000)])
+    per_epoch = -(-4200 // 64)  # 70% of 6,000 lines, batches of 64
+    assert long["steps"] == 10 * per_epoch and long["eval_every"] == long["steps"] // 16
+    assert long["patience"] is not None  # early stopping is on by default
+    short = resolved("short.tsv", [f"{'ab'[i % 2]}\tn{i}" for i in range(6000)])
+    assert short["steps"] > long["steps"]
+    tiny = resolved("tiny.tsv", [f"{'ab'[i % 2]}\t{'xy' * 60} {i}" for i in range(40)])
+    assert tiny["steps"] == 600
+    assert resolved("long.tsv", [f"{'ab'[i % 2]}\tw {i}" for i in range(60)], "--steps", "7")["steps"] == 7
 
 
 def test_early_stopping_keeps_the_best_validation_step_by_default(tmp_path, capsys):
