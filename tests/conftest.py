@@ -19,3 +19,12 @@ def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "text.txt"
     path.write_text("".join(topics[k] for k in sorted(topics)[:2]), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def quick_arima(monkeypatch):
+    """forecast's ARIMA order search (66 fits, half a minute or more) replaced by (1, 0, 0), for
+    tests of something else that train forecast (its own tests keep the search)."""
+    from rnnkit.tasks.forecast import ForecastTask
+
+    monkeypatch.setattr(ForecastTask, "arima_order", lambda self: (1, 0, 0))

@@ -441,7 +441,7 @@ OTHER_TASKS = {
 
 
 @pytest.mark.parametrize("task", list(OTHER_TASKS))
-def test_every_task_takes_a_non_default_cell_and_every_regularizer(tmp_path, capsys, task):
+def test_every_task_takes_a_non_default_cell_and_every_regularizer(tmp_path, capsys, task, quick_arima):
     data = []
     if task == "translate":
         (tmp_path / "pairs.tsv").write_text(

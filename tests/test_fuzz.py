@@ -335,7 +335,7 @@ EDGE_DATA = {"translate": "translate"}
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_every_task_trains_at_the_low_edge_of_every_option(in_tmp, capsys, task):
+def test_every_task_trains_at_the_low_edge_of_every_option(in_tmp, capsys, task, quick_arima):
     """The lowest value of every declared range is a real option: a run with all of them at once
     trains and reports (a warning that it learned nothing is expected), never crashes."""
     data = []

@@ -385,7 +385,7 @@ def test_resume_rewrites_metrics_atomically(run, monkeypatch):
 # --- other commands -----------------------------------------------------------------------------
 
 
-def test_a_negative_number_is_an_input_not_a_flag(tmp_path, capsys):
+def test_a_negative_number_is_an_input_not_a_flag(tmp_path, capsys, quick_arima):
     series = tmp_path / "series.csv"
     series.write_text("t,y\n" + "".join(f"{i},{math.sin(i / 3):.4f}\n" for i in range(120)))
     run = tmp_path / "run"
