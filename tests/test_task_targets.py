@@ -39,6 +39,12 @@ def test_classify_surnames_beats_ngram_logistic_regression(tmp_path, capsys):
     assert m["accuracy"] > m["baseline_accuracy"]
 
 
+def test_tag_finds_more_fields_than_the_window_regression(tmp_path, capsys):
+    m = train(tmp_path, capsys, "tag", "tag")
+    assert m["field_exact_match"] > m["baseline_field_exact_match"], m
+    assert m["accuracy"] > m["baseline_accuracy"], m
+
+
 def test_classify_on_a_built_set_within_what_docs_say(tmp_path, capsys):
     """classify's defaults on `messages` (benchmarks/classify_sets.py: program messages in four
     Romance languages, ~100 characters, from this machine's gettext catalogs): docs/tasks.md
