@@ -38,6 +38,17 @@ RUNS = {
         ["accuracy", "baseline_accuracy"],
         "accuracy > baseline_accuracy",
     ),
+    "tag": (
+        ["tag"],
+        ["accuracy", "field_exact_match", "baseline_accuracy", "baseline_field_exact_match"],
+        "field_exact_match > baseline_field_exact_match",
+    ),
+    "music": (["music"], ["nll_per_note", "baseline_nll_per_note"], "nll_per_note < baseline_nll_per_note"),
+    "music-4-voices": (
+        ["music", "--voices", "4"],
+        ["nll_per_note", "baseline_nll_per_note"],
+        "nll_per_note < baseline_nll_per_note",
+    ),
     **{
         f"forecast-sunspots-seed{s}": (
             ["forecast", "--seed", str(s)],

@@ -6,7 +6,8 @@
 
 charlm continues each input with sampled characters (--length, --temperature, --seed); classify
 prints the likeliest label and its probability; forecast the next --steps values; dates,
-translate and colors decode greedily (colors reads r,g,b); tag prints each input's fields.
+translate and colors decode greedily (colors reads r,g,b); tag prints each input's fields; music
+continues each input (a prime such as "K:G |") to a piece in rnnkit's text form.
 Everything a task needs beside the graphs (vocabulary, labels, start and end ids) is in the
 JSON file `rnnkit export` writes.
 """
@@ -187,6 +188,46 @@ def tag(model: Exported, inputs: list[str]) -> list[list[tuple[str, str]]]:
     return out
 
 
+def music_sample(model: Exported, prime: str, steps: int, temperature: float, rng) -> str:
+    """A piece in rnnkit's text form ("K:G | G4 - - - ...", a step's voices joined by "/"): the
+    prime's tokens after end_id, then drawn tokens until end_id or `steps` steps. (rnnkit's own
+    sample also puts a key and a bar before a prime that lacks them.)"""
+    vocab, end, unknown = model.meta["vocabulary"], model.meta["end_id"], model.meta["unknown_id"]
+    voices = model.meta["voices"]
+    index = {t: i for i, t in enumerate(vocab)}
+    prime_tokens = [t for word in prime.split() for t in word.split("/")]
+    tokens = [end] + [index.get(t, unknown) for t in prime_tokens]
+    states = [np.asarray(s, dtype=np.float32)[:, None, :] for s in model.meta["initial_state"]]
+    feed, drawn = np.array([tokens], dtype=np.int64), list(prime_tokens)
+    count = sum(t != "|" and not t.startswith("K:") for t in drawn)
+    while count < steps * voices:
+        logits, *states = model.run(
+            "model", {"tokens": feed, **{f"state_in_{j}": s for j, s in enumerate(states)}}
+        )
+        p = softmax(logits[0, -1], temperature)
+        p[unknown] = 0.0  # never draw what training never saw
+        nxt = int(rng.choice(len(vocab), p=p / p.sum()))
+        if nxt == end:
+            break
+        drawn.append(vocab[nxt])
+        count += vocab[nxt] != "|" and not vocab[nxt].startswith("K:")
+        feed = np.array([[nxt]], dtype=np.int64)
+    words, step, pending = (
+        [],
+        [],
+        [],
+    )  # a bar drawn inside a step goes after it; a last unfinished step is left out
+    for t in drawn:
+        if t == "|" or t.startswith("K:"):
+            (pending if step else words).append(t)
+        else:
+            step.append(t)
+            if len(step) == voices:
+                words += ["/".join(step), *pending]
+                step, pending = [], []
+    return " ".join(words + pending)
+
+
 def color_names(model: Exported, inputs: list[str]) -> list[str]:
     rgb = np.array([[float(v) for v in text.split(",")] for text in inputs], dtype=np.float32)
     return greedy(model, {"rgb": rgb}, len(inputs), model.meta["vocabulary"])
@@ -196,7 +237,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", help="the model.json that `rnnkit export` wrote")
     parser.add_argument("inputs", nargs="+")
-    parser.add_argument("--length", type=int, default=100, help="charlm: characters to sample")
+    parser.add_argument(
+        "--length", type=int, default=100, help="charlm: characters to sample; music: sixteenth-note steps"
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="forecast: values ahead")
@@ -223,6 +266,10 @@ def main() -> None:
     elif model.task == "colors":
         for line in color_names(model, args.inputs):
             print(line)
+    elif model.task == "music":
+        rng = np.random.default_rng(args.seed)
+        for text in args.inputs:
+            print(music_sample(model, text, args.length, args.temperature, rng))
     else:
         raise SystemExit(f"task {model.task}: no prediction here")
 

@@ -437,6 +437,7 @@ OTHER_TASKS = {
     "dates": ["--cell", "gru_reset_before", "--val-pairs", "8", "--test-pairs", "8", "--max-output", "12"],
     "translate": ["--cell", "rnn_relu"],
     "colors": ["--cell", "ln_lstm", "--batch-size", "8"],
+    "music": ["--cell", "mgu", "--pieces", "5"],
 }
 
 

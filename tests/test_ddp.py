@@ -58,6 +58,8 @@ def _double(obj):
 TASK_CASES = {  # a global batch of 5 rows: over 2 ranks, 3 and 2
     "charlm": {"batch_size": 5, "seq_len": 12, "hidden_size": 8, "embedding_dim": 4},
     "classify": {"batch_size": 5, "hidden_size": 8, "dataset": "surnames"},
+    "tag": {"batch_size": 5, "hidden_size": 8, "examples": 60},
+    "music": {"batch_size": 5, "hidden_size": 8, "embedding_dim": 4, "pieces": 12, "voices": 4},
     "forecast": {"batch_size": 5, "hidden_size": 8},
     "translate": {"batch_size": 5, "hidden_size": 8, "embedding_dim": 4},
     "colors": {"batch_size": 5, "hidden_size": 8},

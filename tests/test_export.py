@@ -187,6 +187,29 @@ def test_dates_decodes_as_predict_with_a_locale(root, example):
     assert example["translate"](example["Exported"](path), inputs) == run.predict(inputs)
 
 
+def test_music_logits_and_the_example_draws_a_piece(root, example, monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
+    run, path = train(root, "music", "--pieces", "6", "--voices", "4")
+    s, meta = session(path)
+    assert meta["voices"] == 4 and meta["vocabulary"][meta["end_id"]] == "<end>"
+    V = len(meta["vocabulary"])
+    g = torch.Generator().manual_seed(0)
+    for B, T in ((1, 1), (4, 40)):
+        tokens = torch.randint(0, V, (B, T), generator=g)
+        state = tuple(torch.randn(1, B, 12, generator=g) for _ in range(2))
+        with torch.no_grad():
+            logits, (h, c) = run.model(tokens, state)
+        got = s.run(
+            None, {"tokens": tokens.numpy(), "state_in_0": state[0].numpy(), "state_in_1": state[1].numpy()}
+        )
+        for a, b in zip(got, (logits, h, c)):
+            close(a, b)
+    text = example["music_sample"](example["Exported"](path), "K:G |", 16, 1.0, np.random.default_rng(0))
+    from rnnkit.data import music
+
+    assert text.startswith("K:G |") and music.parse_text(text, 4)  # rnnkit reads the piece back
+
+
 def test_example_runs_without_torch(charlm):
     """The example's own process never imports torch (or rnnkit)."""
     code = f"""

@@ -45,6 +45,18 @@ def test_tag_finds_more_fields_than_the_window_regression(tmp_path, capsys):
     assert m["accuracy"] > m["baseline_accuracy"], m
 
 
+def test_music_melodies_beat_the_ngram(tmp_path, capsys):
+    """The chorale melodies with the defaults (about 2.5 minutes): fewer nats per note on the
+    test chorales than the Kneser-Ney n-gram fitted in the same run (docs/tasks.md, music)."""
+    m = train(tmp_path, capsys, "music", "music")
+    assert m["nll_per_note"] < m["baseline_nll_per_note"], m
+
+
+def test_music_four_voices_beat_the_ngram(tmp_path, capsys):
+    m = train(tmp_path, capsys, "music4", "music", "--voices", "4")
+    assert m["nll_per_note"] < m["baseline_nll_per_note"], m
+
+
 def test_classify_on_a_built_set_within_what_docs_say(tmp_path, capsys):
     """classify's defaults on `messages` (benchmarks/classify_sets.py: program messages in four
     Romance languages, ~100 characters, from this machine's gettext catalogs): docs/tasks.md

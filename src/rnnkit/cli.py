@@ -340,7 +340,7 @@ def _train(args) -> Path | None:
     task = task_cls(task_config, data=opts.data)
     train_config = config_from(TrainConfig, args, {**task_cls.train_defaults, **task.sized_train_defaults()})
     model = task.build_model()
-    data = keep_data(opts.data, out)
+    data = keep_data(opts.data, out, task.kept_data())
     meta = {"model": describe(model), **task.describe(), "data": data, "seed": opts.seed}
     task.run_dir = out
     _fit(task, model, train_config, out, meta, device, opts, resume=False)
@@ -369,7 +369,7 @@ def _resume(args, opts: TrainOptions) -> int:
     _seed(saved.get("seed", 0))  # before the task, as the run's first start did
     task = task_of(saved, run, data=opts.data)  # on the data given again, else the run's own copy
     if opts.data is not None:  # the run keeps a copy (a different one there is refused)
-        meta["data"] = keep_data(opts.data, run)
+        meta["data"] = keep_data(opts.data, run, task.kept_data())
     fresh = not (run / "latest.json").exists()
     model = task.build_model() if fresh else build(saved["model"])
     _fit(task, model, train_config, run, meta, device, opts, resume=True)
@@ -704,8 +704,11 @@ def cmd_sample(args) -> int:
             top_k=opts.top_k,
             top_p=opts.top_p,
             seed=opts.seed,
+            out=opts.out,
         )
     )
+    if opts.out:
+        print(f"wrote {opts.out}", file=sys.stderr)
     return 0
 
 

@@ -97,8 +97,12 @@ class EvaluateOptions(Options):
 
 @dataclass(frozen=True)
 class SampleOptions(Options):
-    prime: str = option("", "text the sample continues", string())
-    length: int = option(300, "characters to draw", integer(1, MAX_SAMPLE))
+    prime: str = option(
+        "", "text the sample continues (music: its opening, e.g. 'K:G | G4 - A4 -')", string()
+    )
+    length: int = option(
+        300, "characters to draw (music: sixteenth-note steps at most)", integer(1, MAX_SAMPLE)
+    )
     # below 1e-3 the scaled logits of a float32 model overflow to inf
     temperature: float = option(1.0, "softmax temperature", real(1e-3, 1e3))
     top_k: int | None = option(None, "draw from the k likeliest only", integer(1, special={None: "all"}))
@@ -106,6 +110,7 @@ class SampleOptions(Options):
         None, "draw from the nucleus of this mass only", real(0.0, 1.0, low_open=True, special={None: "all"})
     )
     seed: int = _seed("seed of the draw")
+    out: str | None = _path("also write the sample to this new file (music: .mid MIDI or .musicxml)")
     device: str = _run_device()
 
 

@@ -193,17 +193,20 @@ def prepare_out(out: Path, force: bool) -> None:
         raise RnnkitValueError(f"--out {out} already holds {', '.join(taken)}, which a run writes")
 
 
-def keep_data(path: str | None, out: Path) -> str | None:
+def keep_data(path: str | None, out: Path, derived: tuple[str, bytes] | None = None) -> str | None:
     """A copy of the --data file in the run directory, and its path there (relative), which
     config.json records: a run must be enough on its own for evaluate, sample, predict, plot and
-    resuming (API.md), wherever it is moved and whatever becomes of the original. Written by
-    rank 0 only, atomically; an existing file of that name is kept, and must hold the same."""
+    resuming (API.md), wherever it is moved and whatever becomes of the original. `derived`
+    (a name and content) is kept instead where the task read what it needs out of something
+    else (music: the notes of a folder of scores). Written by rank 0 only, atomically; an
+    existing file of that name is kept, and must hold the same."""
     if path is None:
         return None
-    kept = Path("data") / Path(path).name
+    name, content = derived if derived is not None else (Path(path).name, None)
+    kept = Path("data") / name
     if os.environ.get("RANK", "0") != "0":
         return str(kept)
-    content = Path(path).read_bytes()
+    content = Path(path).read_bytes() if content is None else content
     dst = out / kept
     if dst.exists() or dst.is_symlink():
         if not dst.is_file() or dst.read_bytes() != content:

@@ -5,7 +5,7 @@
     run.task, run.config, run.model       # its task's name, config.json as a dict, the model
     run.predict(["The "])                 # one Python value per input (the task's predict_values)
     run.evaluate()                        # the test metrics, as `evaluate --json` prints them
-    run.sample(prime="The ", length=200)  # charlm: a string
+    run.sample(prime="The ", length=200)  # charlm: a string; music: a piece as text (out=: MIDI)
     run.export()                          # ONNX: RUN_DIR/model.onnx and model.json
 
 The task object (its vocabulary, labels, scaling; rebuilt from config.json and the run's data)
@@ -103,22 +103,56 @@ class Run:
 
         return export_onnx(self, out)
 
-    def sample(self, prime="", length=300, temperature=1.0, top_k=None, top_p=None, seed=0) -> str:
-        """charlm: `prime` continued by `length` drawn characters (a string), as `rnnkit sample`."""
+    def sample(self, prime="", length=300, temperature=1.0, top_k=None, top_p=None, seed=0, out=None) -> str:
+        """charlm: `prime` continued by `length` drawn characters (a string); music: a piece of
+        up to `length` sixteenth-note steps, as text (`prime` its opening or key). With `out`, the
+        sample is also written there (music: MIDI for .mid/.midi, MusicXML for .musicxml/.xml;
+        charlm: the text), a new file only. As `rnnkit sample`."""
         if not hasattr(self._task, "sample"):
             raise RnnkitUnsupportedError(f"task {self.task} has no sample; use predict")
         o = SampleOptions(
-            prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+            prime=prime,
+            length=length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            out=None if out is None else str(out),
         )
-        return self._task.sample(
-            self.model,
-            prime=o.prime,
-            length=o.length,
-            temperature=o.temperature,
-            top_k=o.top_k,
-            top_p=o.top_p,
-            seed=o.seed,
+        target = (
+            None if o.out is None else _new_file(Path(o.out), getattr(self._task, "sample_suffixes", None))
         )
+        with torch.no_grad():
+            text = self._task.sample(
+                self.model,
+                prime=o.prime,
+                length=o.length,
+                temperature=o.temperature,
+                top_k=o.top_k,
+                top_p=o.top_p,
+                seed=o.seed,
+            )
+        if target is not None:
+            write = getattr(self._task, "write_sample", None)
+            if write is None:
+                target.write_text(text, encoding="utf-8")
+            else:
+                write(text, target)
+        return text
+
+
+def _new_file(path: Path, suffixes) -> Path:
+    """sample's --out, checked before any work: a file that does not exist yet (nothing a user has
+    is overwritten), in an existing folder, with a suffix the task writes."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise RnnkitValueError(f"--out {path}: expected a file ending in {', '.join(suffixes)}")
+    if path.exists() or path.is_symlink():
+        raise RnnkitValueError(
+            f"--out {path} exists; sample writes a new file only (remove it or name another)"
+        )
+    if not path.parent.is_dir():
+        raise RnnkitValueError(f"--out {path}: no such folder {path.parent}")
+    return path
 
 
 def _known(options_class, command: str, options: dict) -> dict:

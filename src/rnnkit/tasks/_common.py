@@ -184,6 +184,11 @@ class Task:
     def plot(self, model, run_dir: Path) -> list[Path]:
         return []
 
+    def kept_data(self) -> tuple[str, bytes] | None:
+        """What a run keeps of its --data when not a copy of it: (file name, content), e.g. the
+        notes music read from a folder of scores; None keeps a copy of the file."""
+        return None
+
     def sized_train_defaults(self) -> dict:
         """TrainConfig defaults that depend on the data this task has read (classify: the steps
         by the number of training examples), over `train_defaults`; flags still win."""

@@ -6,6 +6,7 @@ from rnnkit.tasks.colors import ColorsConfig, ColorsTask
 from rnnkit.tasks.dates import DatesConfig, DatesTask
 from rnnkit.tasks.forecast import ForecastConfig, ForecastTask
 from rnnkit.tasks.memory import MemoryConfig, MemoryTask
+from rnnkit.tasks.music import MusicConfig, MusicTask
 from rnnkit.tasks.tag import TagConfig, TagTask
 from rnnkit.tasks.translate import TranslateConfig, TranslateTask
 
@@ -13,6 +14,7 @@ TASKS = {
     "charlm": (CharLMTask, CharLMConfig),
     "classify": (ClassifyTask, ClassifyConfig),
     "tag": (TagTask, TagConfig),
+    "music": (MusicTask, MusicConfig),
     "forecast": (ForecastTask, ForecastConfig),
     "dates": (DatesTask, DatesConfig),
     "translate": (TranslateTask, TranslateConfig),
