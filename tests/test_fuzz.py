@@ -231,6 +231,8 @@ READERS = {
     "translate": (["translate"], "pairs.tsv", "".join(f"{i}\t{2 * i}\n" for i in range(40))),
     "tag-chars": (["tag"], "tagged.tsv", "".join(f"a{i}\tx{' y' * len(str(i))}\n" for i in range(40))),
     "tag-conll": (["tag"], "tagged.conll", "".join(f"w{i}\tB-X\nis\tO\n\n" for i in range(40))),
+    # a folder of scores or one score file (a good one is binary: tests/test_music.py writes them)
+    "music": (["music"], "score.mid", ""),
 }
 
 # Ways a file goes wrong for any reader, and for the readers of a kind of file.

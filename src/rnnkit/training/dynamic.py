@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-DECAY_GRID = (0.0, 1e-4, 1e-3, 1e-2)
+DECAY_GRID = (0.0, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
 
 def _detach(state):
