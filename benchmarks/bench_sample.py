@@ -80,28 +80,32 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for hidden in (512, 256):
         model = LanguageModel(LanguageModelConfig(100, embedding_dim=64, hidden_size=hidden)).eval()
-        ref = TorchLoop(model).eval()
-        prefix = torch.tensor([[3]])
-
-        def ours(step=model.step):
-            g = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                return sample(step, prefix, args.chars, generator=g)[0].tolist()
-
-        def theirs():
-            return ref.sample(3, args.chars, torch.Generator().manual_seed(0))
-
-        assert ours() == theirs(), "the two loops drew different characters"
-        times = {"ours": [], "torch": [], "forward": []}
-        for _ in range(args.rounds):
-            times["ours"].append(timed(ours))
-            times["torch"].append(timed(theirs))
-            times["forward"].append(timed(lambda: ours(whole_forward_step(model))))
-        rate = {k: args.chars / statistics.median(v) for k, v in times.items()}
+        rates = measure(model, TorchLoop(model).eval(), args.chars, args.rounds)
         print(
-            f"| emb 64, 1x{hidden} LSTM, 100 chars | {rate['ours']:.0f} | {rate['torch']:.0f} | "
-            f"{rate['ours'] / rate['torch']:.2f}x | {rate['forward']:.0f} | {rate['forward'] / rate['torch']:.2f}x |"
+            f"| emb 64, 1x{hidden} LSTM, 100 chars | {rates['ours']:.0f} | {rates['torch']:.0f} | "
+            f"{rates['ours'] / rates['torch']:.2f}x | {rates['forward']:.0f} | "
+            f"{rates['forward'] / rates['torch']:.2f}x |"
         )
+
+
+def measure(model, ref, chars: int, rounds: int) -> dict:
+    """Characters per second of each loop (the median of `rounds` interleaved runs)."""
+    prefix = torch.tensor([[3]])
+
+    def ours(step=model.step):
+        with torch.no_grad():
+            return sample(step, prefix, chars, generator=torch.Generator().manual_seed(0))[0].tolist()
+
+    def theirs():
+        return ref.sample(3, chars, torch.Generator().manual_seed(0))
+
+    assert ours() == theirs(), "the two loops drew different characters"
+    times = {"ours": [], "torch": [], "forward": []}
+    for _ in range(rounds):
+        times["ours"].append(timed(ours))
+        times["torch"].append(timed(theirs))
+        times["forward"].append(timed(lambda: ours(whole_forward_step(model))))
+    return {k: chars / statistics.median(v) for k, v in times.items()}
 
 
 if __name__ == "__main__":

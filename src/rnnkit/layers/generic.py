@@ -329,8 +329,8 @@ class Recurrent(nn.Module, metaclass=_ByName):
         if hx is None:
             states = self.default_states(B, input)
         else:
-            states, names = self._given_states(hx)
-            for s, name, n in zip(states, names, self.state_sizes):
+            states, _ = self._given_states(hx)
+            for s, n in zip(states, self.state_sizes):
                 if not isinstance(s, torch.Tensor) or s.shape != (L, B, n) or s.dtype != weight.dtype:
                     # forward's checks name what is wrong
                     y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
