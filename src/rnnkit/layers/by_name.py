@@ -71,6 +71,12 @@ class _TupleStates:
     def _returned_states(self, states: list) -> tuple:
         return tuple(states)
 
+    def step(self, input, hx=None):
+        if isinstance(hx, (tuple, list)) and len(hx) == 1:
+            hx = hx[0]  # a family whose own step takes a bare tensor (the minimal layers)
+        y, state = super().step(input, hx)
+        return y, state if isinstance(state, tuple) else (state,)
+
 
 _TUPLE_CLASSES: dict[type, type] = {}
 

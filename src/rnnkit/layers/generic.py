@@ -302,6 +302,49 @@ class Recurrent(nn.Module, metaclass=_ByName):
                 x = nn.functional.dropout(x, self.dropout, training=True)
         return batch.output(x), self._returned_states([batch.state_out(torch.stack(acc)) for acc in finals])
 
+    def step(self, input, hx=None):
+        """One time step: input (B, input_size) -> (output (B, D * P), state_n), the numbers of
+        `forward` on a sequence of length 1 with the same hx. What decoding calls once per
+        token (sampling, beam search, streaming): in eval mode, one direction and no zoneout,
+        it runs each layer's cell step directly, without the whole-sequence machinery (input
+        forms, lengths, masks, the fused kernel's set-up), which costs more than the step
+        itself at batch 1; anything else goes through `forward`."""
+        weight = next(self.parameters(), None)
+        if (
+            self.training
+            or self.bidirectional
+            or any(self.regularizer.zoneout)
+            or not isinstance(input, torch.Tensor)
+            or input.dim() != 2
+            or input.shape[1] != self.input_size
+            or weight is None
+            or input.dtype != weight.dtype
+            or input.device != weight.device
+            or traced.tracing()
+            or torch.is_autocast_enabled(input.device.type)
+        ):
+            y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
+            return y.squeeze(1 if self.batch_first else 0), state
+        L, B = self.num_layers, input.shape[0]
+        if hx is None:
+            states = self.default_states(B, input)
+        else:
+            states, _ = self._given_states(hx)
+            for s, n in zip(states, self.state_sizes):
+                if not isinstance(s, torch.Tensor) or s.shape != (L, B, n) or s.dtype != weight.dtype:
+                    # forward's checks name what is wrong
+                    y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
+                    return y.squeeze(1 if self.batch_first else 0), state
+        x, finals = input, [[] for _ in states]
+        for k in range(L):
+            cell, w, s = self._unit(k), self._weights(k), tuple(t[k] for t in states)
+            new = cell.step(x, s, w) if w is not None else tuple(cell(x, s))
+            for acc, t in zip(finals, new):
+                acc.append(t)
+            x = new[0]
+        stack = (lambda acc: acc[0].unsqueeze(0)) if L == 1 else torch.stack
+        return x, self._returned_states([stack(acc) for acc in finals])
+
     def _direction(
         self, idx: int, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks | None, lengths=None
     ):

@@ -88,9 +88,15 @@ class LanguageModel(nn.Module):
         return F.embedding(tokens, weight * keep / (1 - p))
 
     def step(self, token: torch.Tensor, state=None):
-        """One step for decoding: token (B,) -> (logits (B, V), state)."""
-        logits, state = self(token[:, None], state)
-        return logits[:, 0], state
+        """One step for decoding: token (B,) -> (logits (B, V), state), through the layer's own
+        single step (`Recurrent.step`: the cells' step, not the sequence machinery)."""
+        if not isinstance(token, torch.Tensor) or token.dim() != 1 or not hasattr(self.rnn, "step"):
+            logits, state = self(token[:, None] if isinstance(token, torch.Tensor) else token, state)
+            return logits[:, 0], state
+        check_token_ids("token", token[:, None], self.config.vocab_size)
+        e = self._embed(token)
+        h, state = self.rnn.step(self.drop(e) if self.training else e, state)
+        return self.head(self.drop(h) if self.training else h), state
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())
