@@ -281,3 +281,48 @@ def test_rank0_alone_makes_the_run_directory(tmp_path, text_file):
     )
     assert out.returncode != 0 and out.stderr.count("holds files that are not a run's") == 1, out.stderr
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_torchrun_with_subword_tokens_learns_one_tokenizer(tmp_path):
+    """--tokens bpe under torchrun: every rank learns the tokenizer from the same training split,
+    so the run keeps the one a single process learns, and logs what one process logs."""
+    data = tmp_path / "labelled.tsv"
+    words = ["granite", "marble", "basalt", "quartz", "maple", "willow", "cedar", "birch"]
+    data.write_text(
+        "".join(
+            f"{'stone' if i % 8 < 4 else 'tree'}\t{words[i % 8]} {words[(3 * i) % 8]}\n" for i in range(80)
+        )
+    )
+    common = ["train", "classify", "--data", str(data), "--tokens", "bpe", "--vocab-size", "60"]
+    common += [
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--hidden-size",
+        "8",
+        "--batch-size",
+        "10",
+        "--dropout",
+        "0",
+    ]
+    out = subprocess.run(
+        [*TORCHRUN_RNNKIT, *common, "--out", str(tmp_path / "ddp")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, "-m", "rnnkit", *common, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    import json
+
+    configs = [json.loads((tmp_path / r / "config.json").read_text()) for r in ("ddp", "one")]
+    assert configs[0]["task_state"] == configs[1]["task_state"]
+    ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+    torch.testing.assert_close([r[2] for r in ddp], [r[2] for r in one], rtol=1e-5, atol=1e-6)

@@ -204,7 +204,8 @@ def test_a_folder_of_scores_is_kept_by_the_run(four, tmp_path, capsys):
 def test_too_little_music_is_a_clear_error(tmp_path, capsys):
     folder = tmp_path / "empty"
     folder.mkdir()
-    assert main(["train", "music", "--data", str(folder)]) == 2
+    out = ["--out", str(tmp_path / "run")]
+    assert main(["train", "music", "--data", str(folder), *out]) == 2
     assert "no score files" in capsys.readouterr().err
-    assert main(["train", "music", "--data", str(tmp_path / "missing")]) == 2
+    assert main(["train", "music", "--data", str(tmp_path / "missing"), *out]) == 2
     assert "no such file" in capsys.readouterr().err
