@@ -117,7 +117,8 @@ def sample(
         raise RnnkitValueError(f"temperature must be > 0, got {temperature}")
 
     def choose(logits):
-        probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
+        scaled = logits if temperature == 1.0 else logits / temperature  # x / 1.0 is x, bit for bit
+        probs = filter_logits(scaled, top_k=top_k, top_p=top_p).softmax(-1)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
     return _generate(step, prefix, max_new_tokens, state, eos, choose)

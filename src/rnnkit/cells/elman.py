@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from rnnkit._checks import check_choice
-from rnnkit.cells import traced
+from rnnkit.cells import speed, traced
 from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
@@ -43,6 +43,9 @@ def elman_step(x_t, state, w_ih, w_hh, b_ih, b_hh, nonlinearity: str = "tanh", *
     """One step of the equations above: (x_t (B, I), (h,)) -> (h',). `rec_mask` (B, H), if given,
     multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`)."""
     (h,) = state
+    if rec_mask is None and speed.on("aten_cells") and not traced.tracing():  # the same ops in C++
+        cell = torch.rnn_tanh_cell if nonlinearity == "tanh" else torch.rnn_relu_cell
+        return (cell(x_t, h, w_ih, w_hh, b_ih, b_hh),)
     h_in = h if rec_mask is None else h * rec_mask
     return (_ACT[nonlinearity](linear(x_t, w_ih, b_ih) + linear(h_in, w_hh, b_hh)),)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells import traced
+from rnnkit.cells import speed, traced
 from rnnkit.cells._bptt import (
     active_rows,
     add_biases,
@@ -59,6 +59,8 @@ def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None, *, rec_mask=None):
     """One step of the equations above: (x_t (B, I), (h, c)) -> (h', c'). `rec_mask` (B, P), if
     given, multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`)."""
     h, c = state
+    if rec_mask is None and w_hr is None and speed.on("aten_cells") and not traced.tracing():
+        return torch.lstm_cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)  # the same ops in C++
     h_in = h if rec_mask is None else h * rec_mask
     i, f, g, o = (linear(x_t, w_ih, b_ih) + linear(h_in, w_hh, b_hh)).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

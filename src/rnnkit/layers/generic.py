@@ -309,7 +309,8 @@ class Recurrent(nn.Module, metaclass=_ByName):
         it runs each layer's cell step directly, without the whole-sequence machinery (input
         forms, lengths, masks, the fused kernel's set-up), which costs more than the step
         itself at batch 1; anything else goes through `forward`."""
-        weight = next(self.parameters(), None)
+        weights = [self._weights(k) for k in range(self.num_layers)]  # None for a user's cell
+        weight = next(iter(weights[0].values()), None) if weights[0] else next(self.parameters(), None)
         if (
             self.training
             or self.bidirectional
@@ -337,7 +338,7 @@ class Recurrent(nn.Module, metaclass=_ByName):
                     return y.squeeze(1 if self.batch_first else 0), state
         x, finals = input, [[] for _ in states]
         for k in range(L):
-            cell, w, s = self._unit(k), self._weights(k), tuple(t[k] for t in states)
+            cell, w, s = self._unit(k), weights[k], tuple(t[k] for t in states)
             new = cell.step(x, s, w) if w is not None else tuple(cell(x, s))
             for acc, t in zip(finals, new):
                 acc.append(t)

@@ -48,7 +48,7 @@ def check_token_ids(name: str, tokens, V: int) -> None:
         raise RnnkitValueError(f"{name} must be integer token ids (B, T), got dtype {tokens.dtype}")
     if tracing() or not tokens.numel():
         return
-    low, high = (int(v) for v in torch.stack(torch.aminmax(tokens)).tolist())
+    low, high = (int(v) for v in torch.aminmax(tokens))
     if low < 0 or high >= V:
         raise RnnkitValueError(
             f"{name} must be ids in 0..{V - 1} (vocab_size {V}), got values in {low}..{high} "

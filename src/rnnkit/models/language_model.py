@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit._checks import check_positive_int
+from rnnkit.cells.traced import tracing
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import check_token_ids
 from rnnkit.models._recurrent import Regularized, recurrent_layer, regularizers
@@ -93,10 +94,21 @@ class LanguageModel(nn.Module):
         if not isinstance(token, torch.Tensor) or token.dim() != 1 or not hasattr(self.rnn, "step"):
             logits, state = self(token[:, None] if isinstance(token, torch.Tensor) else token, state)
             return logits[:, 0], state
-        check_token_ids("token", token[:, None], self.config.vocab_size)
-        e = self._embed(token)
-        h, state = self.rnn.step(self.drop(e) if self.training else e, state)
-        return self.head(self.drop(h) if self.training else h), state
+        V = self.config.vocab_size
+        if not tracing():  # a check without a reduction: decoding feeds one or a few ids a step
+            ids = token.tolist()
+            if (
+                ids
+                and (min(ids) < 0 or max(ids) >= V)
+                or token.is_floating_point()
+                or token.dtype == torch.bool
+            ):
+                check_token_ids("token", token[:, None], V)  # names what is wrong
+        if self.training:
+            h, state = self.rnn.step(self.drop(self._embed(token)), state)
+            return self.head(self.drop(h)), state
+        h, state = self.rnn.step(F.embedding(token, self.embedding.weight), state)
+        return F.linear(h, self.head.weight, self.head.bias), state
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())

@@ -11,6 +11,10 @@ every built-in unit with each piece off and compares), and each has one switch:
     sigmoid_tanh  tanh on CPU as 2 sigmoid(2v) - 1 (tanh.py); the compiled loops rely on it, so
                   they are off with it
     gc_pause      Python's cycle collector paused while a kernel runs (gc_pause.py)
+    aten_cells    one step of the plain LSTM and Elman RNN (no recurrent-dropout mask, no
+                  projection) as ATen's own cell function, torch.lstm_cell / rnn_tanh_cell /
+                  rnn_relu_cell: one call instead of a dozen eager ops, whose dispatch is most of
+                  a batch-1 step (sampling); the same ops in the same order, so the same bits
 
 record.py (a step's arrays in one flat row) is the layout the layer-normalised LSTM's loops share,
 compiled and in Python; it has no switch, there being no other layout to switch to.
@@ -24,7 +28,7 @@ import contextlib
 
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 
-NAMES = ("native", "workspace", "onednn", "sigmoid_tanh", "gc_pause")
+NAMES = ("native", "workspace", "onednn", "sigmoid_tanh", "gc_pause", "aten_cells")
 _ON = dict.fromkeys(NAMES, True)
 
 
