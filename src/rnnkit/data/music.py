@@ -153,13 +153,15 @@ def estimate_key(voices) -> str:
 # --- reading scores -----------------------------------------------------------------------------
 
 
-def chorale_paths() -> list[tuple[str, Path]]:
-    """(name, file) of the Riemenschneider chorales in music21's corpus, in its order; where a
-    work has several files, the MusicXML one named after it."""
+def chorale_paths(limit: int | None = None) -> list[tuple[str, Path]]:
+    """(name, file) of the Riemenschneider chorales in music21's corpus, in its order (the first
+    `limit`); where a work has several files, the MusicXML one named after it."""
     from music21 import corpus
 
     out, seen = [], set()
     for name in corpus.chorales.Iterator(returnType="filename"):
+        if limit is not None and len(out) >= limit:
+            break
         found = corpus.getWork(name)
         if isinstance(found, list):
             stem = name.split("/")[-1]

@@ -115,6 +115,8 @@ class KneserNey:
                     power = power * _P
                     context = context + np.uint64(h[len(h) - (k - 1)] + 1) * power
                 table = self.raw[k] if k == order else self.cont[k]
+                if not table._find(table.contexts, np.array([context], dtype=np.uint64))[1][0]:
+                    break  # an unseen context: no longer one ending with it was seen either
                 p = table.interpolate(np.full(self.V, context, dtype=np.uint64), words, p)
         return p / p.sum()
 

@@ -16,6 +16,7 @@ total variation distance of their pitch-class and melodic-interval distributions
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -121,9 +122,8 @@ def chorales(limit: int | None) -> list[music.Piece]:
             f"music: ignoring {cache}, which is not a cache of ours (remove it to rebuild it)",
             file=sys.stderr,
         )
-    paths = music.chorale_paths()
-    pieces = [_named(music.read_score(path, 4), name) for name, path in paths[:limit]]
-    if limit is None or limit >= len(paths):
+    pieces = list(_parsed(limit))
+    if limit is None or len(pieces) < limit:  # the whole corpus
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             if not cache.exists():
@@ -131,6 +131,12 @@ def chorales(limit: int | None) -> list[music.Piece]:
         except OSError:
             pass  # a read-only home: parsed again next time
     return pieces
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(limit: int | None) -> tuple[music.Piece, ...]:
+    """The first `limit` chorales parsed, once per process (pieces are immutable)."""
+    return tuple(_named(music.read_score(path, 4), name) for name, path in music.chorale_paths(limit))
 
 
 def _named(piece: music.Piece, name: str) -> music.Piece:
