@@ -46,8 +46,11 @@ def test_train_evaluate_sample_predict(tmp_path, text_file, capsys):
     assert main(["sample", str(run), "--prime", "The ", "--length", "30", "--seed", "3"]) == 0
     first = capsys.readouterr().out
     assert first.startswith("The ") and len(first.rstrip("\n")) >= 34 - 1
-    main(["sample", str(run), "--prime", "The ", "--length", "30", "--seed", "3"])
+    saved = run.parent / "sample.txt"
+    main(["sample", str(run), "--prime", "The ", "--length", "30", "--seed", "3", "--out", str(saved)])
     assert capsys.readouterr().out == first  # seeded
+    assert saved.read_text() == first.rstrip("\n")  # --out keeps the text too
+    assert main(["sample", str(run), "--out", str(saved)]) == 2  # and never overwrites a file
     assert main(["predict", str(run), "import ", "\u2603 unseen"]) == 0  # unseen characters map to unknown
     out = capsys.readouterr().out
     assert "import " in out and "\u2603 unseen" in out
