@@ -203,7 +203,10 @@ def read_score(path, voices: int) -> Piece:
         parts = named
     if len(parts) < voices:
         raise RnnkitValueError(f"--data: {path} has {len(parts)} part(s), --voices asks for {voices}")
-    notes = [_part_notes(p) for p in parts[:voices]]
+    try:
+        notes = [_part_notes(p) for p in parts[:voices]]
+    except Exception as e:  # a part music21 reads but we cannot (e.g. odd percussion)
+        raise RnnkitValueError(f"--data: {path}: its notes cannot be read ({type(e).__name__}: {e})") from None
     length = max((s + d for v in notes for s, d, _ in v[-1:]), default=0)
     length = max(length, _steps(parts[0].highestTime))
     if not any(notes) or length < 1:
@@ -228,8 +231,11 @@ def _part_notes(part) -> tuple[tuple[int, int, int], ...]:
     dropped."""
     notes = []
     for n in part.stripTies().flatten().notes:
+        pitches = [p.midi for p in getattr(n, "pitches", ())]
+        if not pitches:  # unpitched (percussion)
+            continue
         start, end = _steps(n.offset), _steps(n.offset + n.quarterLength)
-        pitch = max(p.midi for p in n.pitches)
+        pitch = max(pitches)
         if end <= start or not 0 <= pitch <= 127:
             continue
         if notes and notes[-1][0] == start:  # two notes at once in one voice: keep the higher
