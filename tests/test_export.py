@@ -55,16 +55,17 @@ def charlm(root, text_file):
     return train(root, "charlm", *flags, data=text_file)
 
 
-def test_charlm_logits_and_states(charlm):
-    run, path = charlm
+def same_language_model(run, path, layers: int, sizes) -> None:
+    """The graph of a charlm or music run: (tokens, h, c) -> (logits, h, c) as the model gives
+    them, at each (batch, time) of `sizes`."""
     s, meta = session(path)
     assert [i.name for i in s.get_inputs()] == ["tokens", "state_in_0", "state_in_1"]  # LSTM: h, c
     assert [o.name for o in s.get_outputs()] == ["logits", "state_out_0", "state_out_1"]
     V = len(meta["vocabulary"])
     g = torch.Generator().manual_seed(0)
-    for B, T in ((1, 1), (3, 7), (8, 33)):
+    for B, T in sizes:
         tokens = torch.randint(0, V, (B, T), generator=g)
-        state = tuple(torch.randn(2, B, 12, generator=g) for _ in range(2))
+        state = tuple(torch.randn(layers, B, 12, generator=g) for _ in range(2))
         with torch.no_grad():
             logits, (h, c) = run.model(tokens, state)
         got = s.run(
@@ -72,6 +73,10 @@ def test_charlm_logits_and_states(charlm):
         )
         for a, b in zip(got, (logits, h, c)):
             close(a, b)
+
+
+def test_charlm_logits_and_states(charlm):
+    same_language_model(*charlm, layers=2, sizes=((1, 1), (3, 7), (8, 33)))
 
 
 def test_charlm_example_samples_text(charlm, example):
@@ -190,20 +195,9 @@ def test_dates_decodes_as_predict_with_a_locale(root, example):
 def test_music_logits_and_the_example_draws_a_piece(root, example, monkeypatch, tmp_path):
     monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))
     run, path = train(root, "music", "--pieces", "6", "--voices", "4")
-    s, meta = session(path)
+    _, meta = session(path)
     assert meta["voices"] == 4 and meta["vocabulary"][meta["end_id"]] == "<end>"
-    V = len(meta["vocabulary"])
-    g = torch.Generator().manual_seed(0)
-    for B, T in ((1, 1), (4, 40)):
-        tokens = torch.randint(0, V, (B, T), generator=g)
-        state = tuple(torch.randn(1, B, 12, generator=g) for _ in range(2))
-        with torch.no_grad():
-            logits, (h, c) = run.model(tokens, state)
-        got = s.run(
-            None, {"tokens": tokens.numpy(), "state_in_0": state[0].numpy(), "state_in_1": state[1].numpy()}
-        )
-        for a, b in zip(got, (logits, h, c)):
-            close(a, b)
+    same_language_model(run, path, layers=1, sizes=((1, 1), (4, 40)))
     text = example["music_sample"](example["Exported"](path), "K:G |", 16, 1.0, np.random.default_rng(0))
     from rnnkit.data import music
 

@@ -206,7 +206,9 @@ def read_score(path, voices: int) -> Piece:
     try:
         notes = [_part_notes(p) for p in parts[:voices]]
     except Exception as e:  # a part music21 reads but we cannot (e.g. odd percussion)
-        raise RnnkitValueError(f"--data: {path}: its notes cannot be read ({type(e).__name__}: {e})") from None
+        raise RnnkitValueError(
+            f"--data: {path}: its notes cannot be read ({type(e).__name__}: {e})"
+        ) from None
     length = max((s + d for v in notes for s, d, _ in v[-1:]), default=0)
     length = max(length, _steps(parts[0].highestTime))
     if not any(notes) or length < 1:

@@ -61,6 +61,34 @@ def state_axes(layer, prefix: str) -> tuple[tuple[str, ...], dict, list]:
     return names, {n: {1: "batch"} for n in names}, docs
 
 
+def language_model_graphs(model, tokens_doc: str, logits_doc: str) -> list[OnnxGraph]:
+    """The one graph of a language model read with its state carried (charlm, music): tokens
+    (B, T) and the states in -> logits (B, T, V) and the states out; `tokens_doc` and
+    `logits_doc` say what the ids and the logits are."""
+    layer = model.rnn
+    tokens = torch.zeros(2, 5, dtype=torch.long, device=next(model.parameters()).device)
+    ins, axes, docs = state_axes(layer, "state_in")
+    outs, _, out_docs = state_axes(layer, "state_out")
+    V = model.config.vocab_size
+    return [
+        OnnxGraph(
+            FlatStates(model),
+            (tokens, tuple(layer.default_states(2))),
+            ("tokens", *ins),
+            ("logits", *outs),
+            {"tokens": {0: "batch", 1: "time"}, **axes},
+            doc="; ".join(
+                [
+                    f"tokens: int64 (batch, time), {tokens_doc}",
+                    *docs,
+                    f"logits: float32 (batch, time, {V}), {logits_doc}",
+                    *out_docs,
+                ]
+            ),
+        )
+    ]
+
+
 class _Encode(torch.nn.Module):
     """inputs -> the leaves of `model.initial_state(*inputs)` (the decoding state), flat."""
 

@@ -26,14 +26,13 @@ from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.models._recurrent import drops_weights, regularizers
 from rnnkit.tasks._common import (
-    FlatStates,
     OnnxGraph,
     RegularizerOptions,
     Task,
     cached_baseline,
     cell_option,
     data_key,
-    state_axes,
+    language_model_graphs,
 )
 from rnnkit.training.dynamic import DECAY_GRID, LR_GRID, dynamic_bits, tune
 from rnnkit.training.tbptt import tbptt_step
@@ -262,29 +261,11 @@ class CharLMTask(Task):
         return {"sample": "    " + text.replace("\n", "\n    ")}
 
     def onnx_graphs(self, model) -> list[OnnxGraph]:
-        """One graph: tokens (B, T) and the states in -> logits (B, T, V) and the states out."""
-        layer = model.rnn
-        tokens = torch.zeros(2, 5, dtype=torch.long, device=next(model.parameters()).device)
-        states = tuple(layer.default_states(2))
-        ins, axes, docs = state_axes(layer, "state_in")
-        outs, _, out_docs = state_axes(layer, "state_out")
-        return [
-            OnnxGraph(
-                FlatStates(model),
-                (tokens, states),
-                ("tokens", *ins),
-                ("logits", *outs),
-                {"tokens": {0: "batch", 1: "time"}, **axes},
-                doc="; ".join(
-                    [
-                        "tokens: int64 (batch, time), ids of `vocabulary` (unknown characters: unknown_id)",
-                        *docs,
-                        f"logits: float32 (batch, time, {len(self.vocab)}), of the next character",
-                        *out_docs,
-                    ]
-                ),
-            )
-        ]
+        return language_model_graphs(
+            model,
+            "ids of `vocabulary` (unknown characters: unknown_id)",
+            "of the next character",
+        )
 
     def onnx_files(self) -> dict[str, str]:
         return {"tokenizer": self.vocab.json_text()} if isinstance(self.vocab, Subwords) else {}

@@ -35,7 +35,6 @@ from rnnkit.errors import RnnkitValueError
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.models._recurrent import regularizers
 from rnnkit.tasks._common import (
-    FlatStates,
     OnnxGraph,
     RegularizerOptions,
     Task,
@@ -45,9 +44,9 @@ from rnnkit.tasks._common import (
     cell_option,
     data_key,
     device_of,
+    language_model_graphs,
     pad_ids,
     pyplot,
-    state_axes,
 )
 from rnnkit.tasks._ngram import KneserNey
 from rnnkit.training.checkpoint import write_bytes
@@ -467,28 +466,9 @@ class MusicTask(Task):
     # --- export and plot ------------------------------------------------------------------------
 
     def onnx_graphs(self, model) -> list[OnnxGraph]:
-        """One graph: tokens (B, T) and the states in -> logits (B, T, V) and the states out."""
-        layer = model.rnn
-        tokens = torch.zeros(2, 5, dtype=torch.long, device=device_of(model))
-        ins, axes, docs = state_axes(layer, "state_in")
-        outs, _, out_docs = state_axes(layer, "state_out")
-        return [
-            OnnxGraph(
-                FlatStates(model),
-                (tokens, tuple(layer.default_states(2))),
-                ("tokens", *ins),
-                ("logits", *outs),
-                {"tokens": {0: "batch", 1: "time"}, **axes},
-                doc="; ".join(
-                    [
-                        "tokens: int64 (batch, time), ids of `vocabulary` (a piece starts with end_id)",
-                        *docs,
-                        f"logits: float32 (batch, time, {len(self.vocab)}), of the next token",
-                        *out_docs,
-                    ]
-                ),
-            )
-        ]
+        return language_model_graphs(
+            model, "ids of `vocabulary` (a piece starts with end_id)", "of the next token"
+        )
 
     def onnx_metadata(self, model) -> dict:
         return {
