@@ -29,21 +29,23 @@ def torchrun(worker, out_dir):
 
 def test_two_processes_equal_one(tmp_path):
     worker = pathlib.Path(ddp_worker.__file__)
-    out = torchrun(worker, tmp_path / "ddp")
+    run = tmp_path / "ddp"
+    out = torchrun(worker, run)
     if (
         out.returncode != 0
         and GLOO_TEARDOWN_ABORT in out.stderr
         and "Traceback (most recent" not in out.stderr.split(GLOO_TEARDOWN_ABORT)[0]
     ):
-        out = torchrun(worker, tmp_path / "ddp")
+        run = tmp_path / "ddp-again"  # a fresh directory: the first try's metrics stay in its own
+        out = torchrun(worker, run)
     assert out.returncode == 0, out.stderr[-3000:]
-    ddp = load_file(str(tmp_path / "ddp" / "final.safetensors"))
+    ddp = load_file(str(run / "final.safetensors"))
     single = ddp_worker.train(tmp_path / "single").state_dict()
     assert set(ddp) == set(single)
     for k, v in single.items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6)
     # rank 0 alone wrote the run directory, with the same metric lines as the single process
-    ddp_lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    ddp_lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(ddp_lines) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())
 
 
