@@ -4,12 +4,12 @@ For each kernel with compiled loops and each config, in one process and interlea
 step (forward + backward of y.sum() + h_n.sum()) and an inference forward of the same rnnkit
 layer, float32, as is (compiled loops, where they apply) and with its forward inside
 `rnnkit.cells.speed.native.disabled()` (the Python loops; the backward follows the forward's choice).
-Ratio: Python / compiled (> 1: the compiled loops are faster). Past `_native.MAX_STEP_MACS` both
-columns are the Python loops (the kernels choose them there), so the ratio is ~1.
+Ratio: Python / compiled (> 1: the compiled loops are faster). The compiled loops run at every
+size since their step product is our own packed GEMM (speed/cpp/common.h, `Packed`); before it,
+they left the step to MKL and stopped at 5M multiply-adds a step, where oneDNN from the Python
+loops was as fast.
 
-    python benchmarks/bench_native.py [--quick] [--force] [--out docs/benchmarks.md]
-
---force runs the compiled loops at every size (MAX_STEP_MACS lifted): how the cut was chosen.
+    python benchmarks/bench_native.py [--quick] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import rnnkit
 from _harness import compiled_loops, stamped, time_interleaved, write_section
 from rnnkit.cells.speed import native as _native
 
-CONFIGS = [(1000, 16, 64), (200, 32, 128), (100, 64, 256)]  # (T, B, I=H)
+CONFIGS = [(1000, 16, 64), (200, 32, 128), (100, 64, 256), (100, 64, 512)]  # (T, B, I=H)
 LAYERS = {
     "lstm": lambda H: rnnkit.LSTM(H, H),
     "gru": lambda H: rnnkit.GRU(H, H),
@@ -64,11 +64,8 @@ def runners(kind: str, T: int, B: int, H: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small config, few repeats")
-    parser.add_argument("--force", action="store_true", help="compiled loops at every size")
     parser.add_argument("--out", default=None, help="also write the markdown table into this page")
     args = parser.parse_args()
-    if args.force:
-        _native.MAX_STEP_MACS = float("inf")
     configs = [(50, 8, 32)] if args.quick else CONFIGS
     repeats, budget = (3, 1.0) if args.quick else (7, 10.0)
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; {compiled_loops()}"

@@ -411,25 +411,6 @@ def test_kernel_calls_the_compiled_loops(kernel, dtype, calls):
     assert ran(calls, kernel) == (2, 2)
 
 
-@pytest.mark.parametrize("kernel", kernels())
-def test_large_steps_keep_the_python_loops(kernel, calls, monkeypatch):
-    """From _native.MAX_STEP_MACS multiply-adds in a step's recurrent product on, the kernels run
-    their Python loops (the GEMM-bound regime, where those route the product to oneDNN), with
-    the same results; just below it, the compiled ones."""
-    args, kw = make(kernel, 4, 2)
-    w_hh = args[kernel.w_hh]
-    macs = 2 * kernel.gates * H * w_hh.shape[1]  # B=2 rows against W_hh (G*H, P)
-    assert _native.ops(w_hh, (2, w_hh)) is not None  # the real threshold: far above this size
-    monkeypatch.setattr(_native, "MAX_STEP_MACS", macs)
-    want = [*kernel(args, kw), *torch.autograd.grad(sum(o.sum() for o in kernel(args, kw)), leaves(args, kw))]
-    assert ran(calls, kernel) == (0, 0)
-    monkeypatch.setattr(_native, "MAX_STEP_MACS", macs + 1)
-    outs = kernel(args, kw)
-    got = [*outs, *torch.autograd.grad(sum(o.sum() for o in outs), leaves(args, kw))]
-    assert ran(calls, kernel) == (1, 1)
-    assert_all_close(got, want, rtol=1e-10, atol=1e-12)
-
-
 # --- 5. inference -----------------------------------------------------------------------------
 
 

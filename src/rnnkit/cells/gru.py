@@ -105,7 +105,7 @@ class GRUResetAfter(torch.autograd.Function):
         a[..., 2 * H :] = tanh_.prep(bh[2 * H :])
         w_hh_k = tanh_.prep(w_hh, 2 * H)
         y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
-        native = _native.ops(x, (B, w_hh_k))
+        native = _native.ops(x)
         if native is not None:  # the same loop, compiled (native/gru.cpp)
             native.gru_forward(a, n, y, h0.contiguous(), w_hh_k.t().contiguous(), batch_sizes or [])
         else:

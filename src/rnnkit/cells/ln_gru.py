@@ -132,7 +132,7 @@ class LNGRUFused(torch.autograd.Function):
         )  # (T, B, 3H): W_hh h_{t-1}, for LN_hh's backward
         y = workspace.empty_like(n, zero=bool(batch_sizes))  # (T, B, H)
         g_hh2, shift2 = tanh_.prep(g_hh, 2 * H), tanh_.prep(shift, 2 * H)
-        native = _native.ops(x, (B, w_hh))
+        native = _native.ops(x)
         if native is not None:
             stats = x.new_zeros(2, T, B)  # LN_hh's (mean, 1/sigma), every row and step
             native.ln_gru_forward(

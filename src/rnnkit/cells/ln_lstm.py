@@ -134,7 +134,7 @@ class LNLSTMFused(torch.autograd.Function):
         g_hh2, g_c2, s_c2 = doubled(g_hh, 2 * H, 3 * H), tanh_.prep(g_c), tanh_.prep(s_c)
         rec = _record(B, H, P)
         train = train and any(ctx.needs_input_grad)
-        native = _native.ops(x, (B, w_hh))
+        native = _native.ops(x)
         # the compiled loop writes only active rows; the padding is read later, so zeroed
         records = workspace.empty((T, rec.size), x, zero=native is not None and bool(batch_sizes))
         if native is not None:

@@ -96,7 +96,7 @@ class LSTMFused(torch.autograd.Function):
         tanh_c = new(c)  # (T, B, H), kept for backward
         y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
         m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
-        native = _native.ops(x, (B, w_hh_p2))
+        native = _native.ops(x)
         if native is not None:  # the same loop, compiled (speed/cpp/lstm.cpp); g and c unscaled
             w_hr_t = None if w_hr is None else w_hr.t().contiguous()
             native.lstm_forward(

@@ -2,7 +2,9 @@
 
 Why: at small sizes a step of a fused kernel's Python loop costs its ~20 eager ops (1-7 us each,
 `python benchmarks/op_floor.py`), not its arithmetic. A compiled loop makes a step one GEMM and
-one pass over each row. Only the loops are compiled; everything done for all steps at once
+one pass over each row; the GEMM is our own (`Packed` in cpp/common.h: the weight packed once a
+call, register tiles), 1.3-2x faster than torch.mm (MKL) on these few-row products here, which
+makes the compiled loops the faster ones at every size measured (`benchmarks/bench_native.py`). Only the loops are compiled; everything done for all steps at once
 (input projection, weight gradients, layer-norm parameter gradients) stays in the Python kernel,
 which also keeps its own loops as the reference and as the path wherever the compiled one does
 not apply (another device or dtype, no compiler).
@@ -41,14 +43,6 @@ HEADERS = [_DIR / "common.h"]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 DTYPES = (torch.float32, torch.float64)
-# From this size of a step's recurrent product (rows x W's elements) on, the Python loops are
-# used: the step is then bound by its GEMM, which the compiled loops leave to torch.mm (MKL, half
-# as fast on this machine at these sizes) and the Python loops route to oneDNN
-# (`rnnkit.cells.speed.gemm`). Measured (training step, T=100, compiled against Python loops, ms;
-# `python benchmarks/bench_native.py --force` gives the B=64 H=256 pair): LSTM
-# at B=64 H=128 (4.2M) 31 against 37, B=32 H=256 (8.4M) 59 against 57, B=64 H=256 (16.8M) 108
-# against 100; GRU at B=64 H=128 (3.1M) 29 against 32, B=32 H=256 (6.3M) 51 against 48.
-MAX_STEP_MACS = 5_000_000
 
 _lock = threading.Lock()
 
@@ -134,17 +128,14 @@ def _build_lock(build_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ops(like: torch.Tensor, recurrent: tuple[int, torch.Tensor] | None = None):
+def ops(like: torch.Tensor):
     """The compiled ops for kernels whose buffers are like `like`, or None where they do not
-    apply: not CPU, not float32/float64, disabled, the build failed, or `recurrent` = (rows, W),
-    a step's recurrent product, has MAX_STEP_MACS multiply-adds or more. The compiled loops take
+    apply: not CPU, not float32/float64, disabled, or the build failed. The compiled loops take
     every tanh from a sigmoid, so they also need the kernels to prepare their pre-activations that
     way (`speed.tanh.Tanh`, on by default on CPU; tests turn it off to run torch's tanh)."""
     if like.device.type != "cpu" or like.dtype not in DTYPES:
         return None
     if not (speed.on("native") and speed.on("sigmoid_tanh")) or like.device.type not in tanh.TANH_VIA_SIGMOID:
-        return None
-    if recurrent is not None and recurrent[0] * recurrent[1].numel() >= MAX_STEP_MACS:
         return None
     with _lock:  # one build per process, even from several threads
         return _build()

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <utility>
 
@@ -74,6 +75,105 @@ inline void for_rows(int64_t n, int64_t width, const F& f) {
     for (int64_t r = begin; r < end; ++r) f(r);
   });
 }
+
+// A step's recurrent product, C = init + A W with the same W (K, N) at every step of a call: W is
+// packed once a call into column panels of NR = two vectors (panel p holds W[:, p NR : (p+1) NR]
+// row after row, zero padded), and each tile of MR rows x NR columns of C is accumulated in
+// registers over all of K, one row of the panel and MR broadcasts of A per k. Why not torch.mm:
+// MKL, which it calls, runs these skinny products (a few dozen rows) at 50-75% of this machine's
+// FMA rate, and oneDNN's linear adds a primitive's setup to every call; this kernel reaches ~90%
+// of a core's rate at every step size measured (docs/benchmarks.md, "A GEMM of our own"). Each
+// element sums over k in order 0..K-1 whatever the threads, so results do not depend on them.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;  // AVX2 and below: 16 registers hold MR x 2 accumulators
+#endif
+
+// GCC drops a vector_size attribute on a dependent alias (`using V = T __attribute__(...)`), not
+// on a typedef inside a template
+template <typename T>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+};
+
+template <typename T>
+class Packed {
+ public:
+  static constexpr int64_t L = kVectorBytes / sizeof(T), NR = 2 * L, MR = 6;
+  using Vec = typename VectorOf<T>::type;
+  static_assert(sizeof(Vec) == kVectorBytes, "a vector of L elements");
+
+  explicit Packed(const at::Tensor& w) : K_(w.size(0)), N_(w.size(1)), P_((N_ + NR - 1) / NR) {
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "rnnkit: a packed weight must be a contiguous matrix");
+    buf_ = at::zeros({P_, K_, NR}, w.options());
+    const T* src = w.data_ptr<T>();
+    T* dst = buf_.data_ptr<T>();
+    for (int64_t p = 0; p < P_; ++p) {
+      const int64_t j0 = p * NR, width = std::min<int64_t>(NR, N_ - j0);
+      for (int64_t k = 0; k < K_; ++k) std::copy_n(src + k * N_ + j0, width, dst + (p * K_ + k) * NR);
+    }
+  }
+
+  // C (n x N, rows ldc apart) = init (rows ldi apart; nullptr for 0; may be C) + A (n x K, rows
+  // lda apart) W. Split over torch's threads by panels when the product is large enough.
+  void gemm(int64_t n, const T* A, int64_t lda, T* C, int64_t ldc, const T* init, int64_t ldi) const {
+    if (n <= 0) return;
+    const int64_t grain = n * K_ * N_ < (int64_t(1) << 15) ? P_ : 1;
+    at::parallel_for(0, P_, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t j0 = p * NR, width = std::min<int64_t>(NR, N_ - j0);
+        const T* panel = buf_.data_ptr<T>() + p * K_ * NR;
+        const T* in = init == nullptr ? nullptr : init + j0;
+        int64_t r = 0;
+        for (; r + MR <= n; r += MR) tile<MR>(A + r * lda, lda, panel, C + r * ldc + j0, ldc, in ? in + r * ldi : in, ldi, width);
+        const T* in_r = in ? in + r * ldi : in;
+        T* C_r = C + r * ldc + j0;
+        switch (n - r) {  // the rows left: a tile of their own height
+          case 5: tile<5>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
+          case 4: tile<4>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
+          case 3: tile<3>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
+          case 2: tile<2>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
+          case 1: tile<1>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
+          default: break;
+        }
+      }
+    });
+  }
+
+ private:
+  template <int M>
+  void tile(const T* A, int64_t lda, const T* panel, T* C, int64_t ldc, const T* init, int64_t ldi,
+            int64_t width) const {
+    Vec lo[M], hi[M];
+    T row[NR];
+    for (int r = 0; r < M; ++r) {  // the accumulators start from init's rows (or 0)
+      std::fill_n(row, NR, T(0));
+      if (init != nullptr) std::copy_n(init + r * ldi, width, row);
+      std::memcpy(&lo[r], row, sizeof(Vec));
+      std::memcpy(&hi[r], row + L, sizeof(Vec));
+    }
+    for (int64_t k = 0; k < K_; ++k) {
+      Vec b0, b1;
+      std::memcpy(&b0, panel + k * NR, sizeof(Vec));
+      std::memcpy(&b1, panel + k * NR + L, sizeof(Vec));
+#pragma GCC unroll 8
+      for (int r = 0; r < M; ++r) {
+        const T a = A[r * lda + k];
+        lo[r] += a * b0;
+        hi[r] += a * b1;
+      }
+    }
+    for (int r = 0; r < M; ++r) {
+      std::memcpy(row, &lo[r], sizeof(Vec));
+      std::memcpy(row + L, &hi[r], sizeof(Vec));
+      std::copy_n(row, width, C + r * ldc);
+    }
+  }
+
+  int64_t K_, N_, P_;
+  at::Tensor buf_;
+};
 
 inline int64_t rows_at(at::IntArrayRef bs, int64_t t, int64_t B) { return bs.empty() ? B : bs[t]; }
 

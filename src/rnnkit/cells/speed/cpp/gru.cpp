@@ -22,14 +22,14 @@ template <typename T>
 void forward_impl(at::Tensor& a_buf, at::Tensor& n_buf, at::Tensor& y_buf, const at::Tensor& h0,
                   const at::Tensor& w_hh_t, at::IntArrayRef bs) {
   const int64_t T_ = a_buf.size(0), B = a_buf.size(1), G3 = a_buf.size(2), H = G3 / 3;
-  const auto opt = a_buf.options();
   T *ap = a_buf.data_ptr<T>(), *np = n_buf.data_ptr<T>(), *yp = y_buf.data_ptr<T>();
   const T* h0p = h0.data_ptr<T>();
+  const Packed<T> W(w_hh_t);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = rows_at(bs, t, B);
     const T* hp = t > 0 ? yp + (t - 1) * B * H : h0p;
-    at::Tensor a_t = matrix(ap + t * B * G3, n, G3, opt);
-    at::addmm_out(a_t, a_t, matrix(const_cast<T*>(hp), n, H, opt), w_hh_t);
+    T* a_t = ap + t * B * G3;
+    W.gemm(n, hp, H, a_t, G3, a_t, G3);  // a_t += h_{t-1} W_hh^T
     for_rows(n, G3, [&](int64_t r) {
       const int64_t row = t * B + r;
       T *a = ap + row * G3, *nn = np + row * H, *y = yp + row * H;
@@ -52,9 +52,9 @@ template <typename T>
 void backward_impl(at::Tensor& A, at::Tensor& g, const at::Tensor& a_buf, const at::Tensor& w_hh,
                    at::IntArrayRef bs) {
   const int64_t T_ = A.size(0), B = A.size(1), G4 = A.size(2), H = G4 / 4;
-  const auto opt = A.options();
   T *Ap = A.data_ptr<T>(), *gp = g.data_ptr<T>();
   const T* ap = a_buf.data_ptr<T>();
+  const Packed<T> W(w_hh);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = rows_at(bs, t, B);
     for_rows(n, G4, [&](int64_t r) {
@@ -74,10 +74,9 @@ void backward_impl(at::Tensor& A, at::Tensor& g, const at::Tensor& a_buf, const 
         for (int64_t j = 0; j < H; ++j) prev[j] += dh[j] * z[j];
       }
     });
-    if (t > 0) {
-      at::Tensor prev = matrix(gp + (t - 1) * B * H, n, H, opt);
-      at::Tensor D_hh = at::from_blob(Ap + t * B * G4 + H, {n, 3 * H}, {G4, 1}, opt);
-      at::addmm_out(prev, prev, D_hh, w_hh);
+    if (t > 0) {  // dh_{t-1} += [dr~, dz~, dn~ r]_t W_hh: D's last three blocks, rows G4 apart
+      T* prev = gp + (t - 1) * B * H;
+      W.gemm(n, Ap + t * B * G4 + H, G4, prev, H, prev, H);
     }
   }
 }

@@ -23,15 +23,14 @@ void forward_impl(at::Tensor& rzn, at::Tensor& n_buf, at::Tensor& a_buf, at::Ten
                   const at::Tensor& w_hh_t, const at::Tensor& g_hh, const at::Tensor& s_hh, at::IntArrayRef bs,
                   at::Tensor& stats, double eps) {
   const int64_t T_ = rzn.size(0), B = rzn.size(1), G3 = rzn.size(2), H = G3 / 3;
-  const auto opt = rzn.options();
   T *rznp = rzn.data_ptr<T>(), *np = n_buf.data_ptr<T>(), *ap = a_buf.data_ptr<T>(), *yp = y_buf.data_ptr<T>();
   T* st = stats.data_ptr<T>();
   const T *ghh = g_hh.data_ptr<T>(), *shh = s_hh.data_ptr<T>(), *h0p = h0.data_ptr<T>();
+  const Packed<T> W(w_hh_t);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = rows_at(bs, t, B);
     const T* hp = t > 0 ? yp + (t - 1) * B * H : h0p;  // h_{t-1}, rows first
-    at::Tensor a_t = matrix(ap + t * B * G3, n, G3, opt);
-    at::mm_out(a_t, matrix(const_cast<T*>(hp), n, H, opt), w_hh_t);  // a = W_hh h_{t-1}
+    W.gemm(n, hp, H, ap + t * B * G3, G3, nullptr, 0);  // a = W_hh h_{t-1}
     for_rows(n, G3, [&](int64_t r) {
       const int64_t row = t * B + r;
       const T* a = ap + row * G3;
@@ -61,9 +60,9 @@ void backward_impl(at::Tensor& R, at::Tensor& g, const at::Tensor& rzn, const at
                    const at::Tensor& stats, const at::Tensor& w_hh, const at::Tensor& g_hh, at::IntArrayRef bs,
                    at::Tensor& da) {
   const int64_t T_ = R.size(0), B = R.size(1), G3 = R.size(2), H = G3 / 3;
-  const auto opt = R.options();
   T *Rp = R.data_ptr<T>(), *gp = g.data_ptr<T>(), *dap = da.data_ptr<T>();
   const T *rznp = rzn.data_ptr<T>(), *ap = a_buf.data_ptr<T>(), *st = stats.data_ptr<T>(), *ghh = g_hh.data_ptr<T>();
+  const Packed<T> W(w_hh);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = rows_at(bs, t, B);
     for_rows(n, G3, [&](int64_t r) {
@@ -86,9 +85,9 @@ void backward_impl(at::Tensor& R, at::Tensor& g, const at::Tensor& rzn, const at
         for (int64_t j = 0; j < H; ++j) prev[j] += dh[j] * z[j];
       }
     });
-    if (t > 0) {
-      at::Tensor prev = matrix(gp + (t - 1) * B * H, n, H, opt);
-      at::addmm_out(prev, prev, matrix(dap + t * B * G3, n, G3, opt), w_hh);
+    if (t > 0) {  // dh_{t-1} += da_t W_hh
+      T* prev = gp + (t - 1) * B * H;
+      W.gemm(n, dap + t * B * G3, G3, prev, H, prev, H);
     }
   }
 }

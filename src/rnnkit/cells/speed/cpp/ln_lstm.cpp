@@ -36,18 +36,18 @@ void forward_impl(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tens
   const int64_t size = records.size(1);
   const bool project = w_hr_t.has_value();
   const int64_t oh = project ? L.y : L.m;  // the block that holds h_t
-  const auto opt = gx.options();
   T* rec = records.data_ptr<T>();
   T* st = stats.data_ptr<T>();
   const T *gxp = gx.data_ptr<T>(), *ghh = g_hh.data_ptr<T>(), *gc = g_c.data_ptr<T>(), *sc = s_c.data_ptr<T>();
-  const T* c0p = c0.data_ptr<T>();
+  const T *c0p = c0.data_ptr<T>(), *h0p = h0.data_ptr<T>();
+  const Packed<T> W(w_hh_t);
+  std::optional<Packed<T>> W_r;
+  if (project) W_r.emplace(*w_hr_t);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = rows_at(bs, t, B);
     T* r_t = rec + t * size;
     T* prev = t > 0 ? rec + (t - 1) * size : nullptr;
-    at::Tensor h_prev = t > 0 ? matrix(prev + oh, n, P, opt) : h0;
-    at::Tensor a_out = matrix(r_t + L.a, n, G4, opt);
-    at::mm_out(a_out, h_prev, w_hh_t);  // a = W_hh h_{t-1}
+    W.gemm(n, t > 0 ? prev + oh : h0p, P, r_t + L.a, G4, nullptr, 0);  // a = W_hh h_{t-1}
     for_rows(n, G4, [&](int64_t r) {
       const T* a = r_t + L.a + r * G4;
       const T* gxr = gxp + (t * B + r) * G4;
@@ -91,10 +91,7 @@ void forward_impl(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tens
       s[2 * T_ * B] = mc.mean;
       s[3 * T_ * B] = mc.rstd;
     });
-    if (project) {
-      at::Tensor y = matrix(r_t + L.y, n, P, opt);
-      at::mm_out(y, matrix(r_t + L.m, n, H, opt), *w_hr_t);
-    }
+    if (project) W_r->gemm(n, r_t + L.m, H, r_t + L.y, P, nullptr, 0);  // y_t = m_t W_hr^T
   }
 }
 
@@ -114,26 +111,27 @@ void backward_impl(const at::Tensor& records, const at::Tensor& stats, at::Tenso
   T* cr = carry.data_ptr<T>();
   at::Tensor dm_buf = at::empty({B, H}, opt);
   T* dm_p = dm_buf.data_ptr<T>();
+  const Packed<T> W(w_hh);
+  std::optional<Packed<T>> W_r;
+  if (project) W_r.emplace(*w_hr);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = rows_at(bs, t, B);
     const T* r_t = rec + t * size;
     T* gr_t = grec + t * gsize;
     T* da_t = dap + t * B * G4;
     // dh_t = g_t + da_{t+1} W_hh (da_{t+1} is 0 at the last step and on rows past its count)
-    at::Tensor g_t = matrix(gh + t * B * P, n, P, opt);
+    T* g_t = gh + t * B * P;
     const T* dm;
     if (!project) {
       if (t < T_ - 1) {
-        at::Tensor dm_n = matrix(dm_p, n, H, opt);
-        at::addmm_out(dm_n, g_t, matrix(dap + (t + 1) * B * G4, n, G4, opt), w_hh);
+        W.gemm(n, dap + (t + 1) * B * G4, G4, dm_p, H, g_t, P);
         dm = dm_p;
       } else {
-        dm = gh + t * B * P;
+        dm = g_t;
       }
     } else {  // dh_t kept in g_h for dW_hr's product; dm_t = dh_t W_hr
-      if (t < T_ - 1) at::addmm_out(g_t, g_t, matrix(dap + (t + 1) * B * G4, n, G4, opt), w_hh);
-      at::Tensor dm_n = matrix(dm_p, n, H, opt);
-      at::mm_out(dm_n, g_t, *w_hr);
+      if (t < T_ - 1) W.gemm(n, dap + (t + 1) * B * G4, G4, g_t, P, g_t, P);
+      W_r->gemm(n, g_t, P, dm_p, H, nullptr, 0);
       dm = dm_p;
     }
     for_rows(n, G4, [&](int64_t r) {

@@ -25,16 +25,18 @@ void forward_impl(at::Tensor& gates, const at::Tensor& w_hh_t, const at::Tensor&
                   at::Tensor& tc_buf, at::Tensor& m_buf, at::Tensor& y_buf) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G4 = gates.size(2), H = G4 / 4, P = y_buf.size(2);
   const bool project = w_hr_t.has_value();
-  const auto opt = gates.options();
   T *Gp = gates.data_ptr<T>(), *cp = c_buf.data_ptr<T>(), *tcp = tc_buf.data_ptr<T>();
   T *mp = m_buf.data_ptr<T>(), *yp = y_buf.data_ptr<T>();
   const T *h0p = h0.data_ptr<T>(), *c0p = c0.data_ptr<T>();
+  const Packed<T> W(w_hh_t);
+  std::optional<Packed<T>> W_r;
+  if (project) W_r.emplace(*w_hr_t);
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t n = rows_at(bs, t, B);
     const T* hp = t > 0 ? yp + (t - 1) * B * P : h0p;
     const T* cprev = t > 0 ? cp + (t - 1) * B * H : c0p;
-    at::Tensor G_t = matrix(Gp + t * B * G4, n, G4, opt);
-    at::addmm_out(G_t, G_t, matrix(const_cast<T*>(hp), n, P, opt), w_hh_t);
+    T* G_t = Gp + t * B * G4;
+    W.gemm(n, hp, P, G_t, G4, G_t, G4);  // G_t += h_{t-1} W_hh^T
     for_rows(n, G4, [&](int64_t r) {
       const int64_t row = t * B + r;
       T* G = Gp + row * G4;
@@ -52,10 +54,7 @@ void forward_impl(at::Tensor& gates, const at::Tensor& w_hh_t, const at::Tensor&
         m[j] = o[j] * tc[j];
       }
     });
-    if (project) {
-      at::Tensor y = matrix(yp + t * B * P, n, P, opt);
-      at::mm_out(y, matrix(mp + t * B * H, n, H, opt), *w_hr_t);
-    }
+    if (project) W_r->gemm(n, mp + t * B * H, H, yp + t * B * P, P, nullptr, 0);  // y_t = m_t W_hr^T
   }
 }
 
@@ -69,14 +68,16 @@ void backward_impl(const at::Tensor& gates, const at::Tensor& c_buf, const at::T
   const T *Gp = gates.data_ptr<T>(), *cp = c_buf.data_ptr<T>(), *c0p = c0.data_ptr<T>(), *tcp = tc_buf.data_ptr<T>();
   T *gh = g_h.data_ptr<T>(), *dGp = dG.data_ptr<T>(), *cr = carry.data_ptr<T>();
   at::Tensor dm_buf = project ? at::empty({B, H}, opt) : at::Tensor();
+  const Packed<T> W(w_hh);
+  std::optional<Packed<T>> W_r;
+  if (project) W_r.emplace(*w_hr);
   for (int64_t t = T_ - 1; t >= 0; --t) {
     const int64_t n = rows_at(bs, t, B);
-    at::Tensor dh = matrix(gh + t * B * P, n, P, opt);
-    if (t < T_ - 1) at::addmm_out(dh, dh, matrix(dGp + (t + 1) * B * G4, n, G4, opt), w_hh);  // += dG_{t+1} W_hh
-    const T* dm = gh + t * B * P;
+    T* dh = gh + t * B * P;
+    if (t < T_ - 1) W.gemm(n, dGp + (t + 1) * B * G4, G4, dh, P, dh, P);  // dh_t += dG_{t+1} W_hh
+    const T* dm = dh;
     if (project) {  // dm_t = dh_t W_hr
-      at::Tensor dm_n = dm_buf.narrow(0, 0, n);
-      at::mm_out(dm_n, dh, *w_hr);
+      W_r->gemm(n, dh, P, dm_buf.data_ptr<T>(), H, nullptr, 0);
       dm = dm_buf.data_ptr<T>();
     }
     const T* cprev = t > 0 ? cp + (t - 1) * B * H : c0p;
