@@ -87,7 +87,7 @@ inline void for_rows(int64_t n, int64_t width, const F& f) {
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
 #else
-constexpr int kVectorBytes = 32;  // AVX2 and below: 16 registers hold MR x 2 accumulators
+constexpr int kVectorBytes = 32;  // AVX2 and below
 #endif
 
 // GCC drops a vector_size attribute on a dependent alias (`using V = T __attribute__(...)`), not
@@ -100,7 +100,9 @@ struct VectorOf {
 template <typename T>
 class Packed {
  public:
-  static constexpr int64_t L = kVectorBytes / sizeof(T), NR = 2 * L, MR = 6;
+  static constexpr int64_t L = kVectorBytes / sizeof(T), NR = 2 * L;
+  // rows of a tile: 2 MR accumulators and 2 panel vectors in 32 (AVX-512) or 16 registers
+  static constexpr int64_t MR = kVectorBytes == 64 ? 8 : 6;
   using Vec = typename VectorOf<T>::type;
   static_assert(sizeof(Vec) == kVectorBytes, "a vector of L elements");
 
@@ -124,18 +126,20 @@ class Packed {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t j0 = p * NR, width = std::min<int64_t>(NR, N_ - j0);
         const T* panel = buf_.data_ptr<T>() + p * K_ * NR;
-        const T* in = init == nullptr ? nullptr : init + j0;
-        int64_t r = 0;
-        for (; r + MR <= n; r += MR) tile<MR>(A + r * lda, lda, panel, C + r * ldc + j0, ldc, in ? in + r * ldi : in, ldi, width);
-        const T* in_r = in ? in + r * ldi : in;
-        T* C_r = C + r * ldc + j0;
-        switch (n - r) {  // the rows left: a tile of their own height
-          case 5: tile<5>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
-          case 4: tile<4>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
-          case 3: tile<3>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
-          case 2: tile<2>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
-          case 1: tile<1>(A + r * lda, lda, panel, C_r, ldc, in_r, ldi, width); break;
-          default: break;
+        for (int64_t r = 0; r < n; r += MR) {
+          const T* a = A + r * lda;
+          T* c = C + r * ldc + j0;
+          const T* in = init == nullptr ? nullptr : init + r * ldi + j0;
+          switch (std::min<int64_t>(MR, n - r)) {  // a full tile, or one of the rows left
+            case 8: tile<8>(a, lda, panel, c, ldc, in, ldi, width); break;
+            case 7: tile<7>(a, lda, panel, c, ldc, in, ldi, width); break;
+            case 6: tile<6>(a, lda, panel, c, ldc, in, ldi, width); break;
+            case 5: tile<5>(a, lda, panel, c, ldc, in, ldi, width); break;
+            case 4: tile<4>(a, lda, panel, c, ldc, in, ldi, width); break;
+            case 3: tile<3>(a, lda, panel, c, ldc, in, ldi, width); break;
+            case 2: tile<2>(a, lda, panel, c, ldc, in, ldi, width); break;
+            default: tile<1>(a, lda, panel, c, ldc, in, ldi, width); break;
+          }
         }
       }
     });
@@ -146,12 +150,19 @@ class Packed {
   void tile(const T* A, int64_t lda, const T* panel, T* C, int64_t ldc, const T* init, int64_t ldi,
             int64_t width) const {
     Vec lo[M], hi[M];
-    T row[NR];
+    T row[NR];  // a partial tile's rows go through here (constant-size copies inline; width's do not)
     for (int r = 0; r < M; ++r) {  // the accumulators start from init's rows (or 0)
-      std::fill_n(row, NR, T(0));
-      if (init != nullptr) std::copy_n(init + r * ldi, width, row);
-      std::memcpy(&lo[r], row, sizeof(Vec));
-      std::memcpy(&hi[r], row + L, sizeof(Vec));
+      if (init == nullptr) {
+        lo[r] = hi[r] = Vec{};
+      } else if (width == NR) {
+        std::memcpy(&lo[r], init + r * ldi, sizeof(Vec));
+        std::memcpy(&hi[r], init + r * ldi + L, sizeof(Vec));
+      } else {
+        std::fill_n(row, NR, T(0));
+        std::copy_n(init + r * ldi, width, row);
+        std::memcpy(&lo[r], row, sizeof(Vec));
+        std::memcpy(&hi[r], row + L, sizeof(Vec));
+      }
     }
     for (int64_t k = 0; k < K_; ++k) {
       Vec b0, b1;
@@ -165,9 +176,14 @@ class Packed {
       }
     }
     for (int r = 0; r < M; ++r) {
-      std::memcpy(row, &lo[r], sizeof(Vec));
-      std::memcpy(row + L, &hi[r], sizeof(Vec));
-      std::copy_n(row, width, C + r * ldc);
+      if (width == NR) {
+        std::memcpy(C + r * ldc, &lo[r], sizeof(Vec));
+        std::memcpy(C + r * ldc + L, &hi[r], sizeof(Vec));
+      } else {
+        std::memcpy(row, &lo[r], sizeof(Vec));
+        std::memcpy(row + L, &hi[r], sizeof(Vec));
+        std::copy_n(row, width, C + r * ldc);
+      }
     }
   }
 
