@@ -1,5 +1,5 @@
 """The compiled CPU loops (`rnnkit.cells.speed.native`, `speed/cpp/*.cpp`) of the layer-norm LSTM, the
-layer-norm GRU, the LSTM and the GRU (torch's form): against the Python loops they replace and
+layer-norm GRU, the LSTM, the GRU (torch's form) and the Elman RNN (tanh and relu): against the Python loops they replace and
 against the step equations, gradcheck, that they are used where they should be (and only there),
 the fallback when they cannot be built, and the build lock.
 
@@ -78,6 +78,8 @@ KERNELS = {  # Kernel(name, gates, cell_state, layer_norms, projection, train_fl
         Kernel("ln_gru", 3, False, (("ln_ih", 3), ("ln_hh", 3)), False, False, LN_GRU),
         Kernel("lstm", 4, True, (), True, False, rnnkit.LSTM),
         Kernel("gru", 3, False, (), False, False, rnnkit.GRU),  # torch's form (reset_after=True)
+        Kernel("rnn_tanh", 1, False, (), False, False, rnnkit.RNN),
+        Kernel("rnn_relu", 1, False, (), False, False, functools.partial(rnnkit.RNN, nonlinearity="relu")),
     ]
 }
 

@@ -30,6 +30,7 @@ from rnnkit.cells._bptt import (
 )
 from rnnkit.cells._kernel import forbid_double_backward, linear, run_kernel
 from rnnkit.cells._unit import Unit, torch_weights
+from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
 from rnnkit.cells.speed.gemm import Product
@@ -51,7 +52,11 @@ def elman_step(x_t, state, w_ih, w_hh, b_ih, b_hh, nonlinearity: str = "tanh", *
 
 
 class ElmanFused(torch.autograd.Function):
-    """Whole-sequence Elman RNN with the hand-derived BPTT backward of the module docstring."""
+    """Whole-sequence Elman RNN with the hand-derived BPTT backward of the module docstring.
+
+    The two loops over time run compiled on CPU where `rnnkit.cells.speed.native.ops` allows
+    (speed/cpp/elman.cpp, same buffers and results); otherwise the Python loops, which are also
+    the compiled ones' reference in tests/test_native.py."""
 
     @staticmethod
     @without_cycle_gc
@@ -65,15 +70,20 @@ class ElmanFused(torch.autograd.Function):
         # The input projection is computed into the output buffer, and each step adds its
         # recurrent product in place: a product into its own input needs no copy.
         y = input_projection(x, w_ih_z, bias)  # (T, B, H)
-        h = h0
-        for (y_t,) in zip(*active_rows(batch_sizes, y)):
-            if batch_sizes:  # the sequences still running are the first rows
-                h = h[: y_t.shape[0]]
-            recurrent(h, add=y_t, out=y_t)
-            h = y_t.relu_() if tanh_ is None else tanh_(y_t)
+        native = _native.ops(x)
+        if native is not None:  # the same loop, compiled (speed/cpp/elman.cpp)
+            forward_loop = getattr(native, f"rnn_{nonlinearity}_forward")
+            forward_loop(y, w_hh_z.t().contiguous(), h0.contiguous(), batch_sizes or [])
+        else:
+            h = h0
+            for (y_t,) in zip(*active_rows(batch_sizes, y)):
+                if batch_sizes:  # the sequences still running are the first rows
+                    h = h[: y_t.shape[0]]
+                recurrent(h, add=y_t, out=y_t)
+                h = y_t.relu_() if tanh_ is None else tanh_(y_t)
         zero_padding_(y, batch_sizes)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y)
-        ctx.nonlinearity, ctx.batch_sizes = nonlinearity, batch_sizes
+        ctx.nonlinearity, ctx.batch_sizes, ctx.native = nonlinearity, batch_sizes, native
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
@@ -82,23 +92,33 @@ class ElmanFused(torch.autograd.Function):
         forbid_double_backward("Elman RNN")
         x, h0, w_ih, w_hh, y = ctx.saved_tensors
         bs = ctx.batch_sizes
-        T, B, H = y.shape
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): dL/dy_t, plus dL/dh_T at the end
-        # phi'(z_t) for all steps at once, outside the sequential loop.
-        deriv = 1 - y * y if ctx.nonlinearity == "tanh" else (y > 0).to(y.dtype)  # (T, B, H)
         dz = workspace.empty_like(y, zero=bool(bs))  # (T, B, H)
-        gs, ds, dzs = active_rows(bs, g, deriv, dz)  # per-step views of the active rows
-        dzs_next = next_rows(bs, dz)  # dz_{t+1} restricted to the rows active at t
-        back = Product(w_hh.t(), B)  # dz -> dz W_hh
-        for t in range(T - 1, -1, -1):
-            # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of sequences that ended before t+1 are zero)
-            dh = gs[t] if t == T - 1 else back(dzs_next[t], add=gs[t], out=gs[t])
-            torch.mul(dh, ds[t], out=dzs[t])
+        if ctx.native is not None:
+            backward_loop = getattr(ctx.native, f"rnn_{ctx.nonlinearity}_backward")
+            backward_loop(g, y, w_hh.contiguous(), bs or [], dz)
+        else:
+            _backward_steps(g, y, w_hh, ctx.nonlinearity, bs, dz)
         dx = input_grad(dz, w_ih) if ctx.needs_input_grad[0] else None
         dw_ih, dw_hh = gate_weight_grads(ctx, dz, x, h0, y, 2, 3)
         dh0 = torch.mm(dz[0], w_hh) if ctx.needs_input_grad[1] else None
         db = dz.sum((0, 1)) if any(ctx.needs_input_grad[4:6]) else None
         return dx, dh0, dw_ih, dw_hh, db, db, None, None
+
+
+def _backward_steps(g, y, w_hh, nonlinearity, bs, dz) -> None:
+    """The backward loop in eager ops (the compiled one's reference): dL/dh_t accumulated in g,
+    the pre-activations' gradients into dz (module docstring)."""
+    T, B, _ = y.shape
+    # phi'(z_t) for all steps at once, outside the sequential loop.
+    deriv = 1 - y * y if nonlinearity == "tanh" else (y > 0).to(y.dtype)  # (T, B, H)
+    gs, ds, dzs = active_rows(bs, g, deriv, dz)  # per-step views of the active rows
+    dzs_next = next_rows(bs, dz)  # dz_{t+1} restricted to the rows active at t
+    back = Product(w_hh.t(), B)  # dz -> dz W_hh
+    for t in range(T - 1, -1, -1):
+        # dL/dh_t = g_t + dz_{t+1} W_hh  (rows of sequences that ended before t+1 are zero)
+        dh = gs[t] if t == T - 1 else back(dzs_next[t], add=gs[t], out=gs[t])
+        torch.mul(dh, ds[t], out=dzs[t])
 
 
 def _elman(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, impl):
