@@ -1,7 +1,7 @@
-"""The compiled CPU loops (`rnnkit.cells.speed.native`, `speed/cpp/*.cpp`) of the layer-norm LSTM, the
-layer-norm GRU, the LSTM, the GRU (torch's form) and the Elman RNN (tanh and relu): against the Python loops they replace and
-against the step equations, gradcheck, that they are used where they should be (and only there),
-the fallback when they cannot be built, and the build lock.
+"""The compiled CPU loops (`rnnkit.cells.speed.native`, `speed/cpp/*.cpp`) of the layer-norm LSTM,
+the layer-norm GRU, the LSTM, the GRU (torch's form), the Elman RNN (tanh and relu) and the MGU:
+against the Python loops they replace and against the step equations, gradcheck, that they are
+used where they should be (and only there), the fallback when they cannot be built, and the build lock.
 
 The kernels are listed once, in KERNELS, and each test runs over them (over the cases that apply:
 projections only where a kernel has one). Every test that compares the compiled loops with
@@ -80,6 +80,7 @@ KERNELS = {  # Kernel(name, gates, cell_state, layer_norms, projection, train_fl
         Kernel("gru", 3, False, (), False, False, rnnkit.GRU),  # torch's form (reset_after=True)
         Kernel("rnn_tanh", 1, False, (), False, False, rnnkit.RNN),
         Kernel("rnn_relu", 1, False, (), False, False, functools.partial(rnnkit.RNN, nonlinearity="relu")),
+        Kernel("mgu", 2, False, (), False, False, rnnkit.MGU),
     ]
 }
 

@@ -35,7 +35,7 @@ from rnnkit.cells import speed
 from rnnkit.cells.speed import tanh
 
 _DIR = Path(__file__).with_name("cpp")
-SOURCES = [_DIR / n for n in ("lstm.cpp", "gru.cpp", "ln_lstm.cpp", "ln_gru.cpp", "elman.cpp")]
+SOURCES = [_DIR / n for n in ("lstm.cpp", "gru.cpp", "ln_lstm.cpp", "ln_gru.cpp", "elman.cpp", "mgu.cpp")]
 HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
 # -ffast-math); -fopenmp for their `omp simd` pragmas and torch's at::parallel_for, whose OpenMP
