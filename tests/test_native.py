@@ -617,3 +617,96 @@ def test_layer_packed_bidirectional_stacked(kernel, proj_size, calls):
     got, want = compiled_and_python(run)
     assert ran(calls, kernel) == (4, 4)  # 2 layers x 2 directions
     assert_all_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+# --- 7. the compiled single step (speed/cpp/step.cpp) -----------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("in_size", "hidden"), [(5, 7), (33, 40)])
+def test_compiled_lstm_step_equals_torchs_cell(rows, bias, in_size, hidden, calls):
+    """The decoding step of an LSTM without gradients (`lstm_step` on the compiled `lstm_cell`)
+    against torch.lstm_cell, float64 to 1e-12 and float32 to 1e-5; sizes that are not whole
+    vectors (5, 7, 33) reach the loops' tails."""
+    from rnnkit.cells.lstm import lstm_step
+
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        g = torch.Generator().manual_seed(rows)
+        x, h, c = (torch.randn(rows, n, generator=g, dtype=dtype) for n in (in_size, hidden, hidden))
+        w_ih, w_hh = (torch.randn(4 * hidden, n, generator=g, dtype=dtype) * 0.3 for n in (in_size, hidden))
+        b_ih, b_hh = (torch.randn(4 * hidden, generator=g, dtype=dtype) if bias else None for _ in range(2))
+        before = calls["lstm_cell"]
+        with torch.no_grad():
+            got = lstm_step(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        assert calls["lstm_cell"] == before + 1
+        want = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=tol)
+
+
+def test_compiled_step_only_where_it_applies(calls):
+    """A language model's decoding step runs the compiled LSTM step (no gradients, up to
+    STEP_MAX_ROWS rows, the numbers of forward); with gradients wanted, with more rows, or with
+    the compiled loops off, torch.lstm_cell."""
+    from rnnkit.cells.lstm import STEP_MAX_ROWS
+    from rnnkit.models import LanguageModel, LanguageModelConfig
+
+    torch.manual_seed(0)
+    model = (
+        LanguageModel(LanguageModelConfig(11, embedding_dim=4, hidden_size=8, num_layers=2)).double().eval()
+    )
+    tokens = torch.randint(0, 11, (3, 5))
+    with torch.no_grad():
+        logits, _ = model(tokens)
+        state = None
+        for t in range(5):
+            step_logits, state = model.step(tokens[:, t], state)
+            torch.testing.assert_close(step_logits, logits[:, t], rtol=0, atol=1e-12)
+    assert calls["lstm_cell"] == 5 * 2  # every step, both layers
+    model.step(tokens[:, 0])  # gradients wanted: the parameters require them
+    with torch.no_grad():
+        model.step(torch.zeros(STEP_MAX_ROWS + 1, dtype=torch.long))
+        with _native.disabled():
+            model.step(tokens[:, 0])
+    assert calls["lstm_cell"] == 5 * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_sampling_draws_the_python_loops_tokens(dtype, calls):
+    """`rnnkit.decoding.sample` over a language model of LSTM layers runs its whole loop compiled
+    (`lstm_lm_sample`) and draws the very tokens of the Python loop over `step` (a seeded
+    generator), at temperature 1 and not, batch 1 and 3, from a prefix and from a given state;
+    with top-k, an end token, a GRU or in training it keeps the Python loop."""
+    from rnnkit.decoding import sample
+    from rnnkit.models import LanguageModel, LanguageModelConfig
+
+    torch.manual_seed(0)
+    config = LanguageModelConfig(13, embedding_dim=6, hidden_size=10, num_layers=2)
+    model = LanguageModel(config).to(dtype).eval()
+
+    def draw(step, prefix, **kw):
+        return sample(step, prefix, 40, generator=torch.Generator().manual_seed(5), **kw)
+
+    def python_step(token, state):  # not the model's bound method: no compiled loop
+        return model.step(token, state)
+
+    _, state = model(torch.randint(0, 13, (3, 4)))
+    for prefix, kw in [
+        (torch.tensor([[4]]), {}),
+        (torch.randint(0, 13, (3, 5)), {"temperature": 0.7}),
+        (torch.randint(0, 13, (3, 1)), {"state": state}),
+    ]:
+        before = calls["lstm_lm_sample"]
+        got = draw(model.step, prefix, **kw)
+        assert calls["lstm_lm_sample"] == before + 1
+        assert torch.equal(got, draw(python_step, prefix, **kw))
+    before = calls["lstm_lm_sample"]
+    draw(model.step, torch.tensor([[4]]), top_k=5)
+    draw(model.step, torch.tensor([[4]]), eos=0)
+    gru = LanguageModel(LanguageModelConfig(13, embedding_dim=6, hidden_size=10, cell="gru")).eval()
+    draw(gru.step, torch.tensor([[4]]))
+    draw(model.train().step, torch.tensor([[4]]))
+    assert calls["lstm_lm_sample"] == before
+    with pytest.raises(rnnkit.RnnkitError, match="ids in 0..12"):
+        draw(model.eval().step, torch.tensor([[13]]))

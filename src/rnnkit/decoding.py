@@ -9,6 +9,7 @@ token. Once a sequence emits `eos`, it keeps emitting `eos`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -53,10 +54,14 @@ def prime(step: Step, prefix: torch.Tensor, state=None):
     return prefix[:, -1], state
 
 
-def _generate(step, prefix, max_new_tokens, state, eos, choose) -> torch.Tensor:
+def _generate(step, prefix, max_new_tokens, state, eos, choose, compiled=None) -> torch.Tensor:
     prefix = _check_prefix(prefix)
     max_new_tokens = _check_length(max_new_tokens)
     token, state = prime(step, prefix, state)
+    if compiled is not None and eos is None:  # the whole loop at once, where the model has one
+        out = compiled(token, state, max_new_tokens)
+        if out is not None:
+            return out
     done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
     out = []
     for _ in range(max_new_tokens):
@@ -121,7 +126,15 @@ def sample(
         probs = filter_logits(scaled, top_k=top_k, top_p=top_p).softmax(-1)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-    return _generate(step, prefix, max_new_tokens, state, eos, choose)
+    # A model whose step is a method may draw the same tokens in a loop of its own
+    # (`LanguageModel.compiled_sample`: no Python round trip per token); not with filters.
+    owner = getattr(step, "__self__", None)
+    compiled = getattr(owner, "compiled_sample", None) if getattr(owner, "step", None) == step else None
+    if compiled is not None and top_k is None and top_p is None:
+        compiled = functools.partial(compiled, temperature=temperature, generator=generator)
+    else:
+        compiled = None
+    return _generate(step, prefix, max_new_tokens, state, eos, choose, compiled)
 
 
 @torch.no_grad()

@@ -54,18 +54,59 @@ from rnnkit.cells.speed.gc_pause import without_cycle_gc
 from rnnkit.cells.speed.gemm import Product
 from rnnkit.cells.speed.tanh import Tanh, doubled
 
+# Up to this many rows a step without gradients runs the compiled single step (speed/cpp/step.cpp,
+# which reads each weight row once for all rows: 2.9x torch.lstm_cell at one row of 512 units
+# here, 2.1x at four); past it, torch.lstm_cell's GEMM.
+STEP_MAX_ROWS = 8
+
+
+def _needs_grad(x_t, state, *weights) -> bool:
+    return torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in (x_t, *state, *weights))
+
 
 def lstm_step(x_t, state, w_ih, w_hh, b_ih, b_hh, w_hr=None, *, rec_mask=None):
     """One step of the equations above: (x_t (B, I), (h, c)) -> (h', c'). `rec_mask` (B, P), if
     given, multiplies h_{t-1} where it enters W_hh (recurrent dropout, `rnnkit.cells._regularize`)."""
     h, c = state
-    if rec_mask is None and w_hr is None and speed.on("aten_cells") and not traced.tracing():
-        return torch.lstm_cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)  # the same ops in C++
+    if rec_mask is None and w_hr is None and not traced.tracing():
+        native = (
+            _native.ops(x_t)
+            if 1 <= x_t.shape[0] <= STEP_MAX_ROWS and not _needs_grad(x_t, state, w_ih, w_hh, b_ih, b_hh)
+            else None
+        )
+        if native is not None and (b_ih is None) == (b_hh is None):  # compiled: speed/cpp/step.cpp
+            w = (v if v is None else v.contiguous() for v in (x_t, h, c, w_ih, w_hh, b_ih, b_hh))
+            return native.lstm_cell(*w)
+        if speed.on("aten_cells"):
+            return torch.lstm_cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)  # the same ops in C++
     h_in = h if rec_mask is None else h * rec_mask
     i, f, g, o = (linear(x_t, w_ih, b_ih) + linear(h_in, w_hh, b_hh)).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     m = torch.sigmoid(o) * torch.tanh(c)
     return (m if w_hr is None else linear(m, w_hr, None)), c
+
+
+def sample_loop(token, states, embedding, layers, head_w, head_b, steps: int, temperature: float, generator):
+    """A language model's whole sampling loop over plain LSTM layers, compiled
+    (speed/cpp/step.cpp, `lstm_lm_sample`): token (B,) -> (B, steps) drawn tokens, the very ones
+    of `rnnkit.decoding.sample` over the model's step (the same calls in the same order), without
+    a Python round trip per token. `layers`: each layer's (w_ih, w_hh, b_ih, b_hh); `states`:
+    (h, c), (L, B, H) each. None where it does not apply (no compiled loops, more than
+    STEP_MAX_ROWS rows, gradients wanted, a generator of another device): the caller's loop runs."""
+    native = _native.ops(embedding)
+    if (
+        native is None
+        or not 1 <= token.shape[0] <= STEP_MAX_ROWS
+        or torch.is_grad_enabled()
+        or (generator is not None and generator.device.type != "cpu")
+        or traced.tracing()
+    ):
+        return None
+    w_ih, w_hh, b_ih, b_hh = (list(ws) for ws in zip(*layers))
+    h0, c0 = (s.contiguous() for s in states)
+    return native.lstm_lm_sample(
+        token, h0, c0, embedding, w_ih, w_hh, b_ih, b_hh, head_w, head_b, steps, float(temperature), generator
+    )
 
 
 class LSTMFused(torch.autograd.Function):

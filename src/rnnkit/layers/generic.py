@@ -35,8 +35,9 @@ from rnnkit._checks import check_bool, check_choice, check_positive_int
 from rnnkit.cells import traced
 from rnnkit.cells._kernel import IMPLS, run_loop
 from rnnkit.cells._regularize import Masks, Regularizer, masked_loop, masked_step
-from rnnkit.cells._unit import Unit
+from rnnkit.cells._unit import Unit, torch_weights
 from rnnkit.cells.base import Cell
+from rnnkit.cells.lstm import LSTMUnit
 from rnnkit.cells.registry import BUILTIN, available, registered, unit_spec
 from rnnkit.errors import RnnkitTypeError, RnnkitValueError
 from rnnkit.layers._inputs import (
@@ -310,8 +311,28 @@ class Recurrent(nn.Module, metaclass=_ByName):
         forms, lengths, masks, the fused kernel's set-up), which costs more than the step
         itself at batch 1; anything else goes through `forward`."""
         weights = [self._weights(k) for k in range(self.num_layers)]  # None for a user's cell
+        if not self._steps_directly(input, weights):
+            y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
+            return y.squeeze(1 if self.batch_first else 0), state
+        L = self.num_layers
+        states = self._step_states(input, hx)
+        if states is None:  # forward's checks name what is wrong
+            y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
+            return y.squeeze(1 if self.batch_first else 0), state
+        x, finals = input, [[] for _ in states]
+        for k in range(L):
+            cell, w, s = self._unit(k), weights[k], tuple(t[k] for t in states)
+            new = cell.step(x, s, w) if w is not None else tuple(cell(x, s))
+            for acc, t in zip(finals, new):
+                acc.append(t)
+            x = new[0]
+        stack = (lambda acc: acc[0].unsqueeze(0)) if L == 1 else torch.stack
+        return x, self._returned_states([stack(acc) for acc in finals])
+
+    def _steps_directly(self, input, weights: list) -> bool:
+        """Whether `step(input)` runs each layer's cell step itself (see `step`)."""
         weight = next(iter(weights[0].values()), None) if weights[0] else next(self.parameters(), None)
-        if (
+        return not (
             self.training
             or self.bidirectional
             or any(self.regularizer.zoneout)
@@ -323,28 +344,34 @@ class Recurrent(nn.Module, metaclass=_ByName):
             or input.device != weight.device
             or traced.tracing()
             or torch.is_autocast_enabled(input.device.type)
-        ):
-            y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
-            return y.squeeze(1 if self.batch_first else 0), state
+        )
+
+    def _step_states(self, input, hx) -> list | None:
+        """The states (L, B, n) a direct step starts from: hx's, or the defaults; None where hx
+        is not of that form (forward then says what is wrong)."""
         L, B = self.num_layers, input.shape[0]
         if hx is None:
-            states = self.default_states(B, input)
-        else:
-            states, _ = self._given_states(hx)
-            for s, n in zip(states, self.state_sizes):
-                if not isinstance(s, torch.Tensor) or s.shape != (L, B, n) or s.dtype != weight.dtype:
-                    # forward's checks name what is wrong
-                    y, state = self.forward(input.unsqueeze(1 if self.batch_first else 0), hx)
-                    return y.squeeze(1 if self.batch_first else 0), state
-        x, finals = input, [[] for _ in states]
-        for k in range(L):
-            cell, w, s = self._unit(k), weights[k], tuple(t[k] for t in states)
-            new = cell.step(x, s, w) if w is not None else tuple(cell(x, s))
-            for acc, t in zip(finals, new):
-                acc.append(t)
-            x = new[0]
-        stack = (lambda acc: acc[0].unsqueeze(0)) if L == 1 else torch.stack
-        return x, self._returned_states([stack(acc) for acc in finals])
+            return self.default_states(B, input)
+        states, _ = self._given_states(hx)
+        for s, n in zip(states, self.state_sizes):
+            if not isinstance(s, torch.Tensor) or s.shape != (L, B, n) or s.dtype != input.dtype:
+                return None
+        return states
+
+    def lstm_steps(self, input, hx=None) -> tuple[list, list] | None:
+        """(each layer's (w_ih, w_hh, b_ih, b_hh), the states (h, c) (L, B, H)) where `step(input,
+        hx)` would run plain LSTM steps directly (every layer an LSTM without projection, with
+        biases; `step`'s conditions), else None: what a compiled decoding loop over whole
+        language-model steps needs (`rnnkit.cells.lstm.sample_loop`)."""
+        weights = [self._weights(k) for k in range(self.num_layers)]
+        units = [self._unit(k) for k in range(self.num_layers)]
+        if not all(isinstance(u, LSTMUnit) and not u.proj_size and w for u, w in zip(units, weights)):
+            return None
+        layers = [torch_weights(w) for w in weights]
+        if any(b is None for layer in layers for b in layer[2:]) or not self._steps_directly(input, weights):
+            return None
+        states = self._step_states(input, hx)
+        return None if states is None else (layers, states)
 
     def _direction(
         self, idx: int, x: torch.Tensor, state: tuple, batch_sizes, masks: Masks | None, lengths=None

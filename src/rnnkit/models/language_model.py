@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit._checks import check_positive_int
+from rnnkit.cells.lstm import sample_loop
 from rnnkit.cells.traced import tracing
 from rnnkit.errors import RnnkitValueError
 from rnnkit.models._inputs import check_token_ids
@@ -94,21 +95,39 @@ class LanguageModel(nn.Module):
         if not isinstance(token, torch.Tensor) or token.dim() != 1 or not hasattr(self.rnn, "step"):
             logits, state = self(token[:, None] if isinstance(token, torch.Tensor) else token, state)
             return logits[:, 0], state
-        V = self.config.vocab_size
-        if not tracing():  # a check without a reduction: decoding feeds one or a few ids a step
-            ids = token.tolist()
-            if (
-                ids
-                and (min(ids) < 0 or max(ids) >= V)
-                or token.is_floating_point()
-                or token.dtype == torch.bool
-            ):
-                check_token_ids("token", token[:, None], V)  # names what is wrong
+        if not tracing():
+            self._check_step_ids(token)
         if self.training:
             h, state = self.rnn.step(self.drop(self._embed(token)), state)
             return self.head(self.drop(h)), state
         h, state = self.rnn.step(F.embedding(token, self.embedding.weight), state)
         return F.linear(h, self.head.weight, self.head.bias), state
+
+    def _check_step_ids(self, token: torch.Tensor) -> None:
+        """The ids of a decoding step, checked without a reduction (one or a few ids a step)."""
+        V, ids = self.config.vocab_size, token.tolist()
+        if ids and (min(ids) < 0 or max(ids) >= V) or token.is_floating_point() or token.dtype == torch.bool:
+            check_token_ids("token", token[:, None], V)  # names what is wrong
+
+    def compiled_sample(self, token: torch.Tensor, state, steps: int, temperature: float, generator):
+        """`steps` tokens drawn after `token` (B,) from `state`, as `rnnkit.decoding.sample` draws
+        them through `step` (the same tokens), in one compiled loop where the model allows it (eval,
+        plain LSTM layers, CPU; `rnnkit.cells.lstm.sample_loop`); None elsewhere."""
+        if self.training or not isinstance(token, torch.Tensor) or token.dim() != 1 or tracing():
+            return None
+        weight = self.embedding.weight
+        found = (
+            self.rnn.lstm_steps(weight[:1].expand(token.shape[0], -1), state)
+            if hasattr(self.rnn, "lstm_steps")
+            else None
+        )
+        if found is None:
+            return None
+        self._check_step_ids(token)
+        layers, states = found
+        return sample_loop(
+            token, states, weight, layers, self.head.weight, self.head.bias, steps, temperature, generator
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in asdict(self.config).items())

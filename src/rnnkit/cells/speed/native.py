@@ -4,10 +4,12 @@ Why: at small sizes a step of a fused kernel's Python loop costs its ~20 eager o
 `python benchmarks/op_floor.py`), not its arithmetic. A compiled loop makes a step one GEMM and
 one pass over each row; the GEMM is our own (`Packed` in cpp/common.h: the weight packed once a
 call, register tiles), 1.3-2x faster than torch.mm (MKL) on these few-row products here, which
-makes the compiled loops the faster ones at every size measured (`benchmarks/bench_native.py`). Only the loops are compiled; everything done for all steps at once
-(input projection, weight gradients, layer-norm parameter gradients) stays in the Python kernel,
-which also keeps its own loops as the reference and as the path wherever the compiled one does
-not apply (another device or dtype, no compiler).
+makes the compiled loops the faster ones at every size measured (`benchmarks/bench_native.py`).
+Only the loops are compiled; everything done for all steps at once (input projection, weight
+gradients, layer-norm parameter gradients) stays in the Python kernel, which also keeps its own
+loops as the reference and as the path wherever the compiled one does not apply (another device
+or dtype, no compiler). step.cpp holds the decoding side: one LSTM step for a few rows, and a
+language model's whole sampling loop.
 
 Built with torch's C++ extension tools (a C++17 compiler and ninja), for this machine's CPU
 (-march=native: the binary's name carries a digest of the sources and their folder, the flags, the
@@ -35,7 +37,9 @@ from rnnkit.cells import speed
 from rnnkit.cells.speed import tanh
 
 _DIR = Path(__file__).with_name("cpp")
-SOURCES = [_DIR / n for n in ("lstm.cpp", "gru.cpp", "ln_lstm.cpp", "ln_gru.cpp", "elman.cpp", "mgu.cpp")]
+SOURCES = [
+    _DIR / n for n in ("lstm.cpp", "gru.cpp", "ln_lstm.cpp", "ln_gru.cpp", "elman.cpp", "mgu.cpp", "step.cpp")
+]
 HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
 # -ffast-math); -fopenmp for their `omp simd` pragmas and torch's at::parallel_for, whose OpenMP
