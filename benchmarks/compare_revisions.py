@@ -8,7 +8,7 @@ temporary folder). Reported: the median over the workers of each one's median ti
 ratio old / new (> 1: this checkout is faster). The shapes include a one-step call (T=1, B=1),
 where the layer's own Python overhead dominates (what sampling one character at a time pays).
 
-    python benchmarks/compare_revisions.py REV [--rounds 3] [--out docs/benchmarks.md]
+    python benchmarks/compare_revisions.py REV [--rounds 3] [--cells lstm,gru] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ print(json.dumps(out))
 """
 
 
-def run(src: Path) -> dict:
-    args = [sys.executable, "-c", WORKER, str(src), json.dumps(CELLS), json.dumps(CONFIGS)]
+def run(src: Path, cells: list[str]) -> dict:
+    args = [sys.executable, "-c", WORKER, str(src), json.dumps(cells), json.dumps(CONFIGS)]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("rev", help="the git revision to compare with (e.g. HEAD~1)")
     parser.add_argument("--rounds", type=int, default=3, help="workers per revision")
     parser.add_argument("--out", help="a markdown page to write the table into")
+    parser.add_argument("--cells", default=",".join(CELLS), help="the layers to time (default: all)")
     a = parser.parse_args()
     sha = subprocess.run(["git", "rev-parse", "--short", a.rev], cwd=ROOT, capture_output=True, text=True)
     here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -86,7 +87,7 @@ def main() -> None:
             for r in range(a.rounds):
                 for side, src in (("old", old / "src"), ("new", ROOT / "src")):
                     print(f"round {r + 1}/{a.rounds}: {side}", file=sys.stderr)
-                    results[side].append(run(src))
+                    results[side].append(run(src, a.cells.split(",")))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=True)
     lines = [
