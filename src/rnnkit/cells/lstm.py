@@ -130,22 +130,18 @@ class LSTMFused(torch.autograd.Function):
         # four blocks and tanh(g~) = 2 sigmoid(2 g~) - 1 (`Tanh.from_sigmoid`).
         tanh_ = Tanh(x)
         bias_p = None if bias is None else doubled(bias.index_select(0, order), 3 * H)
-        native = _native.ops(x)
-        if native is None:
-            gates = input_projection(x, doubled(w_ih_p, 3 * H), bias_p)
-        else:  # the compiled loop forms the input's product step by step (speed/cpp/lstm.cpp)
-            gates = workspace.empty((T, B, 4 * H), x, zero=bool(batch_sizes))
+        gates = input_projection(x, doubled(w_ih_p, 3 * H), bias_p)
         w_hh_p2 = doubled(w_hh.index_select(0, order), 3 * H)
         new = workspace.allocator(zero=bool(batch_sizes))
         c = new(gates[..., :H])  # (T, B, H)
         tanh_c = new(c)  # (T, B, H), kept for backward
         y = new(c) if w_hr is None else new(gates[..., : w_hr.shape[0]])  # (T, B, P)
         m = y if w_hr is None else new(c)  # (T, B, H): o * tanh(c)
+        native = _native.ops(x)
         if native is not None:  # the same loop, compiled (speed/cpp/lstm.cpp); g and c unscaled
             w_hr_t = None if w_hr is None else w_hr.t().contiguous()
             native.lstm_forward(
-                gates, x.contiguous(), doubled(w_ih_p, 3 * H).t().contiguous(), bias_p,
-                w_hh_p2.t().contiguous(), h0.contiguous(), c0.contiguous(), w_hr_t, batch_sizes or [],
+                gates, w_hh_p2.t().contiguous(), h0.contiguous(), c0.contiguous(), w_hr_t, batch_sizes or [],
                 c, tanh_c, m, y,
             )  # fmt: skip
         else:

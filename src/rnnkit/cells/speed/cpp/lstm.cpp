@@ -4,11 +4,10 @@
 // docstring), which stay the reference and the path for other devices and dtypes; a step is one
 // GEMM and one pass over each row. Gate blocks in the kernel's order i, f, o, g. In particular
 // (n the active rows of a step):
-//   * forward: a step writes into gates (T, B, 4H) biases + x_t W_ih^T + h_{t-1} W_hh^T, g~'s
-//     block doubled (tanh(v) = 2 sigmoid(2v) - 1): w_ih_t (I, 4H) and w_hh_t (P, 4H) are the
-//     weights' transposes in that order, g's columns doubled, bias (4H) likewise. It then turns
-//     the gates into i, f, o and tanh(g~), and writes c_t, tanh(c_t), m_t and y_t (= m_t, or
-//     m_t W_hr^T with a projection: w_hr_t (H, P)).
+//   * forward: gates (T, B, 4H) holds W_ih x_t + biases, g~'s block doubled (tanh(v) =
+//     2 sigmoid(2v) - 1), and w_hh_t (P, 4H) is W_hh's transpose in that order, g's columns
+//     doubled. A step adds h_{t-1} W_hh^T, turns the gates into i, f, o and tanh(g~), and writes
+//     c_t, tanh(c_t), m_t and y_t (= m_t, or m_t W_hr^T with a projection: w_hr_t (H, P)).
 //     Unlike the Python loop, it keeps g and c at their own scale (no halving after).
 //   * backward: g_h (T, B, P) holds dL/dy_t and accumulates dh_t in place; dG (T, B, 4H) gets
 //     the pre-activations' gradients; carry (B, H) holds dL/dc_n and leaves with dL/dc_0. The
@@ -21,15 +20,10 @@ namespace {
 using namespace rnnkit_native;
 
 template <typename T>
-void forward_impl(at::Tensor& gates, const at::Tensor& x, const at::Tensor& w_ih_t, const std::optional<at::Tensor>& bias,
-                  const at::Tensor& w_hh_t, const at::Tensor& h0, const at::Tensor& c0,
+void forward_impl(at::Tensor& gates, const at::Tensor& w_hh_t, const at::Tensor& h0, const at::Tensor& c0,
                   const std::optional<at::Tensor>& w_hr_t, at::IntArrayRef bs, at::Tensor& c_buf,
                   at::Tensor& tc_buf, at::Tensor& m_buf, at::Tensor& y_buf) {
   const int64_t T_ = gates.size(0), B = gates.size(1), G4 = gates.size(2), H = G4 / 4, P = y_buf.size(2);
-  const int64_t I = x.size(2);
-  const T* xp = x.data_ptr<T>();
-  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
-  const Packed<T> W_i(w_ih_t);
   const bool project = w_hr_t.has_value();
   T *Gp = gates.data_ptr<T>(), *cp = c_buf.data_ptr<T>(), *tcp = tc_buf.data_ptr<T>();
   T *mp = m_buf.data_ptr<T>(), *yp = y_buf.data_ptr<T>();
@@ -42,10 +36,7 @@ void forward_impl(at::Tensor& gates, const at::Tensor& x, const at::Tensor& w_ih
     const T* hp = t > 0 ? yp + (t - 1) * B * P : h0p;
     const T* cprev = t > 0 ? cp + (t - 1) * B * H : c0p;
     T* G_t = Gp + t * B * G4;
-    // G_t = biases + x_t W_ih^T + h_{t-1} W_hh^T: the input's product step by step too, at this
-    // GEMM's rate and without a sequence-sized product to write and read back
-    W_i.gemm(n, xp + t * B * I, I, G_t, G4, bp, 0);
-    W.gemm(n, hp, P, G_t, G4, G_t, G4);
+    W.gemm(n, hp, P, G_t, G4, G_t, G4);  // G_t += h_{t-1} W_hh^T
     for_rows(n, G4, [&](int64_t r) {
       const int64_t row = t * B + r;
       T* G = Gp + row * G4;
@@ -109,16 +100,13 @@ void backward_impl(const at::Tensor& gates, const at::Tensor& c_buf, const at::T
   }
 }
 
-void lstm_forward(at::Tensor gates, const at::Tensor& x, const at::Tensor& w_ih_t, const std::optional<at::Tensor>& bias,
-                  const at::Tensor& w_hh_t, const at::Tensor& h0, const at::Tensor& c0,
+void lstm_forward(at::Tensor gates, const at::Tensor& w_hh_t, const at::Tensor& h0, const at::Tensor& c0,
                   const std::optional<at::Tensor>& w_hr_t, at::IntArrayRef batch_sizes, at::Tensor c,
                   at::Tensor tc, at::Tensor m, at::Tensor y) {
-  check_buffers("rnnkit lstm_forward", gates, x, w_ih_t, w_hh_t, h0, c0, c, tc, m, y);
-  TORCH_CHECK(!bias.has_value() || (bias->is_contiguous() && bias->numel() == gates.size(2)),
-              "rnnkit lstm_forward: a bias of 4H elements");
+  check_buffers("rnnkit lstm_forward", gates, w_hh_t, h0, c0, c, tc, m, y);
   at::AutoDispatchBelowADInplaceOrView guard;  // plain tensors only: skip autograd's dispatch
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    forward_impl<scalar_t>(gates, x, w_ih_t, bias, w_hh_t, h0, c0, w_hr_t, batch_sizes, c, tc, m, y);
+    forward_impl<scalar_t>(gates, w_hh_t, h0, c0, w_hr_t, batch_sizes, c, tc, m, y);
   });
 }
 
@@ -136,8 +124,7 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
 
 TORCH_LIBRARY_FRAGMENT(rnnkit, m) {
   m.def(
-      "lstm_forward(Tensor(a!) gates, Tensor x, Tensor w_ih_t, Tensor? bias, Tensor w_hh_t, Tensor h0, Tensor c0, "
-      "Tensor? w_hr_t, int[] batch_sizes, "
+      "lstm_forward(Tensor(a!) gates, Tensor w_hh_t, Tensor h0, Tensor c0, Tensor? w_hr_t, int[] batch_sizes, "
       "Tensor(b!) c, Tensor(c!) tc, Tensor(d!) m, Tensor(e!) y) -> ()",
       &lstm_forward);
   m.def(
