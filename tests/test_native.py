@@ -710,3 +710,60 @@ def test_compiled_sampling_draws_the_python_loops_tokens(dtype, calls):
     assert calls["lstm_lm_sample"] == before
     with pytest.raises(rnnkit.RnnkitError, match="ids in 0..12"):
         draw(model.eval().step, torch.tensor([[13]]))
+
+
+# --- 8. IndRNN's compiled loops (speed/cpp/indrnn.cpp) ---------------------------------------
+
+
+@pytest.mark.parametrize("bs", [None, PACKED])
+@pytest.mark.parametrize("grad_y", [True, False])
+def test_compiled_indrnn_equals_its_python_loops(bs, grad_y, calls):
+    """IndRNN's fused kernel on the compiled loops against its Python loops, float64: outputs and
+    every gradient (x, h0, W_ih, b_ih, u) to 1e-12, packed batches included, with and without a
+    gradient from the outputs y (only from h_n)."""
+    from rnnkit.cells.indrnn import _IndRNNSequence
+
+    T, B = 5, 4
+    g = torch.Generator().manual_seed(3)
+    leaves_ = [
+        torch.randn(*shape, generator=g, dtype=D).requires_grad_()
+        for shape in ((T, B, I), (B, H), (H, I), (H,), (H,))
+    ]
+
+    def run():
+        x, h0, w, b, u = leaves_
+        y, h = _IndRNNSequence.apply(x, h0, w, b, u.tanh(), bs)
+        wy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+        loss = (h * h).sum() + ((y * wy).sum() if grad_y else 0)
+        return (y.detach(), h.detach(), *torch.autograd.grad(loss, leaves_))
+
+    got, want = compiled_and_python(run)
+    assert (calls["indrnn_forward"], calls["indrnn_backward"]) == (1, 1)
+    assert_all_close(got, want, rtol=0, atol=1e-12)
+
+
+# --- 9. the peephole LSTM's compiled loops (speed/cpp/peephole.cpp) ---------------------------
+
+
+@pytest.mark.parametrize("bs", [None, PACKED])
+@pytest.mark.parametrize("grad_y", [True, False])
+def test_compiled_peephole_equals_its_python_loops(bs, grad_y, calls):
+    """The peephole LSTM's fused kernel on the compiled loops against its Python loops, float64:
+    outputs and every gradient (x, h0, c0, W_ih, W_hh, bias, the three peepholes) to 1e-12,
+    packed batches included, with and without a gradient from the outputs y."""
+    from rnnkit.cells.peephole import _PeepholeSequence
+
+    T, B = 5, 4
+    g = torch.Generator().manual_seed(4)
+    shapes = ((T, B, I), (B, H), (B, H), (4 * H, I), (4 * H, H), (4 * H,), (H,), (H,), (H,))
+    leaves_ = [(torch.randn(*s, generator=g, dtype=D) * 0.5).requires_grad_() for s in shapes]
+
+    def run():
+        y, h, c = _PeepholeSequence.apply(*leaves_, bs)
+        wy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+        loss = (h * h).sum() + c.sum() + ((y * wy).sum() if grad_y else 0)
+        return (y.detach(), h.detach(), c.detach(), *torch.autograd.grad(loss, leaves_))
+
+    got, want = compiled_and_python(run)
+    assert (calls["peephole_forward"], calls["peephole_backward"]) == (1, 1)
+    assert_all_close(got, want, rtol=0, atol=1e-12)

@@ -10,7 +10,8 @@ used) and draws u uniformly in [0, 2^(1/T)], the long-memory start of the paper'
 experiments; by default u ~ U(0, 1). W_ih ~ U(-1/sqrt(H), 1/sqrt(H)) as torch's cells; b_ih = 0.
 
 `forward_sequence` is the fused kernel: the input projection of all steps as one matrix product,
-then the loop, and the hand-derived backward (BPTT):
+then the loop (compiled on CPU: speed/cpp/indrnn.cpp; the Python loop below is its reference and
+the path elsewhere), and the hand-derived backward (BPTT):
 
     a_t = W_ih x_t + b_ih + u * h_{t-1},  h_t = relu(a_t)
     g_t = dL/dh_t (from y_t and from step t+1),  d_t = g_t * [a_t > 0]
@@ -28,6 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit._checks import check_bool, check_positive_int
 from rnnkit.cells.base import Cell
+from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed.gc_pause import without_cycle_gc  # no cycle collection inside the time loop
 
 
@@ -44,14 +46,19 @@ class _IndRNNSequence(torch.autograd.Function):
         if b_ih is not None:
             pre += b_ih
         pre = pre.view(T, B, H)
-        y = x.new_zeros(T, B, H)
-        h = h0.clone()
-        for t in range(T):
-            n = B if batch_sizes is None else batch_sizes[t]
-            h[:n] = torch.relu(pre[t, :n] + u * h[:n])
-            y[t, :n] = h[:n]
+        h = h0.contiguous().clone()
+        native = _native.ops(x)
+        if native is not None:  # the same loop, compiled (speed/cpp/indrnn.cpp), into pre itself
+            native.indrnn_forward(pre, h, u.contiguous(), batch_sizes or [])
+            y = pre
+        else:
+            y = x.new_zeros(T, B, H)
+            for t in range(T):
+                n = B if batch_sizes is None else batch_sizes[t]
+                h[:n] = torch.relu(pre[t, :n] + u * h[:n])
+                y[t, :n] = h[:n]
         ctx.save_for_backward(x, h0, w_ih, u, y)
-        ctx.batch_sizes, ctx.has_bias = batch_sizes, b_ih is not None
+        ctx.batch_sizes, ctx.has_bias, ctx.native = batch_sizes, b_ih is not None, native
         return y, h
 
     @staticmethod
@@ -61,22 +68,35 @@ class _IndRNNSequence(torch.autograd.Function):
         x, h0, w_ih, u, y = ctx.saved_tensors
         T, B, I = x.shape
         H = w_ih.shape[0]
-        g = torch.zeros_like(h0) if grad_h is None else grad_h.clone()  # dL/dh_t, (B, H)
-        d = torch.zeros_like(y)  # dL/da_t, (T, B, H)
-        du = torch.zeros_like(u)
-        for t in reversed(range(T)):
-            n = B if ctx.batch_sizes is None else ctx.batch_sizes[t]
-            if grad_y is not None:
-                g[:n] += grad_y[t, :n]
-            d[t, :n] = g[:n] * (y[t, :n] > 0)  # relu'(a_t): h_t > 0 exactly where a_t > 0
-            h_prev = h0[:n] if t == 0 else y[t - 1, :n]  # an active row was active at t-1 too
-            du += (d[t, :n] * h_prev).sum(0)
-            g[:n] = d[t, :n] * u
+        g = h0.new_zeros(h0.shape) if grad_h is None else grad_h.contiguous().clone()  # dL/dh_t, (B, H)
+        d = y.new_zeros(y.shape)  # dL/da_t, (T, B, H)
+        du = u.new_zeros(u.shape)
+        if ctx.native is not None:
+            gy = None if grad_y is None else grad_y.contiguous()
+            ctx.native.indrnn_backward(
+                gy, g, y, h0.contiguous(), u.contiguous(), ctx.batch_sizes or [], d, du
+            )
+        else:
+            _backward_steps(grad_y, g, y, h0, u, ctx.batch_sizes, d, du)
         d2 = d.view(T * B, H)
         dx = (d2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
         dw = d2.t() @ x.reshape(T * B, I) if ctx.needs_input_grad[2] else None
         db = d2.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return dx, g, dw, db, du, None
+
+
+def _backward_steps(grad_y, g, y, h0, u, batch_sizes, d, du) -> None:
+    """The backward loop in eager ops (the compiled one's reference): g (B, H) from dL/dh_T to
+    dL/dh_0, dL/da_t into d, dL/du into du."""
+    T, B, _ = y.shape
+    for t in reversed(range(T)):
+        n = B if batch_sizes is None else batch_sizes[t]
+        if grad_y is not None:
+            g[:n] += grad_y[t, :n]
+        d[t, :n] = g[:n] * (y[t, :n] > 0)  # relu'(a_t): h_t > 0 exactly where a_t > 0
+        h_prev = h0[:n] if t == 0 else y[t - 1, :n]  # an active row was active at t-1 too
+        du += (d[t, :n] * h_prev).sum(0)
+        g[:n] = d[t, :n] * u
 
 
 class IndRNNCell(Cell):

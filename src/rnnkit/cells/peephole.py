@@ -34,6 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit._checks import check_bool
 from rnnkit.cells.base import Cell
+from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed.gc_pause import without_cycle_gc  # no cycle collection inside the time loop
 
 
@@ -61,8 +62,16 @@ class _PeepholeSequence(torch.autograd.Function):
         if bias is not None:
             pre += bias
         pre = pre.view(T, B, 4 * H)
-        gates, cs, y = x.new_zeros(T, B, 4 * H), x.new_zeros(T, B, H), x.new_zeros(T, B, H)
-        h, c = h0.clone(), c0.clone()
+        cs, y = x.new_zeros(T, B, H), x.new_zeros(T, B, H)
+        h, c = h0.contiguous().clone(), c0.contiguous().clone()
+        native = ctx.native = _native.ops(x)
+        if native is not None:  # the same loop, compiled (speed/cpp/peephole.cpp), in pre itself
+            ps = [p.contiguous() for p in (p_i, p_f, p_o)]
+            native.peephole_forward(pre, w_hh.t().contiguous(), *ps, h, c, batch_sizes or [], cs, y)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, p_i, p_f, p_o, pre, cs, y)
+            ctx.batch_sizes, ctx.has_bias = batch_sizes, bias is not None
+            return y, h, c
+        gates = x.new_zeros(T, B, 4 * H)
         for t in range(T):
             n = B if batch_sizes is None else batch_sizes[t]
             i, f, g, o, c_new, h_new = _step(pre[t, :n] + h[:n] @ w_hh.t(), c[:n], p_i, p_f, p_o)
@@ -79,28 +88,21 @@ class _PeepholeSequence(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, p_i, p_f, p_o, gates, cs, y = ctx.saved_tensors
         T, B, I = x.shape
         H = w_hh.shape[1]
-        gh = torch.zeros_like(h0) if grad_h is None else grad_h.clone()  # dL/dh_t, (B, H)
-        gc = torch.zeros_like(c0) if grad_c is None else grad_c.clone()  # dL/dc_t
-        d = torch.zeros_like(gates)  # dL/da_t, (T, B, 4H)
-        dp_i, dp_f, dp_o = (torch.zeros_like(p) for p in (p_i, p_f, p_o))
-        for t in reversed(range(T)):
-            n = B if ctx.batch_sizes is None else ctx.batch_sizes[t]
-            if grad_y is not None:
-                gh[:n] += grad_y[t, :n]
-            i, f, g, o = gates[t, :n].chunk(4, dim=1)
-            c, c_prev = cs[t, :n], (c0[:n] if t == 0 else cs[t - 1, :n])
-            tanh_c = torch.tanh(c)
-            do = gh[:n] * tanh_c * o * (1 - o)
-            dc = gc[:n] + gh[:n] * o * (1 - tanh_c**2) + do * p_o
-            di = dc * g * i * (1 - i)
-            df = dc * c_prev * f * (1 - f)
-            dg = dc * i * (1 - g**2)
-            d[t, :n] = torch.cat([di, df, dg, do], dim=1)
-            dp_i += (di * c_prev).sum(0)
-            dp_f += (df * c_prev).sum(0)
-            dp_o += (do * c).sum(0)
-            gc[:n] = dc * f + di * p_i + df * p_f
-            gh[:n] = d[t, :n] @ w_hh
+        gh = h0.new_zeros(h0.shape) if grad_h is None else grad_h.contiguous().clone()  # dL/dh_t, (B, H)
+        gc = c0.new_zeros(c0.shape) if grad_c is None else grad_c.contiguous().clone()  # dL/dc_t
+        d = gates.new_zeros(gates.shape)  # dL/da_t, (T, B, 4H)
+        peepholes, bs = (p_i, p_f, p_o), ctx.batch_sizes
+        if ctx.native is not None:
+            gy = None if grad_y is None else grad_y.contiguous()
+            ps = [p.contiguous() for p in peepholes]
+            ctx.native.peephole_backward(
+                gy, gh, gc, gates, cs, c0.contiguous(), w_hh.contiguous(), *ps, bs or [], d
+            )
+            c_prev = torch.cat([c0[None], cs[:-1]])  # (T, B, H); d is 0 on rows past an end
+            dp_i, dp_f = ((d[..., k * H : (k + 1) * H] * c_prev).sum((0, 1)) for k in (0, 1))
+            dp_o = (d[..., 3 * H :] * cs).sum((0, 1))
+        else:
+            dp_i, dp_f, dp_o = _backward_steps(grad_y, gh, gc, gates, cs, c0, w_hh, peepholes, bs, d)
         d2 = d.view(T * B, 4 * H)
         # h_{t-1} of every step: a row active at t was active at t-1 (sorted by length)
         h_prev = torch.cat([h0[None], y[:-1]]).view(T * B, H)
@@ -109,6 +111,33 @@ class _PeepholeSequence(torch.autograd.Function):
         dw_hh = d2.t() @ h_prev if ctx.needs_input_grad[4] else None
         db = d2.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
         return dx, gh, gc, dw_ih, dw_hh, db, dp_i, dp_f, dp_o, None
+
+
+def _backward_steps(grad_y, gh, gc, gates, cs, c0, w_hh, peepholes, batch_sizes, d):
+    """The backward loop in eager ops (the compiled one's reference): gh, gc from dL/dh_T, dL/dc_T
+    to dL/dh_0, dL/dc_0, dL/da_t into d; returns the peepholes' gradients."""
+    T, B, H = cs.shape
+    p_i, p_f, p_o = peepholes
+    dp_i, dp_f, dp_o = (torch.zeros_like(p) for p in peepholes)
+    for t in reversed(range(T)):
+        n = B if batch_sizes is None else batch_sizes[t]
+        if grad_y is not None:
+            gh[:n] += grad_y[t, :n]
+        i, f, g, o = gates[t, :n].chunk(4, dim=1)
+        c, c_prev = cs[t, :n], (c0[:n] if t == 0 else cs[t - 1, :n])
+        tanh_c = torch.tanh(c)
+        do = gh[:n] * tanh_c * o * (1 - o)
+        dc = gc[:n] + gh[:n] * o * (1 - tanh_c**2) + do * p_o
+        di = dc * g * i * (1 - i)
+        df = dc * c_prev * f * (1 - f)
+        dg = dc * i * (1 - g**2)
+        d[t, :n] = torch.cat([di, df, dg, do], dim=1)
+        dp_i += (di * c_prev).sum(0)
+        dp_f += (df * c_prev).sum(0)
+        dp_o += (do * c).sum(0)
+        gc[:n] = dc * f + di * p_i + df * p_f
+        gh[:n] = d[t, :n] @ w_hh
+    return dp_i, dp_f, dp_o
 
 
 class PeepholeLSTMCell(Cell):

@@ -37,9 +37,8 @@ from rnnkit.cells import speed
 from rnnkit.cells.speed import tanh
 
 _DIR = Path(__file__).with_name("cpp")
-SOURCES = [
-    _DIR / n for n in ("lstm.cpp", "gru.cpp", "ln_lstm.cpp", "ln_gru.cpp", "elman.cpp", "mgu.cpp", "step.cpp")
-]
+_FILES = ("lstm", "gru", "ln_lstm", "ln_gru", "elman", "mgu", "indrnn", "peephole", "step")
+SOURCES = [_DIR / f"{name}.cpp" for name in _FILES]
 HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
 # -ffast-math); -fopenmp for their `omp simd` pragmas and torch's at::parallel_for, whose OpenMP
