@@ -1,5 +1,6 @@
 """The compiled CPU loops (`rnnkit.cells.speed.native`, `speed/cpp/*.cpp`) of the layer-norm LSTM,
-the layer-norm GRU, the LSTM, the GRU (torch's form), the Elman RNN (tanh and relu) and the MGU:
+the layer-norm GRU, the LSTM, the GRU (both forms), the Elman RNN (tanh and relu), the MGU, IndRNN,
+the peephole LSTM, and the decoding step:
 against the Python loops they replace and against the step equations, gradcheck, that they are
 used where they should be (and only there), the fallback when they cannot be built, and the build lock.
 
@@ -45,9 +46,12 @@ class Kernel:
     projection: bool  # takes w_hr
     train_flag: bool  # its compiled forward is told whether to keep the backward's factors
     layer: Callable  # (input_size, hidden_size, **kw) -> the rnnkit layer that runs it
+    function: str = ""  # its function in rnnkit.functional when not `name`
+    options: tuple = ()  # (keyword, value) pairs that function takes for this kernel
 
     def __call__(self, args, kw, batch_sizes=None, impl="fused"):
-        return getattr(functional, self.name)(*args, **kw, batch_sizes=batch_sizes, impl=impl)
+        fn = getattr(functional, self.function or self.name)
+        return fn(*args, **kw, **dict(self.options), batch_sizes=batch_sizes, impl=impl)
 
     @property
     def ops(self):
@@ -81,6 +85,17 @@ KERNELS = {  # Kernel(name, gates, cell_state, layer_norms, projection, train_fl
         Kernel("rnn_tanh", 1, False, (), False, False, rnnkit.RNN),
         Kernel("rnn_relu", 1, False, (), False, False, functools.partial(rnnkit.RNN, nonlinearity="relu")),
         Kernel("mgu", 2, False, (), False, False, rnnkit.MGU),
+        Kernel(
+            "gru_reset_before",
+            3,
+            False,
+            (),
+            False,
+            False,
+            functools.partial(rnnkit.GRU, reset_after=False),
+            function="gru",
+            options=(("reset_after", False),),
+        ),  # fmt: skip
     ]
 }
 

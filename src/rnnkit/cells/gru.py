@@ -196,7 +196,9 @@ def _reset_after_backward_steps(A, D, g, z, w_hh, bs) -> None:
 
 class GRUResetBefore(torch.autograd.Function):
     """Whole-sequence GRU, the paper's form (reset_after=False), with the hand-derived BPTT above.
-    Two products per step: W_h(r,z) h_{t-1}, then W_hn u_t with u_t = r_t * h_{t-1}."""
+    Two products per step: W_h(r,z) h_{t-1}, then W_hn u_t with u_t = r_t * h_{t-1}. The loops run
+    compiled on CPU where `rnnkit.cells.speed.native.ops` allows (speed/cpp/gru_reset_before.cpp);
+    otherwise `_reset_before_forward_steps` and `_reset_before_backward_steps`, their reference."""
 
     @staticmethod
     @without_cycle_gc
@@ -207,25 +209,17 @@ class GRUResetBefore(torch.autograd.Function):
         # n's pre-activation is made as `Tanh` wants it (doubled on CPU).
         tanh_ = Tanh(x)
         gates = input_projection(x, tanh_.prep(w_ih, 2 * H), tanh_.prep(add_biases(b_ih, b_hh), 2 * H))
-        gates_rz = Product(w_hh[: 2 * H], B)  # h -> h W_h(r,z)^T
-        candidate = Product(tanh_.prep(w_hh[2 * H :]), B)  # u -> u W_hn^T (times k)
         new = workspace.allocator(zero=bool(batch_sizes))
         u = new(gates[..., :H])  # (T, B, H): r_t * h_{t-1}
         y = new(u)  # (T, B, H)
-        steps = active_rows(
-            batch_sizes, gates[..., : 2 * H], gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :], u, y
-        )
-        h = h0
-        for rz_t, r_t, z_t, n_t, u_t, y_t in zip(*steps):
-            if batch_sizes:  # the sequences still running are the first rows
-                h = h[: y_t.shape[0]]
-            gates_rz(h, add=rz_t, out=rz_t).sigmoid_()
-            torch.mul(r_t, h, out=u_t)
-            tanh_(candidate(u_t, add=n_t, out=n_t))
-            torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
-            h = y_t
+        native = _native.ops(x)
+        if native is not None:  # the same loop, compiled (speed/cpp/gru_reset_before.cpp)
+            w_rz_t, w_hn_t = (w.t().contiguous() for w in (w_hh[: 2 * H], tanh_.prep(w_hh[2 * H :])))
+            native.gru_reset_before_forward(gates, u, y, h0.contiguous(), w_rz_t, w_hn_t, batch_sizes or [])
+        else:
+            _reset_before_forward_steps(gates, u, y, h0, w_hh, batch_sizes, tanh_)
         ctx.save_for_backward(x, h0, w_ih, w_hh, gates, u, y)
-        ctx.batch_sizes = batch_sizes
+        ctx.batch_sizes, ctx.native = batch_sizes, native
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
@@ -235,33 +229,21 @@ class GRUResetBefore(torch.autograd.Function):
         x, h0, w_ih, w_hh, gates, u, y = ctx.saved_tensors
         bs = ctx.batch_sizes
         T, B, H = y.shape
-        r, z, n = gates.split(H, dim=2)  # (T, B, H) each
-        # The factors, for all steps outside the loop, in torch's order r, z, n: a_r multiplies
-        # du_t, a_z and a_n multiply dh_t. Each step overwrites them with [dr~, dz~, dn~].
-        A = workspace.empty((T, B, 3, H), y)
-        a_r, a_z, a_n = A.unbind(2)
-        gru_shared_factors_(a_n, a_z, z, n, h0, y)
-        torch.addcmul(u, u, r, value=-1, out=a_r)  # h_{t-1} r (1 - r) = u - u r
-        D = zero_padding_(A.view(T, B, 3 * H), bs)  # (T, B, 3H): r, z, n
         g = add_final_grad(grad_y, grad_hn, bs)  # (T, B, H): accumulates dh_t in place
-        dhs, A_zn, D_r, D_n, D_rz, rs, zs = active_rows(bs, g, A[:, :, 1:], a_r, a_n, D[..., : 2 * H], r, z)
-        g_prev = prev_rows(bs, g)
-        back_n = Product(w_hh[2 * H :].t(), B)  # dn~ -> du = dn~ W_hn
-        back_rz = Product(w_hh[: 2 * H].t(), B)  # [dr~, dz~] -> that W_h(r,z)
-        for t in range(T - 1, -1, -1):
-            dh = dhs[t]
-            torch.mul(A_zn[t], dh.unsqueeze(1), out=A_zn[t])  # dz~, dn~
-            du = back_n(D_n[t])
-            D_r[t].mul_(du)  # dr~
-            if t:  # dh_{t-1} += dh_t z_t + du_t r_t + [dr~, dz~] W_h(r,z)
-                g_prev[t].addcmul_(dh, zs[t]).addcmul_(du, rs[t])
-                back_rz(D_rz[t], add=g_prev[t], out=g_prev[t])
+        if ctx.native is not None:
+            D = workspace.empty((T, B, 3 * H), y, zero=bool(bs))
+            du = h0.new_empty(h0.shape)
+            w_rz, w_hn = w_hh[: 2 * H].contiguous(), w_hh[2 * H :].contiguous()
+            ctx.native.gru_reset_before_backward(g, gates, y, h0.contiguous(), w_rz, w_hn, bs or [], D, du)
+        else:
+            D, du = _reset_before_backward_steps(gates, u, y, h0, w_hh, bs, g)
         need = ctx.needs_input_grad
         dx = dh0 = dw_ih = dw_hh = None
         if need[0]:
             dx = input_grad(D, w_ih)
-        if need[1]:  # du is step 0's
-            dh0 = back_rz(D_rz[0]).addcmul_(dhs[0], zs[0]).addcmul_(du, rs[0])
+        if need[1]:  # dL/dh_0 = dh_0 z_0 + du_0 r_0 + [dr~, dz~]_0 W_h(r,z)
+            r0, z0 = gates[0, :, :H], gates[0, :, H : 2 * H]
+            dh0 = Product(w_hh[: 2 * H].t(), B)(D[0, :, : 2 * H]).addcmul_(g[0], z0).addcmul_(du, r0)
         if need[2] or need[3]:
             # One product for all, (3H, I + 2H): W_ih against x; W_hh's rows r, z against h_{t-1},
             # its rows n against u.
@@ -273,6 +255,54 @@ class GRUResetBefore(torch.autograd.Function):
             dw_hh = torch.cat([g_h[: 2 * H], g_u[2 * H :]]) if need[3] else None
         db = D.sum((0, 1)) if need[4] or need[5] else None
         return dx, dh0, dw_ih, dw_hh, db, db, None
+
+
+def _reset_before_forward_steps(gates, u, y, h0, w_hh, batch_sizes, tanh_) -> None:
+    """GRUResetBefore's forward loop in eager ops (the compiled one's reference), in place on its
+    buffers: gates holds the input projection and becomes r, z, n; u gets r_t h_{t-1}, y h_t."""
+    B, H = y.shape[1], y.shape[2]
+    gates_rz = Product(w_hh[: 2 * H], B)  # h -> h W_h(r,z)^T
+    candidate = Product(tanh_.prep(w_hh[2 * H :]), B)  # u -> u W_hn^T (times k)
+    steps = active_rows(
+        batch_sizes, gates[..., : 2 * H], gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :], u, y
+    )
+    h = h0
+    for rz_t, r_t, z_t, n_t, u_t, y_t in zip(*steps):
+        if batch_sizes:  # the sequences still running are the first rows
+            h = h[: y_t.shape[0]]
+        gates_rz(h, add=rz_t, out=rz_t).sigmoid_()
+        torch.mul(r_t, h, out=u_t)
+        tanh_(candidate(u_t, add=n_t, out=n_t))
+        torch.lerp(n_t, h, z_t, out=y_t)  # (1 - z) n + z h
+        h = y_t
+
+
+def _reset_before_backward_steps(gates, u, y, h0, w_hh, bs, g):
+    """GRUResetBefore's backward loop in eager ops (the compiled one's reference): dh_t
+    accumulated in g; returns D (T, B, 3H) = [dr~, dz~, dn~] and du of the first step."""
+    T, B, H = y.shape
+    r, z, n = gates.split(H, dim=2)  # (T, B, H) each
+    # The factors, for all steps outside the loop, in torch's order r, z, n: a_r multiplies
+    # du_t, a_z and a_n multiply dh_t. Each step overwrites them with [dr~, dz~, dn~].
+    A = workspace.empty((T, B, 3, H), y)
+    a_r, a_z, a_n = A.unbind(2)
+    gru_shared_factors_(a_n, a_z, z, n, h0, y)
+    torch.addcmul(u, u, r, value=-1, out=a_r)  # h_{t-1} r (1 - r) = u - u r
+    D = zero_padding_(A.view(T, B, 3 * H), bs)  # (T, B, 3H): r, z, n
+    dhs, A_zn, D_r, D_n, D_rz, rs, zs = active_rows(bs, g, A[:, :, 1:], a_r, a_n, D[..., : 2 * H], r, z)
+    g_prev = prev_rows(bs, g)
+    back_n = Product(w_hh[2 * H :].t(), B)  # dn~ -> du = dn~ W_hn
+    back_rz = Product(w_hh[: 2 * H].t(), B)  # [dr~, dz~] -> that W_h(r,z)
+    du = None
+    for t in range(T - 1, -1, -1):
+        dh = dhs[t]
+        torch.mul(A_zn[t], dh.unsqueeze(1), out=A_zn[t])  # dz~, dn~
+        du = back_n(D_n[t])
+        D_r[t].mul_(du)  # dr~
+        if t:  # dh_{t-1} += dh_t z_t + du_t r_t + [dr~, dz~] W_h(r,z)
+            g_prev[t].addcmul_(dh, zs[t]).addcmul_(du, rs[t])
+            back_rz(D_rz[t], add=g_prev[t], out=g_prev[t])
+    return D, du
 
 
 def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, batch_sizes=None, impl="fused"):
