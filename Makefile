@@ -43,6 +43,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_native.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_scan.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_export.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_mainjob.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_sample.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_long.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples

@@ -2,7 +2,7 @@
 step) against the same model on torch.nn (nn.Embedding, nn.LSTM, nn.Linear, the same weights),
 side by side in one process, rounds interleaved; milliseconds a step, medians.
 
-    python benchmarks/bench_mainjob.py [--steps 20] [--rounds 5]
+    python benchmarks/bench_mainjob.py [--steps 20] [--rounds 5] [--out docs/benchmarks.md]
 
 Shapes: the main job as the speed issue states it (embedding 64, 1x256, B=32, T=100) and at
 charlm's defaults (1x512). No dropout on either side (torch.nn has no weight dropout), so both
@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _harness import stamped, write_section
 from rnnkit.models import LanguageModel, LanguageModelConfig
+
+BEGIN, END = "<!-- bench: mainjob begin -->", "<!-- bench: mainjob end -->"
+HEADING = "## The main job's training step (`benchmarks/bench_mainjob.py`)"
 
 
 class TorchModel(nn.Module):
@@ -49,10 +53,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=None, help="also write the markdown table into this page")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per training step, median")
-    print("| shape | rnnkit | torch.nn | ratio (torch / rnnkit) |")
-    print("|---|---|---|---|")
+    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per training step, median"
+    lines = ["| shape | rnnkit | torch.nn | ratio (torch / rnnkit) |", "|---|---|---|---|"]
+    print(header)
+    print("\n".join(lines))
     for hidden in (256, 512):
         torch.manual_seed(0)
         ours = LanguageModel(LanguageModelConfig(100, embedding_dim=64, hidden_size=hidden))
@@ -69,10 +75,13 @@ def main() -> None:
                     train_step(m, opts[m], tokens)
                 times[m].append((time.perf_counter() - start) / args.steps * 1e3)
         ms = {m: statistics.median(v) for m, v in times.items()}
-        print(
+        lines.append(
             f"| emb 64, 1x{hidden} LSTM, B=32 T=100, V=100 | {ms[ours]:.1f} | {ms[theirs]:.1f} | "
             f"{ms[theirs] / ms[ours]:.2f}x |"
         )
+        print(lines[-1], flush=True)
+    if args.out:
+        write_section(args.out, BEGIN, END, HEADING, stamped(header, lines))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,14 @@ LAYERS = {
     "gru": lambda H: rnnkit.GRU(H, H),
     "ln-lstm": lambda H: rnnkit.LSTM(H, H, layer_norm=True),
     "ln-gru": lambda H: rnnkit.GRU(H, H, layer_norm=True),
+    "rnn": lambda H: rnnkit.RNN(H, H),
+    "mgu": lambda H: rnnkit.MGU(H, H),
+    "gru-reset-before": lambda H: rnnkit.GRU(H, H, reset_after=False),
+    "peephole-lstm": lambda H: rnnkit.Recurrent("peephole_lstm", H, H),
+    "indrnn": lambda H: rnnkit.Recurrent("indrnn", H, H),
 }
+LARGE = ("lstm", "gru", "ln-lstm", "ln-gru")  # the layers also timed at H >= 256 (the others' Python
+# loops take long there, and the compiled loops' margin is the GEMM's, measured on these)
 BEGIN, END = "<!-- bench: native begin -->", "<!-- bench: native end -->"
 HEADING = "## Compiled loops against the Python loops (`benchmarks/bench_native.py`)"
 
@@ -75,6 +82,8 @@ def main() -> None:
     print(cols)
     for T, B, H in configs:
         for kind in LAYERS:
+            if H >= 256 and kind not in LARGE:
+                continue
             t = time_interleaved(runners(kind, T, B, H), repeats, budget)
             for mode in ("infer", "train"):
                 ours, py = t[mode], t[f"{mode}_py"]

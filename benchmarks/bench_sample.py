@@ -3,11 +3,13 @@
 cell, output layer, softmax, a multinomial draw per character), side by side in one process,
 rounds interleaved. Both draw the same characters from the same generator (checked).
 
-    python benchmarks/bench_sample.py [--chars 2000] [--rounds 5]
+    python benchmarks/bench_sample.py [--chars 2000] [--rounds 5] [--out docs/benchmarks.md]
 
 Rows: charlm's default model (embedding 64, 1x512 LSTM, ~100 characters) and the old 1x256.
-Also the step through the whole-sequence forward (a sequence of length 1), as every step ran
-before `Recurrent.step`.
+Columns: `sample` over the model's step as `rnnkit sample` calls it (the model's compiled loop,
+`LanguageModel.compiled_sample`), the same over its step behind a plain function (a Python loop
+over `LanguageModel.step`, the path of models without one), and the torch.nn loop; all three
+draw the same characters (checked).
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ import time
 import torch
 from torch import nn
 
+from _harness import stamped, write_section
 from rnnkit.decoding import sample
 from rnnkit.models import LanguageModel, LanguageModelConfig
+
+BEGIN, END = "<!-- bench: sample begin -->", "<!-- bench: sample end -->"
+HEADING = "## Sampling, batch 1 (`benchmarks/bench_sample.py`)"
 
 
 class TorchLoop(nn.Module):
@@ -53,10 +59,12 @@ class TorchLoop(nn.Module):
         return out
 
 
-def whole_forward_step(model):
+def python_step(model):
+    """The model's step behind a plain function: `sample` then runs its own loop over it, a
+    Python round trip per character (the path of a model without a compiled loop)."""
+
     def step(token, state):
-        logits, state = model(token[:, None], state)
-        return logits[:, 0], state
+        return model.step(token, state)
 
     return step
 
@@ -71,21 +79,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chars", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=None, help="also write the markdown table into this page")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; characters per second, batch 1")
-    print(
-        "| model | rnnkit sample | torch.nn.LSTMCell loop | ratio | step through forward (before) | ratio |"
-    )
-    print("|---|---|---|---|---|---|")
+    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads; characters per second, batch 1"
+    lines = [
+        "| model | rnnkit sample | its step loop in Python | torch.nn.LSTMCell loop | sample / torch | "
+        "step loop / torch |",
+        "|---|---|---|---|---|---|",
+    ]
+    print(header)
+    print("\n".join(lines))
     for hidden in (512, 256):
         model = LanguageModel(LanguageModelConfig(100, embedding_dim=64, hidden_size=hidden)).eval()
         rates = measure(model, TorchLoop(model).eval(), args.chars, args.rounds)
-        print(
-            f"| emb 64, 1x{hidden} LSTM, 100 chars | {rates['ours']:.0f} | {rates['torch']:.0f} | "
-            f"{rates['ours'] / rates['torch']:.2f}x | {rates['forward']:.0f} | "
-            f"{rates['forward'] / rates['torch']:.2f}x |"
+        lines.append(
+            f"| emb 64, 1x{hidden} LSTM, 100 chars | {rates['ours']:.0f} | {rates['steps']:.0f} | "
+            f"{rates['torch']:.0f} | {rates['ours'] / rates['torch']:.2f}x | "
+            f"{rates['steps'] / rates['torch']:.2f}x |"
         )
+        print(lines[-1], flush=True)
+    if args.out:
+        write_section(args.out, BEGIN, END, HEADING, stamped(header, lines))
 
 
 def measure(model, ref, chars: int, rounds: int) -> dict:
@@ -99,12 +114,12 @@ def measure(model, ref, chars: int, rounds: int) -> dict:
     def theirs():
         return ref.sample(3, chars, torch.Generator().manual_seed(0))
 
-    assert ours() == theirs(), "the two loops drew different characters"
-    times = {"ours": [], "torch": [], "forward": []}
+    assert ours() == theirs() == ours(python_step(model)), "the loops drew different characters"
+    times = {"ours": [], "torch": [], "steps": []}
     for _ in range(rounds):
         times["ours"].append(timed(ours))
         times["torch"].append(timed(theirs))
-        times["forward"].append(timed(lambda: ours(whole_forward_step(model))))
+        times["steps"].append(timed(lambda: ours(python_step(model))))
     return {k: chars / statistics.median(v) for k, v in times.items()}
 
 
