@@ -24,12 +24,14 @@ import torch
 import rnnkit
 from _harness import compiled_loops, stamped, time_interleaved, write_section
 
-CONFIGS = [  # (T, B, I=H)
+CONFIGS = [  # (T, B, H), with I=H; or (T, B, H, I)
     (100, 64, 256),
     (100, 64, 512),
     (200, 32, 128),
     (1000, 16, 64),
     (50, 1, 128),
+    (100, 32, 256, 64),  # the main job's layer (embedding 64 in, 1x256)
+    (100, 32, 512, 64),  # and at charlm's default width
 ]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "mgu": 2}
 TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
@@ -67,11 +69,11 @@ def naive(cell, x, params):
     return torch.stack(ys), h
 
 
-def runners(cell: str, T: int, B: int, H: int):
+def runners(cell: str, T: int, B: int, H: int, I: int):
     torch.manual_seed(0)
-    ours = OURS[cell](H, H)
-    x = torch.randn(T, B, H, requires_grad=True)
-    ref = TORCH[cell](H, H) if cell in TORCH else None
+    ours = OURS[cell](I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    ref = TORCH[cell](I, H) if cell in TORCH else None
     if ref is not None:
         ours.load_state_dict(ref.state_dict())
     params = [p.detach().requires_grad_() for p in ours.parameters()]
@@ -127,22 +129,23 @@ def main() -> None:
         f"machine GEMM peak {peak:.0f} GFLOP/s; {compiled_loops()}"
     )
     print(header)
-    cols = "| cell | T | B | I=H | mode | ours ms | torch ms | naive ms | vs torch | vs naive | GEMM % |"
-    lines = [cols, "|" + "---|" * 11]
+    cols = "| cell | T | B | I | H | mode | ours ms | torch ms | naive ms | vs torch | vs naive | GEMM % |"
+    lines = [cols, "|" + "---|" * 12]
     print(cols)
-    for T, B, H in configs:
+    for T, B, H, *rest in configs:
+        I = rest[0] if rest else H
         for cell in args.cells.split(","):
-            run = runners(cell, T, B, H)
+            run = runners(cell, T, B, H, I)
             for mode, idx in (("infer", 0), ("train", 1)):
                 t = time_interleaved({k: v[idx] for k, v in run.items()}, repeats, budget)
-                flops = 2 * T * B * GATES[cell] * H * (H + H) * (3 if mode == "train" else 1)
+                flops = 2 * T * B * GATES[cell] * H * (I + H) * (3 if mode == "train" else 1)
                 share = flops / t["ours"] / 1e9 / peak * 100
                 tt = t.get("torch")
                 torch_ms, vs_torch = (
                     ("n/a", "n/a") if tt is None else (f"{tt * 1e3:.1f}", f"{tt / t['ours']:.2f}x")
                 )
                 row = (
-                    f"| {cell} | {T} | {B} | {H} | {mode} | {t['ours'] * 1e3:.1f} | {torch_ms} | "
+                    f"| {cell} | {T} | {B} | {I} | {H} | {mode} | {t['ours'] * 1e3:.1f} | {torch_ms} | "
                     f"{t['naive'] * 1e3:.1f} | {vs_torch} | {t['naive'] / t['ours']:.2f}x | {share:.0f}% |"
                 )
                 print(row, flush=True)
