@@ -58,7 +58,7 @@ def main() -> None:
     print("\n".join(lines))
     for T, B, H in CONFIGS:
         torch.manual_seed(0)
-        layer = rnnkit.Recurrent(UserGRU(H, H))
+        layer = rnnkit.Recurrent(UserGRU, H, H)
         compiled = torch.compile(layer)
         lstm = rnnkit.LSTM(H, H)
         x = torch.randn(T, B, H, requires_grad=True)

@@ -436,9 +436,12 @@ def test_kernel_calls_the_compiled_loops(kernel, dtype, calls):
 @pytest.mark.parametrize(
     ("kernel", "case"), kernel_cases("plain", "packed", "proj_packed", "tail_of_single_rows", "T1")
 )
-def test_no_grad_forward_equals_training_forward(kernel, case, dtype, calls):
+def test_no_grad_forward_equals_training_forward(kernel, case, dtype, calls, monkeypatch):
     """Under torch.no_grad() and with no input requiring grad, the compiled forward's outputs are
-    exactly those of a training forward (the LN-LSTM's then skips the backward's factors)."""
+    exactly those of a training forward (the LN-LSTM's then skips the backward's factors). The
+    LSTM's path for a few rows without gradients (`lstm_rows`, another kernel, equal to rounding:
+    test_compiled_rows_sequence_equals_the_kernel) is kept out here."""
+    monkeypatch.setattr(rnnkit.cells.lstm, "STEP_MAX_ROWS", 0)
     args, kw, bs = make_case(kernel, case, dtype=dtype)
     train = kernel(args, kw, bs)
     with torch.no_grad():
@@ -782,3 +785,31 @@ def test_compiled_peephole_equals_its_python_loops(bs, grad_y, calls):
     got, want = compiled_and_python(run)
     assert (calls["peephole_forward"], calls["peephole_backward"]) == (1, 1)
     assert_all_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bs", [None, [3, 3, 2, 1, 1]])
+@pytest.mark.parametrize("bias", [True, False])
+def test_compiled_rows_sequence_equals_the_kernel(bs, bias, calls):
+    """An LSTM over a few rows without gradients runs `lstm_rows` (speed/cpp/step.cpp: one
+    product for the input, W_hh packed once, a step per time step) with the numbers of the fused
+    kernel and of the step equations (float64, 1e-12; packed batches keep their ended rows' state
+    and output 0); with gradients wanted, or more than STEP_MAX_ROWS rows, the fused kernel."""
+    from rnnkit.cells.lstm import STEP_MAX_ROWS, lstm
+
+    g = torch.Generator().manual_seed(5)
+    x, h0, c0 = (torch.randn(*s, generator=g, dtype=D) for s in ((5, 3, I), (3, H), (3, H)))
+    w_ih, w_hh = (torch.randn(4 * H, n, generator=g, dtype=D) * 0.4 for n in (I, H))
+    b_ih, b_hh = (torch.randn(4 * H, generator=g, dtype=D) if bias else None for _ in range(2))
+    with torch.no_grad():
+        got = lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=bs)
+        assert calls["lstm_rows"] == 1 and calls["lstm_forward"] == 0
+        want = lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=bs, impl="loop")
+    assert_all_close(got, want, rtol=0, atol=1e-12)
+    w_ih.requires_grad_()
+    kernel = lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes=bs)  # gradients wanted
+    assert calls["lstm_rows"] == 1 and calls["lstm_forward"] == 1
+    assert_all_close([t.detach() for t in kernel], want, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        wide = torch.randn(2, STEP_MAX_ROWS + 1, I, dtype=D)
+        lstm(wide, None, None, w_ih, w_hh, b_ih, b_hh)
+    assert calls["lstm_rows"] == 1 and calls["lstm_forward"] == 2

@@ -268,8 +268,20 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, batch_sizes=
         impl=impl,
         w_hr=w_hr,
         step=lambda x_t, s: lstm_step(x_t, s, w_ih, w_hh, b_ih, b_hh, w_hr),
-        fused=lambda h0, c0, bs: LSTMFused.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, bs),
+        fused=lambda h0, c0, bs: _fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, bs),
     )
+
+
+def _fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+    """The fused kernel; for a few rows without gradients (inference at batch 1-8), the compiled
+    single step at every time step instead (speed/cpp/step.cpp `lstm_rows`): it reads the weights
+    in place, where the kernel prepares reordered and packed copies of them at every call."""
+    if w_hr is None and 1 <= x.shape[1] <= STEP_MAX_ROWS and not traced.tracing():
+        native = None if _needs_grad(x, (h0, c0), w_ih, w_hh, b_ih, b_hh) else _native.ops(x)
+        if native is not None and (b_ih is None) == (b_hh is None):
+            w = (v if v is None else v.contiguous() for v in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+            return native.lstm_rows(*w, batch_sizes or [])
+    return LSTMFused.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
 
 
 class LSTMUnit(LSTMShaped):

@@ -109,6 +109,52 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& x, const at::Tens
   return {h_out, c_out};
 }
 
+// A whole sequence for a few rows without gradients (inference at batch 1-8), in one call: the
+// input's product of all steps as one GEMM, W_hh packed once (common.h, `Packed`), then per step
+// its product and one pass over each row, in torch's gate order. The fused kernel does the same
+// work but prepares reordered, doubled and transposed weight copies in Python at every call,
+// which at these sizes costs more than the loop. x (T, B, I); rows past a sequence's end
+// (batch_sizes, sorted by decreasing length) keep their state and output 0.
+template <typename T>
+void rows_impl(at::Tensor& G, const at::Tensor& w_hh_t, at::Tensor& y, at::Tensor& h, at::Tensor& c,
+               at::IntArrayRef bs) {
+  const int64_t T_ = y.size(0), B = y.size(1), H = y.size(2), G4 = 4 * H;
+  T *Gp = G.data_ptr<T>(), *yp = y.data_ptr<T>(), *hp = h.data_ptr<T>(), *cp = c.data_ptr<T>();
+  const Packed<T> W(w_hh_t);
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t n = rows_at(bs, t, B);
+    T* G_t = Gp + t * B * G4;
+    W.gemm(n, hp, H, G_t, G4, G_t, G4);  // a_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+    for (int64_t r = 0; r < n; ++r) {
+      const T* a = G_t + r * G4;
+      T *cr = cp + r * H, *hr = hp + r * H, *yr = yp + (t * B + r) * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T i = T(1) / (T(1) + exp_(-a[j])), f = T(1) / (T(1) + exp_(-a[H + j]));
+        const T g = T(2) / (T(1) + exp_(T(-2) * a[2 * H + j])) - T(1);  // tanh
+        const T o = T(1) / (T(1) + exp_(-a[3 * H + j]));
+        cr[j] = f * cr[j] + i * g;
+        hr[j] = yr[j] = o * (T(2) / (T(1) + exp_(T(-2) * cr[j])) - T(1));
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_rows(const at::Tensor& x, const at::Tensor& h0,
+                                                         const at::Tensor& c0, const at::Tensor& w_ih,
+                                                         const at::Tensor& w_hh,
+                                                         const std::optional<at::Tensor>& b_ih,
+                                                         const std::optional<at::Tensor>& b_hh, at::IntArrayRef bs) {
+  check_buffers("rnnkit lstm_rows", x, h0, c0, w_ih, w_hh);
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  at::Tensor x2 = x.view({T_ * B, I});
+  at::Tensor G = b_ih.has_value() ? at::addmm(*b_ih + *b_hh, x2, w_ih.t()) : at::mm(x2, w_ih.t());
+  at::Tensor y = at::zeros({T_, B, H}, x.options()), h = h0.clone(), c = c0.clone();
+  at::Tensor w_hh_t = w_hh.t().contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_rows", [&] { rows_impl<scalar_t>(G, w_hh_t, y, h, c, bs); });
+  return {y, h, c};
+}
+
 // `rnnkit sample` for a language model of plain LSTM layers, the whole loop here: per token the
 // embedding row, each layer's step as `lstm_cell`, the output layer, softmax (of logits /
 // temperature) and one multinomial draw from `generator`, the same calls in the same order as
@@ -145,6 +191,10 @@ at::Tensor lstm_lm_sample(const at::Tensor& token, const at::Tensor& h0, const a
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnkit, m) {
+  m.def(
+      "lstm_rows(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "int[] batch_sizes) -> (Tensor, Tensor, Tensor)",
+      &lstm_rows);
   m.def(
       "lstm_lm_sample(Tensor token, Tensor h0, Tensor c0, Tensor embedding, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[] b_ih, Tensor[] b_hh, Tensor head_w, Tensor? head_b, int steps, float temperature, "
