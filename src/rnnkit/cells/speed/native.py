@@ -37,9 +37,7 @@ from rnnkit.cells import speed
 from rnnkit.cells.speed import tanh
 
 _DIR = Path(__file__).with_name("cpp")
-_FILES = ("lstm", "gru", "gru_reset_before", "ln_lstm", "ln_gru", "elman", "mgu", "indrnn", "peephole")
-_FILES += ("step",)  # the decoding side: one step for a few rows, whole sampling loops
-SOURCES = [_DIR / f"{name}.cpp" for name in _FILES]
+SOURCES = sorted(_DIR.glob("*.cpp"))  # a family's loops, and step.cpp, the decoding side
 HEADERS = [_DIR / "common.h"]
 # -fno-math-errno lets the loops call the vector variants of exp (native/common.h says why not
 # -ffast-math); -fopenmp for their `omp simd` pragmas and torch's at::parallel_for, whose OpenMP
