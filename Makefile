@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) -m "not slow" tests
+	$(PY) -m pytest -n $(WORKERS) -m "not slow" --durations=15 tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(WORKERS) -m slow tests

@@ -15,8 +15,8 @@ Built with torch's C++ extension tools (a C++17 compiler and ninja), for this ma
 (-march=native: the binary's name carries a digest of the sources and their folder, the flags, the
 torch version and the CPU, so a cache shared between machines or installs cannot load the wrong
 one), into torch's extension cache
-(TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions by default): ~30 s once, then a load. If the
-build fails, rnnkit warns once and runs the Python loops; set RNNKIT_NATIVE=0 to never try.
+(TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions by default): a minute or two once, then a load.
+If the build fails, rnnkit warns once and runs the Python loops; set RNNKIT_NATIVE=0 to never try.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _build():
         with _build_lock(build_dir):
             if not (build_dir / f"{name}.so").exists():  # a first build: say why the pause
                 print(
-                    "rnnkit: compiling its CPU loops for this machine (once, ~10-30 s; "
+                    "rnnkit: compiling its CPU loops for this machine (once, a minute or two; "
                     "RNNKIT_NATIVE=0 skips them)",
                     file=sys.stderr,
                     flush=True,
