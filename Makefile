@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 DEMO_RUN := runs/demo
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
-	$(VENV)/bin/rnnkit train charlm --schedule constant --steps 600 --eval-every 300 --out $(DEMO_RUN)
+	$(VENV)/bin/rnnkit train charlm --schedule constant --steps 800 --eval-every 400 --out $(DEMO_RUN)
 	$(VENV)/bin/rnnkit evaluate $(DEMO_RUN)
 	$(VENV)/bin/rnnkit sample $(DEMO_RUN) --prime "The " --length 400 --temperature 0.8 --seed 0
 
