@@ -27,6 +27,11 @@ inline float exp_(float v) { return expf(v); }
 inline double exp_(double v) { return exp(v); }
 
 template <typename T>
+inline T sigmoid(T v) {
+  return T(1) / (T(1) + exp_(-v));
+}
+
+template <typename T>
 struct Moments {
   T mean, rstd;
 };

@@ -18,11 +18,6 @@ namespace {
 using namespace rnnkit_native;
 
 template <typename T>
-inline T sig(T v) {
-  return T(1) / (T(1) + exp_(-v));
-}
-
-template <typename T>
 void forward_impl(at::Tensor& gates, at::Tensor& u_buf, at::Tensor& y_buf, const at::Tensor& h0,
                   const at::Tensor& w_rz_t, const at::Tensor& w_hn_t, at::IntArrayRef bs) {
   const int64_t T_ = y_buf.size(0), B = y_buf.size(1), H = y_buf.size(2), G3 = 3 * H;
@@ -38,7 +33,7 @@ void forward_impl(at::Tensor& gates, at::Tensor& u_buf, at::Tensor& y_buf, const
       T *G = G_t + r * G3, *u = up + at + r * H;
       const T* h = hp + r * H;
 #pragma omp simd
-      for (int64_t j = 0; j < 2 * H; ++j) G[j] = sig(G[j]);
+      for (int64_t j = 0; j < 2 * H; ++j) G[j] = sigmoid(G[j]);
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) u[j] = G[j] * h[j];
     });
@@ -48,7 +43,7 @@ void forward_impl(at::Tensor& gates, at::Tensor& u_buf, at::Tensor& y_buf, const
       const T* h = hp + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const T nn = T(2) * sig(G[2 * H + j]) - T(1);
+        const T nn = T(2) * sigmoid(G[2 * H + j]) - T(1);
         G[2 * H + j] = nn;
         y[j] = nn + G[H + j] * (h[j] - nn);  // (1 - z) n + z h
       }

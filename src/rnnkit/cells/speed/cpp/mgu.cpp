@@ -17,11 +17,6 @@ namespace {
 using namespace rnnkit_native;
 
 template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + exp_(-v));
-}
-
-template <typename T>
 void forward_impl(at::Tensor& f_buf, at::Tensor& n_buf, at::Tensor& fh_buf, at::Tensor& y_buf, const at::Tensor& h0,
                   const at::Tensor& w_hf_t, const at::Tensor& w_hn_t, at::IntArrayRef bs) {
   const int64_t T_ = y_buf.size(0), B = y_buf.size(1), H = y_buf.size(2);
