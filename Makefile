@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_jordan.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_layer_norm.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_native.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_gemm.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_scan.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_export.py --out docs/benchmarks.md
 	$(PY) benchmarks/bench_mainjob.py --out docs/benchmarks.md

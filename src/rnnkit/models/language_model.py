@@ -115,15 +115,13 @@ class LanguageModel(nn.Module):
         plain LSTM layers, CPU; `rnnkit.cells.lstm.sample_loop`); None elsewhere."""
         if self.training or not isinstance(token, torch.Tensor) or token.dim() != 1 or tracing():
             return None
-        weight = self.embedding.weight
-        found = (
-            self.rnn.lstm_steps(weight[:1].expand(token.shape[0], -1), state)
-            if hasattr(self.rnn, "lstm_steps")
-            else None
-        )
-        if found is None:
+        if not hasattr(self.rnn, "lstm_steps"):
             return None
         self._check_step_ids(token)
+        weight = self.embedding.weight
+        found = self.rnn.lstm_steps(F.embedding(token, weight), state)  # the first step's input
+        if found is None:
+            return None
         layers, states = found
         return sample_loop(
             token, states, weight, layers, self.head.weight, self.head.bias, steps, temperature, generator

@@ -3,7 +3,7 @@
 Why: at small sizes a step of a fused kernel's Python loop costs its ~20 eager ops (1-7 us each,
 `python benchmarks/op_floor.py`), not its arithmetic. A compiled loop makes a step one GEMM and
 one pass over each row; the GEMM is our own (`Packed` in cpp/common.h: the weight packed once a
-call, register tiles), 1.3-2x faster than torch.mm (MKL) on these few-row products here, which
+call, register tiles), 1.3-2x torch.addmm (MKL) on these few-row products here, which
 makes the compiled loops the faster ones at every size measured (`benchmarks/bench_native.py`).
 Only the loops are compiled; everything done for all steps at once (input projection, weight
 gradients, layer-norm parameter gradients) stays in the Python kernel, which also keeps its own

@@ -86,8 +86,9 @@ inline void for_rows(int64_t n, int64_t width, const F& f) {
 // row after row, zero padded), and each tile of MR rows x NR columns of C is accumulated in
 // registers over all of K, one row of the panel and MR broadcasts of A per k. Why not torch.mm:
 // MKL, which it calls, runs these skinny products (a few dozen rows) at 50-75% of this machine's
-// FMA rate, and oneDNN's linear adds a primitive's setup to every call; this kernel reaches ~90%
-// of a core's rate at every step size measured (docs/benchmarks.md, "A GEMM of our own"). Each
+// FMA rate, and oneDNN's linear adds a primitive's setup to every call; this kernel is level with
+// torch.addmm at one row and 1.3-2x faster from 16 rows up (`python benchmarks/bench_gemm.py`,
+// through the op in gemm.cpp; tests/test_native.py checks it against torch.addmm). Each
 // element sums over k in order 0..K-1 whatever the threads, so results do not depend on them.
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
