@@ -9,7 +9,7 @@ size since their step product is our own packed GEMM (speed/cpp/common.h, `Packe
 they left the step to MKL and stopped at 5M multiply-adds a step, where oneDNN from the Python
 loops was as fast.
 
-    python benchmarks/bench_native.py [--quick] [--out docs/benchmarks.md]
+    python benchmarks/bench_native.py [--quick] [--cells lstm,gru] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ LAYERS = {
     "gru-reset-before": lambda H: rnnkit.GRU(H, H, reset_after=False),
     "peephole-lstm": lambda H: rnnkit.Recurrent("peephole_lstm", H, H),
     "indrnn": lambda H: rnnkit.Recurrent("indrnn", H, H),
+    # the Jordan network's two forms: stepwise (jordan.cpp) and folded (elman.cpp on W_yh W_hy)
+    "jordan-tanh-out": lambda H: rnnkit.JordanRNN(H, H, H, output_activation="tanh"),
+    "jordan-folded": lambda H: rnnkit.JordanRNN(H, H, H),
+    # the minimal cells' sequential mode: the scan's loop (scan.cpp)
+    "min-gru-sequential": lambda H: rnnkit.Recurrent("min_gru", H, H, mode="sequential"),
+    "min-lstm-sequential": lambda H: rnnkit.Recurrent("min_lstm", H, H, mode="sequential"),
 }
 LARGE = ("lstm", "gru", "ln-lstm", "ln-gru")  # the layers also timed at H >= 256 (the others' Python
 # loops take long there, and the compiled loops' margin is the GEMM's, measured on these)
@@ -72,7 +78,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small config, few repeats")
     parser.add_argument("--out", default=None, help="also write the markdown table into this page")
+    parser.add_argument("--cells", default=None, help=f"comma-separated subset of {', '.join(LAYERS)}")
     args = parser.parse_args()
+    kinds = list(LAYERS) if args.cells is None else args.cells.split(",")
+    unknown = sorted(set(kinds) - set(LAYERS))
+    if unknown:
+        parser.error(f"--cells: unknown {', '.join(unknown)} (choose from {', '.join(LAYERS)})")
+    if args.out and args.cells:
+        parser.error("--out writes the whole table: run it without --cells")
     configs = [(50, 8, 32)] if args.quick else CONFIGS
     repeats, budget = (3, 1.0) if args.quick else (7, 10.0)
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; {compiled_loops()}"
@@ -81,7 +94,7 @@ def main() -> None:
     lines = [cols, "|" + "---|" * 8]
     print(cols)
     for T, B, H in configs:
-        for kind in LAYERS:
+        for kind in kinds:
             if H >= 256 and kind not in LARGE:
                 continue
             t = time_interleaved(runners(kind, T, B, H), repeats, budget)

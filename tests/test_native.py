@@ -1,6 +1,6 @@
 """The compiled CPU loops (`rnnkit.cells.speed.native`, `speed/cpp/*.cpp`) of the layer-norm LSTM,
 the layer-norm GRU, the LSTM, the GRU (both forms), the Elman RNN (tanh and relu), the MGU, IndRNN,
-the peephole LSTM, and the decoding step:
+the peephole LSTM, the Jordan network, the minimal cells' linear scan, and the decoding step:
 against the Python loops they replace and against the step equations, gradcheck, that they are
 used where they should be (and only there), the fallback when they cannot be built, and the build lock.
 
@@ -834,3 +834,108 @@ def test_packed_gemm_equals_torchs(rows, inner, cols):
         got = c.clone()
         lib.packed_addmm(got, a, w, 2)
         torch.testing.assert_close(got, torch.addmm(torch.addmm(c, a, w), a, w), rtol=tol, atol=tol)
+
+
+# --- 11. the Jordan network's compiled loops (speed/cpp/jordan.cpp; elman.cpp when folded) ---
+
+JORDAN_ACTIVATIONS = [None, "tanh", "sigmoid", "relu", "softmax"]
+
+
+@pytest.mark.parametrize("act", JORDAN_ACTIVATIONS)
+@pytest.mark.parametrize("out_size", [2, 5])  # H = 6: folded (H <= 2 O) with the identity at 5
+@pytest.mark.parametrize("bs", [None, PACKED])
+@pytest.mark.parametrize("bias", [True, False])
+def test_compiled_jordan_equals_its_python_loops(act, out_size, bs, bias, calls):
+    """The Jordan network's fused kernel on the compiled loops against its Python loops, float64:
+    outputs and every gradient (x, y0, W_ih, W_yh, b_h, W_hy, b_y) to 1e-12, every output
+    activation, both forms (the folded one, identity output and H <= 2 O, runs the Elman RNN's
+    compiled loops on W_yh W_hy; the stepwise one jordan.cpp's), packed batches included, with
+    gradients from the outputs and from the last output."""
+    from rnnkit.cells.jordan import folds
+
+    T, B, O = 5, 4, out_size
+    g = torch.Generator().manual_seed(6)
+    shapes = ((T, B, I), (B, O), (H, I), (H, O), (H,), (O, H), (O,))
+    leaves_ = [(torch.randn(*s, generator=g, dtype=D) * 0.5).requires_grad_() for s in shapes]
+
+    def run():
+        x, y0, w_ih, w_yh, b_h, w_hy, b_y = leaves_
+        biases = (b_h, b_y) if bias else (None, None)
+        y, y_n = functional.jordan(
+            x, y0, w_ih, w_yh, biases[0], w_hy, biases[1], output_activation=act, batch_sizes=bs
+        )
+        wy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+        loss = (y * wy).sum() + (y_n * y_n).sum()
+        wanted = [v for v in leaves_ if bias or v.dim() != 1]
+        return (y.detach(), y_n.detach(), *torch.autograd.grad(loss, wanted))
+
+    got, want = compiled_and_python(run)
+    folded = folds(act, H, O)
+    assert (calls["rnn_tanh_forward"], calls["rnn_tanh_backward"]) == ((1, 1) if folded else (0, 0))
+    assert (calls["jordan_forward"], calls["jordan_backward"]) == ((0, 0) if folded else (1, 1))
+    assert_all_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["softmax", None])
+def test_gradcheck_compiled_jordan(act, calls):
+    """gradcheck of the Jordan kernel on the compiled loops (float64, packed batches): its
+    gradients against finite differences, not only against the Python loops."""
+    g = torch.Generator().manual_seed(7)
+    T, B, O = 4, 3, 4
+    shapes = ((T, B, I), (B, O), (H, I), (H, O), (H,), (O, H), (O,))
+    leaves_ = [(torch.randn(*s, generator=g, dtype=D) * 0.5).requires_grad_() for s in shapes]
+    fn = functools.partial(functional.jordan, output_activation=act, batch_sizes=[3, 2, 2, 1])
+    assert torch.autograd.gradcheck(fn, leaves_)
+    assert calls["jordan_backward"] + calls["rnn_tanh_backward"] > 0
+
+
+# --- 12. the linear scan's compiled loop (speed/cpp/scan.cpp): minGRU/minLSTM, sequential ------
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 3, 5), (40, 4, 300)])  # 1200 columns: several blocks
+def test_compiled_linear_scan_equals_the_loop(reverse, shape, calls):
+    """h_t = a_t h_{t-1} + b_t (or backwards in time) on the compiled loop against the Python
+    loop, float64 to 1e-12 and float32 to 1e-5; out may be b itself."""
+    from rnnkit.cells import scan as scan_mod
+
+    g = torch.Generator().manual_seed(shape[0])
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        a, b = (torch.rand(*shape, generator=g, dtype=dtype) for _ in range(2))
+        h0 = torch.randn(*shape[1:], generator=g, dtype=dtype)
+        got = scan_mod.scan(a, b, h0, mode="sequential", reverse=reverse)
+        in_place = b.clone()
+        scan_mod.scan(a, in_place, h0, mode="sequential", reverse=reverse, out=in_place)
+        with _native.disabled():
+            want = scan_mod.scan(a, b, h0, mode="sequential", reverse=reverse)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        torch.testing.assert_close(in_place, got, rtol=0, atol=0)
+    assert calls["linear_scan"] == 4
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("log_space", [False, True])
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_compiled_min_rnn_equals_its_python_loops(cell, log_space, mode, calls):
+    """minGRU and minLSTM on the compiled scan against the Python loops, float64: outputs, final
+    state and every gradient (x, h0, W_ih, b_ih) to 1e-12, packed batches, both modes (the
+    parallel one's short scans and tails are loops too), values and log space."""
+    T, B, G = 40, 4, 2 if cell == "gru" else 3
+    g = torch.Generator().manual_seed(8)
+    leaves_ = [
+        (torch.randn(*s, generator=g, dtype=D) * 0.5).requires_grad_()
+        for s in ((T, B, I), (B, H), (G * H, I), (G * H,))
+    ]
+    bs = [4] * 20 + [3] * 10 + [1] * 10
+
+    def run():
+        x, h0, w, b = leaves_
+        h0 = h0.abs() + 0.1 if log_space else h0  # a log-space state is positive
+        y, h = functional.min_rnn(x, h0, w, b, cell=cell, log_space=log_space, mode=mode, batch_sizes=bs)
+        wy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+        loss = (y * wy).sum() + (h * h).sum()
+        return (y.detach(), h.detach(), *torch.autograd.grad(loss, leaves_))
+
+    got, want = compiled_and_python(run)
+    assert calls["linear_scan"] > 0
+    assert_all_close(got, want, rtol=0, atol=1e-12)

@@ -60,6 +60,7 @@ from rnnkit.cells._bptt import (
     zero_padding_,
 )
 from rnnkit.cells._kernel import IMPLS, check_batch_sizes, forbid_double_backward, linear, run_loop
+from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed import workspace
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
 from rnnkit.cells.speed.gemm import Product
@@ -119,14 +120,15 @@ class JordanFused(torch.autograd.Function):
         # pre-activation is made as `Tanh` wants it (W_ih, b_h and W_yh doubled on CPU).
         tanh_ = Tanh(x)
         h = input_projection(x, tanh_.prep(w_ih), tanh_.prep(b_h))  # (T, B, H)
+        native = _native.ops(x)  # the loops compiled (speed/cpp/jordan.cpp, elman.cpp), or None
         if folds(act, w_ih.shape[0], w_hy.shape[0]):
-            y = _forward_folded(h, y0, tanh_.prep(w_yh), w_hy, b_y, tanh_, batch_sizes)
+            y = _forward_folded(h, y0, tanh_.prep(w_yh), w_hy, b_y, tanh_, batch_sizes, native)
         else:
-            y = _forward_stepwise(h, y0, tanh_.prep(w_yh), w_hy, b_y, act, tanh_, batch_sizes)
+            y = _forward_stepwise(h, y0, tanh_.prep(w_yh), w_hy, b_y, act, tanh_, batch_sizes, native)
         zero_padding_(h, batch_sizes)
         zero_padding_(y, batch_sizes)
         ctx.save_for_backward(x, y0, w_ih, w_yh, w_hy, h, y)
-        ctx.act, ctx.batch_sizes = act, batch_sizes
+        ctx.act, ctx.batch_sizes, ctx.native = act, batch_sizes, native
         return y, last_valid(y, batch_sizes)
 
     @staticmethod
@@ -139,11 +141,10 @@ class JordanFused(torch.autograd.Function):
         # are the constant 0), and zeroing them lets this buffer become dO for db_y and dW_hy.
         # contiguous: a (B, T, O) caller's gradient arrives permuted, and the loops want whole rows
         dO = zero_padding_(add_final_grad(grad_y, grad_yn, bs), bs).contiguous()  # (T, B, O)
-        deriv_h = torch.mul(h, h).neg_().add_(1)  # (T, B, H): 1 - h_t^2, outside the loop
         if folds(act, h.shape[2], y.shape[2]):
-            dA = _backward_folded(dO, deriv_h, w_yh, w_hy, bs)
+            dA = _backward_folded(dO, h, w_yh, w_hy, bs, ctx.native)
         else:
-            dA = _backward_stepwise(dO, y, deriv_h, w_yh, w_hy, act, bs)
+            dA = _backward_stepwise(dO, y, h, w_yh, w_hy, act, bs, ctx.native)
         need = ctx.needs_input_grad
         dx = input_grad(dA, w_ih) if need[0] else None
         dy0 = torch.mm(dA[0], w_yh) if need[1] else None
@@ -154,15 +155,22 @@ class JordanFused(torch.autograd.Function):
         return dx, dy0, dw_ih, dw_yh, db_h, dw_hy, db_y, None, None
 
 
-def _forward_stepwise(h, y0, w_yh, w_hy, b_y, act, tanh_, bs):
+def _forward_stepwise(h, y0, w_yh, w_hy, b_y, act, tanh_, bs, native=None):
     """The steps as written: h (T, B, H) holds W_ih x_t + b_h and becomes h_t, h and w_yh made
-    for `tanh_` (`JordanFused.forward`); returns y (T, B, O)."""
+    for `tanh_` (`JordanFused.forward`); returns y (T, B, O). `native`: the compiled ops, which
+    run the same loop (speed/cpp/jordan.cpp); None for the loop here."""
     T, B, _ = h.shape
+    O = w_hy.shape[0]
+    y = h.new_zeros(T, B, O) if b_y is None else b_y.expand(T, B, O).contiguous()  # (T, B, O)
+    if native is not None:
+        code = OUTPUT_ACTIVATIONS.index(act)
+        native.jordan_forward(
+            h, y, y0.contiguous(), w_yh.t().contiguous(), w_hy.t().contiguous(), bs or [], code
+        )
+        return y
     feedback = Product(w_yh, B)  # y -> y W_yh^T
     output = Product(w_hy, B)  # h -> h W_hy^T
     act_ = _ACT_[act]
-    O = w_hy.shape[0]
-    y = h.new_zeros(T, B, O) if b_y is None else b_y.expand(T, B, O).contiguous()  # (T, B, O)
     hs, ys = active_rows(bs, h, y)
     prevs = prev_rows(bs, y)  # y_{t-1} on the rows active at t
     prevs[0] = y0
@@ -172,27 +180,38 @@ def _forward_stepwise(h, y0, w_yh, w_hy, b_y, act, tanh_, bs):
     return y
 
 
-def _forward_folded(h, y0, w_yh, w_hy, b_y, tanh_, bs):
+def _forward_folded(h, y0, w_yh, w_hy, b_y, tanh_, bs, native=None):
     """Identity output, y_{t-1} substituted (see `folds`): for t >= 1
     h_t = tanh(W_ih x_t + b_h + W_yh b_y + (W_yh W_hy) h_{t-1}), one product per step, and then
-    all outputs y = W_hy h + b_y as one GEMM after the loop. h, w_yh and tanh_ as
-    `_forward_stepwise`."""
+    all outputs y = W_hy h + b_y as one GEMM after the loop. h, w_yh, tanh_ and native as
+    `_forward_stepwise`; steps 1.. are an Elman recurrence from h_0, compiled as elman.cpp's."""
     B = h.shape[1]
-    recurrent = Product(w_yh @ w_hy, B)  # h -> h (W_yh W_hy)^T
+    recurrent_w = w_yh @ w_hy  # (H, H)
     tanh_(h[0].addmm_(y0, w_yh.t()))  # step 0 is fed y0 itself
     if b_y is not None and h.shape[0] > 1:
         h[1:].add_(w_yh @ b_y)  # (H,): the output bias, seen through W_yh
-    hs, prevs = active_rows(bs, h)[0], prev_rows(bs, h)
-    for h_t, h_prev in zip(hs[1:], prevs[1:]):
-        tanh_(recurrent(h_prev, add=h_t, out=h_t))
+    if native is not None:
+        if h.shape[0] > 1:
+            native.rnn_tanh_forward(h[1:], recurrent_w.t().contiguous(), h[0], bs[1:] if bs else [])
+    else:
+        recurrent = Product(recurrent_w, B)  # h -> h (W_yh W_hy)^T
+        hs, prevs = active_rows(bs, h)[0], prev_rows(bs, h)
+        for h_t, h_prev in zip(hs[1:], prevs[1:]):
+            tanh_(recurrent(h_prev, add=h_t, out=h_t))
     return input_projection(h, w_hy, b_y)  # (T, B, O)
 
 
-def _backward_stepwise(dO, y, deriv_h, w_yh, w_hy, act, bs):
-    """The BPTT loop of the module docstring. dO (T, B, O) holds g_t and becomes dO_t; returns dA."""
+def _backward_stepwise(dO, y, h, w_yh, w_hy, act, bs, native=None):
+    """The BPTT loop of the module docstring. dO (T, B, O) holds g_t and becomes dO_t; returns dA.
+    `native`: the compiled ops, which run the same loop (speed/cpp/jordan.cpp), or None."""
     T, B, _ = dO.shape
+    dA = workspace.empty_like(h, zero=bool(bs))  # (T, B, H)
+    if native is not None:
+        code = OUTPUT_ACTIVATIONS.index(act)
+        native.jordan_backward(dO, h, y, w_yh.contiguous(), w_hy.contiguous(), bs or [], code, dA)
+        return dA
+    deriv_h = torch.mul(h, h).neg_().add_(1)  # (T, B, H): 1 - h_t^2, outside the loop
     deriv_o = _act_deriv(y, act)  # (T, B, O) or None, outside the sequential loop
-    dA = workspace.empty_like(deriv_h, zero=bool(bs))  # (T, B, H)
     dOs, ys, dAs, dhs = active_rows(bs, dO, y, dA, deriv_h)
     dos = active_rows(bs, deriv_o)[0] if deriv_o is not None else None
     dA_next = next_rows(bs, dA)  # dA_{t+1} on the rows active at t (zero past step t+1's)
@@ -208,19 +227,25 @@ def _backward_stepwise(dO, y, deriv_h, w_yh, w_hy, act, bs):
     return dA
 
 
-def _backward_folded(dO, deriv_h, w_yh, w_hy, bs):
+def _backward_folded(dO, h, w_yh, w_hy, bs, native=None):
     """BPTT of `_forward_folded`: dh_t = W_hy^T g_t + (W_yh W_hy)^T dA_{t+1}, one product per step,
     with W_hy^T g_t for all steps as one GEMM before the loop and dO_t = dy_t = g_t + W_yh^T dA_{t+1}
-    as one after it. dO (T, B, O) holds g_t and becomes dO_t; returns dA (T, B, H)."""
+    as one after it. dO (T, B, O) holds g_t and becomes dO_t; returns dA (T, B, H). `native`: the
+    compiled ops; the loop is then the Elman RNN's backward (elman.cpp) on W_yh W_hy."""
     T, B, O = dO.shape
     dA = input_projection(dO, w_hy.t(), None)  # (T, B, H): g_t W_hy; 0 on rows past an end
-    back = Product((w_yh @ w_hy).t(), B)  # dA -> dA W_yh W_hy
-    dAs, dhs = active_rows(bs, dA, deriv_h)
-    dA_next = next_rows(bs, dA)
-    for t in range(T - 1, -1, -1):
-        if t < T - 1:
-            back(dA_next[t], add=dAs[t], out=dAs[t])
-        dAs[t].mul_(dhs[t])
+    if native is not None:
+        dh, dA = dA, workspace.empty_like(dA, zero=bool(bs))
+        native.rnn_tanh_backward(dh, h, (w_yh @ w_hy).contiguous(), bs or [], dA)
+    else:
+        deriv_h = torch.mul(h, h).neg_().add_(1)  # (T, B, H): 1 - h_t^2, outside the loop
+        back = Product((w_yh @ w_hy).t(), B)  # dA -> dA W_yh W_hy
+        dAs, dhs = active_rows(bs, dA, deriv_h)
+        dA_next = next_rows(bs, dA)
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                back(dA_next[t], add=dAs[t], out=dAs[t])
+            dAs[t].mul_(dhs[t])
     if T > 1:
         dO[:-1].view(-1, O).addmm_(dA[1:].reshape(-1, dA.shape[2]), w_yh)
     return dA

@@ -47,6 +47,7 @@ import math
 import torch
 
 from rnnkit.cells._kernel import forbid_double_backward
+from rnnkit.cells.speed import native as _native
 from rnnkit.cells.speed.gc_pause import without_cycle_gc
 
 MODES = ("parallel", "sequential")
@@ -78,7 +79,14 @@ class _Log:
 
 
 def _sequential(ops, a, b, h0, out, reverse=False):
-    """The loop, forwards in time (or backwards: h_t = a_t h_{t+1} + b_t, h_T = h0)."""
+    """The loop, forwards in time (or backwards: h_t = a_t h_{t+1} + b_t, h_T = h0). On values, it
+    runs compiled where `rnnkit.cells.speed.native.ops` allows (speed/cpp/scan.cpp: one pass
+    instead of an op per step); the loop here is its reference in tests/test_native.py."""
+    if ops is _Plain and all(t.is_contiguous() and t.dtype == out.dtype for t in (a, b, h0, out)):
+        native = _native.ops(out)
+        if native is not None:
+            native.linear_scan(a, b, h0, out, reverse)
+            return out
     h = h0
     steps = zip(a.unbind(0), b.unbind(0), out.unbind(0))
     for a_t, b_t, o_t in reversed(list(steps)) if reverse else steps:

@@ -134,8 +134,10 @@ def ops(like: torch.Tensor):
     """The compiled ops for kernels whose buffers are like `like`, or None where they do not
     apply: not CPU, not float32/float64, disabled, or the build failed. The compiled loops take
     every tanh from a sigmoid, so they also need the kernels to prepare their pre-activations that
-    way (`speed.tanh.Tanh`, on by default on CPU; tests turn it off to run torch's tanh)."""
-    if like.device.type != "cpu" or like.dtype not in DTYPES:
+    way (`speed.tanh.Tanh`, on by default on CPU; tests turn it off to run torch's tanh). Not
+    while dynamo traces (the ops have no fake implementation; a traced layer runs its kernel
+    inside one opaque op, `rnnkit.cells.traced`, where they apply again)."""
+    if like.device.type != "cpu" or like.dtype not in DTYPES or torch.compiler.is_compiling():
         return None
     if not (speed.on("native") and speed.on("sigmoid_tanh")) or like.device.type not in tanh.TANH_VIA_SIGMOID:
         return None
