@@ -27,8 +27,9 @@ void activate(Out act, T* y, int64_t O) {
   switch (act) {
     case Out::kIdentity:
       break;
-    case Out::kTanh:
-      for (int64_t j = 0; j < O; ++j) y[j] = std::tanh(y[j]);
+    case Out::kTanh:  // 2 sigmoid(2v) - 1: std::tanh does not vectorise (bench_native: 3.7x the time)
+#pragma omp simd
+      for (int64_t j = 0; j < O; ++j) y[j] = T(2) / (T(1) + exp_(T(-2) * y[j])) - T(1);
       break;
     case Out::kSigmoid:
 #pragma omp simd
