@@ -469,39 +469,54 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, opts: Tr
             task, model, step, writer, opts.log_gradient_flow
         ),
     )
-    if resume:
-        trainer.resume()
-        done = [r for r in _metrics(out) if r["split"] == "test" and r["step"] == trainer.step]
-        if trainer.step >= train_config.steps and done:  # a finished run: nothing to add
-            print(
-                f"rnnkit train: {out} has finished (step {trainer.step} of {train_config.steps}); "
-                "nothing to do (give a larger --steps to train on)",
-                file=sys.stderr,
+    try:
+        if resume:
+            trainer.resume()
+            done = [r for r in _metrics(out) if r["split"] == "test" and r["step"] == trainer.step]
+            if trainer.step >= train_config.steps and done:  # a finished run: nothing to add
+                print(
+                    f"rnnkit train: {out} has finished (step {trainer.step} of {train_config.steps}); "
+                    "nothing to do (give a larger --steps to train on)",
+                    file=sys.stderr,
+                )
+                return
+        started, first = time.perf_counter(), trainer.step
+        with progress.showing(first):
+            trainer.fit()
+        if trainer.rank == 0:  # under torchrun, rank 0 alone reports
+            test = task.test_metrics(_load(out))
+            counts = {
+                "clipped_steps": trainer.counts["clipped"],
+                "nonfinite_steps": trainer.counts["nonfinite"],
+            }
+            trainer.log(
+                {"step": trainer.step, "split": "test", "selected_step": trainer.best_step, **test, **counts}
             )
-            return
-    started, first = time.perf_counter(), trainer.step
-    with progress.showing(first):
-        trainer.fit()
-    if trainer.rank == 0:  # under torchrun, rank 0 alone reports
-        test = task.test_metrics(_load(out))
-        counts = {"clipped_steps": trainer.counts["clipped"], "nonfinite_steps": trainer.counts["nonfinite"]}
-        trainer.log(
-            {"step": trainer.step, "split": "test", "selected_step": trainer.best_step, **test, **counts}
-        )
-        trainer.log_hparams(
-            {"task": task.name, **meta.get("task_config", {}), **dataclasses.asdict(train_config)}
-        )
-        warning = runaway(task, _metrics(out))
-        if warning:
-            print(f"rnnkit train: warning: {warning}", file=sys.stderr)
-        if opts.plots:
-            write_figures(task, _load(out), out, _metrics(out), trainer.writer())
-        progress.summary(trainer, first, time.perf_counter() - started, test, out)
-    if world > 1:
-        # Tear down together: a rank that destroys its gloo pairs while another is still busy
-        # (rank 0 writing the test metrics) can abort the other at exit.
+            trainer.log_hparams(
+                {"task": task.name, **meta.get("task_config", {}), **dataclasses.asdict(train_config)}
+            )
+            warning = runaway(task, _metrics(out))
+            if warning:
+                print(f"rnnkit train: warning: {warning}", file=sys.stderr)
+            if opts.plots:
+                write_figures(task, _load(out), out, _metrics(out), trainer.writer())
+            progress.summary(trainer, first, time.perf_counter() - started, test, out)
+    finally:
+        if world > 1:
+            _leave_process_group(failed=sys.exc_info()[0] is not None)
+
+
+def _leave_process_group(failed: bool) -> None:
+    """Leave the torchrun process group on every way out of training, the early "nothing to do"
+    return included: a process that exits with its gloo pairs alive can abort at exit ("terminate
+    called without an active exception"). After a clean run the ranks wait for each other first:
+    a rank that destroys its pairs while another is still busy (rank 0 writing the test metrics)
+    can abort the other. After an error there is no waiting: the others may never arrive."""
+    if not torch.distributed.is_initialized():
+        return
+    if not failed:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    torch.distributed.destroy_process_group()
 
 
 def runaway(task, records: list[dict], after: int = 3) -> str | None:
