@@ -190,8 +190,8 @@ def test_torchrun_trains_past_an_uneven_final_batch(task, flags, tmp_path):
 def test_torchrun_resume_restores_every_rank(tmp_path, text_file):
     """Under torchrun each rank keeps its own random state (dropout over its rows) and carried
     state (charlm's truncated BPTT over its rows, 3 and 2 of 5): a run stopped at step 6 and
-    resumed to 12 logs what a run straight to 12 logs; resuming with another number of processes
-    is a clear error."""
+    resumed to 12 logs what a run straight to 12 logs; resuming the finished run says so once and
+    succeeds; resuming with another number of processes is a clear error."""
     cmd = TORCHRUN_RNNKIT
     flags = ["--data", str(text_file), "--hidden-size", "8", "--seq-len", "8", "--batch-size", "5"]
     flags += ["--dropout", "0.2", "--eval-every", "3", "--schedule", "constant"]  # as the 12-step run's
@@ -203,6 +203,8 @@ def test_torchrun_resume_restores_every_rank(tmp_path, text_file):
     run(*flags, "--steps", "12", "--out", str(tmp_path / "straight"), writes=tmp_path / "straight")
     run(*flags, "--steps", "6", "--out", str(tmp_path / "resumed"), writes=tmp_path / "resumed")
     run("--resume", str(tmp_path / "resumed"), "--steps", "12", writes=tmp_path / "resumed")
+    again = run_torchrun([*cmd, "train", "--resume", str(tmp_path / "resumed"), "--steps", "12"])
+    assert again.returncode == 0 and again.stderr.count("has finished (step 12 of 12)") == 1, again.stderr
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     resumed = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     first_test = [line for line in resumed if '"split": "test"' in line][0]  # the 6-step run's own

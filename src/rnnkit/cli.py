@@ -474,11 +474,12 @@ def _fit(task, model, train_config, out: Path, meta: dict, device: str, opts: Tr
             trainer.resume()
             done = [r for r in _metrics(out) if r["split"] == "test" and r["step"] == trainer.step]
             if trainer.step >= train_config.steps and done:  # a finished run: nothing to add
-                print(
-                    f"rnnkit train: {out} has finished (step {trainer.step} of {train_config.steps}); "
-                    "nothing to do (give a larger --steps to train on)",
-                    file=sys.stderr,
-                )
+                if trainer.rank == 0:  # under torchrun, once
+                    print(
+                        f"rnnkit train: {out} has finished (step {trainer.step} of {train_config.steps}); "
+                        "nothing to do (give a larger --steps to train on)",
+                        file=sys.stderr,
+                    )
                 return
         started, first = time.perf_counter(), trainer.step
         with progress.showing(first):
