@@ -412,6 +412,17 @@ def test_compiled_loops_are_built_and_used_on_cpu():
     assert _native.ops(torch.zeros(1)) is not None
 
 
+def test_no_compiled_loops_while_dynamo_traces(monkeypatch):
+    """While torch.compile / torch.export trace (the ops have no fake implementation), `ops` gives
+    None, so a kernel traced directly runs its Python loops; a traced layer runs its kernel inside
+    the opaque `rnnkit::sequence` op, at run time, where they apply again (tests/test_traced.py)."""
+    require_native()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert _native.ops(torch.zeros(1)) is None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert _native.ops(torch.zeros(1)) is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kernel", kernels())
 def test_kernel_calls_the_compiled_loops(kernel, dtype, calls):

@@ -31,7 +31,7 @@ void forward_impl(at::Tensor& y_buf, const at::Tensor& w_hh_t, const at::Tensor&
       T* y = y_t + r * H;
       if constexpr (A == Act::kTanh) {
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) y[j] = T(2) / (T(1) + exp_(-y[j])) - T(1);
+        for (int64_t j = 0; j < H; ++j) y[j] = tanh_of_doubled(y[j]);
       } else {
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) y[j] = y[j] > T(0) ? y[j] : T(0);

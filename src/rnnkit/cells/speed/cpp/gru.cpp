@@ -40,7 +40,7 @@ void forward_impl(at::Tensor& a_buf, at::Tensor& n_buf, at::Tensor& y_buf, const
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T v = nn[j] + rg[j] * an[j];  // 2 (W_in x + b_in + r a)
-        const T nt = T(2) / (T(1) + exp_(-v)) - T(1);
+        const T nt = tanh_of_doubled(v);
         nn[j] = nt;
         y[j] = nt + z[j] * (h[j] - nt);  // (1 - z) n + z h
       }

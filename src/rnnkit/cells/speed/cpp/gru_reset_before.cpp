@@ -43,7 +43,7 @@ void forward_impl(at::Tensor& gates, at::Tensor& u_buf, at::Tensor& y_buf, const
       const T* h = hp + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        const T nn = T(2) * sigmoid(G[2 * H + j]) - T(1);
+        const T nn = tanh_of_doubled(G[2 * H + j]);
         G[2 * H + j] = nn;
         y[j] = nn + G[H + j] * (h[j] - nn);  // (1 - z) n + z h
       }

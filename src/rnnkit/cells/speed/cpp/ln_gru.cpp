@@ -45,7 +45,7 @@ void forward_impl(at::Tensor& rzn, at::Tensor& n_buf, at::Tensor& a_buf, at::Ten
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T v = nn[j] + rg[j] * hn[j];  // 2 (xn + r hn)
-        const T nt = T(2) / (T(1) + exp_(-v)) - T(1);
+        const T nt = tanh_of_doubled(v);
         nn[j] = nt;
         y[j] = nt + z[j] * (h[j] - nt);  // (1 - z) n + z h
       }

@@ -71,7 +71,7 @@ void forward_impl(const at::Tensor& gx, const at::Tensor& w_hh_t, const at::Tens
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T v = gc[j] * (c[j] - mc.mean) * mc.rstd + sc[j];  // 2 LN_c(c)
-        tc[j] = T(2) / (T(1) + exp_(-v)) - T(1);
+        tc[j] = tanh_of_doubled(v);
         m[j] = o[j] * tc[j];
       }
       if (train) {  // K and E (rnnkit/cells/ln_lstm.py's docstring)

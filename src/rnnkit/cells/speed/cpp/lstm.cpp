@@ -50,7 +50,7 @@ void forward_impl(at::Tensor& gates, const at::Tensor& w_hh_t, const at::Tensor&
         g[j] = T(2) * g[j] - T(1);  // tanh(g~)
         const T cj = f[j] * cq[j] + i[j] * g[j];
         c[j] = cj;
-        tc[j] = T(2) / (T(1) + exp_(T(-2) * cj)) - T(1);
+        tc[j] = tanh_via_sigmoid(cj);
         m[j] = o[j] * tc[j];
       }
     });

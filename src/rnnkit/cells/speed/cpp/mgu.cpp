@@ -42,7 +42,7 @@ void forward_impl(at::Tensor& f_buf, at::Tensor& n_buf, at::Tensor& fh_buf, at::
       const T *f = fp + at + r * H, *h = hp + r * H;
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
-        nn[j] = T(2) * sigmoid(nn[j]) - T(1);
+        nn[j] = tanh_of_doubled(nn[j]);
         y[j] = h[j] + f[j] * (nn[j] - h[j]);  // (1 - f) h + f n
       }
     });

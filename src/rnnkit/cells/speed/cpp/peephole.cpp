@@ -33,10 +33,10 @@ void forward_impl(at::Tensor& gates, const at::Tensor& w_hh_t, const T* p_i, con
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T i = sigmoid(G[j] + p_i[j] * c[j]), f = sigmoid(G[H + j] + p_f[j] * c[j]);
-        const T g = T(2) * sigmoid(T(2) * G[2 * H + j]) - T(1);  // tanh
+        const T g = tanh_via_sigmoid(G[2 * H + j]);  // tanh
         const T cn = f * c[j] + i * g;
         const T o = sigmoid(G[3 * H + j] + p_o[j] * cn);
-        const T hn = o * (T(2) * sigmoid(T(2) * cn) - T(1));
+        const T hn = o * (tanh_via_sigmoid(cn));
         G[j] = i, G[H + j] = f, G[2 * H + j] = g, G[3 * H + j] = o;
         c[j] = cs_t[j] = cn;
         h[j] = y_t[j] = hn;
@@ -64,7 +64,7 @@ void backward_impl(const std::optional<at::Tensor>& grad_y, at::Tensor& gh_buf, 
       for (int64_t j = 0; j < H; ++j) {
         const T i = G[j], f = G[H + j], g = G[2 * H + j], o = G[3 * H + j];
         const T dh = gh[j] + (gyp != nullptr ? gyp[row * H + j] : T(0));
-        const T tc = T(2) * sigmoid(T(2) * c[j]) - T(1);
+        const T tc = tanh_via_sigmoid(c[j]);
         const T d_o = dh * tc * o * (T(1) - o);
         const T dc = gc[j] + dh * o * (T(1) - tc * tc) + d_o * p_o[j];
         const T d_i = dc * g * i * (T(1) - i), d_f = dc * cq[j] * f * (T(1) - f);

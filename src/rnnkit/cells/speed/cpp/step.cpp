@@ -75,11 +75,11 @@ void step_impl(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, co
 #pragma omp simd
         for (int64_t j = 0; j < nu; ++j) {
           const T i = T(1) / (T(1) + exp_(-pre[0][j])), f = T(1) / (T(1) + exp_(-pre[1][j]));
-          const T g = T(2) / (T(1) + exp_(T(-2) * pre[2][j])) - T(1);  // tanh
+          const T g = tanh_via_sigmoid(pre[2][j]);  // tanh
           const T o = T(1) / (T(1) + exp_(-pre[3][j]));
           const T c = f * cq[j] + i * g;
           cn[j] = c;
-          hn[j] = o * (T(2) / (T(1) + exp_(T(-2) * c)) - T(1));
+          hn[j] = o * (tanh_via_sigmoid(c));
         }
       }
     }
@@ -131,10 +131,10 @@ void rows_impl(at::Tensor& G, const at::Tensor& w_hh_t, at::Tensor& y, at::Tenso
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         const T i = T(1) / (T(1) + exp_(-a[j])), f = T(1) / (T(1) + exp_(-a[H + j]));
-        const T g = T(2) / (T(1) + exp_(T(-2) * a[2 * H + j])) - T(1);  // tanh
+        const T g = tanh_via_sigmoid(a[2 * H + j]);  // tanh
         const T o = T(1) / (T(1) + exp_(-a[3 * H + j]));
         cr[j] = f * cr[j] + i * g;
-        hr[j] = yr[j] = o * (T(2) / (T(1) + exp_(T(-2) * cr[j])) - T(1));
+        hr[j] = yr[j] = o * (tanh_via_sigmoid(cr[j]));
       }
     }
   }
