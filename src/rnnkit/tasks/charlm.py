@@ -153,17 +153,22 @@ class CharLMTask(Task):
     # --- training -----------------------------------------------------------------------------
 
     def batches(self, step: int):
-        """Step i's window of the parallel streams (k2 + 1 characters starting at i * k1), and
-        whether it starts them over."""
+        """Step i's window of the parallel streams (k2 + 1 characters starting at i * k1 past the
+        pass's shift), and whether it starts them over."""
         k1 = self.config.seq_len
         k2 = max(k1, self.config.bptt_steps)
+        N = len(self.train_ids)
         # as many parallel streams as hold a whole window each, up to --batch-size
-        B = min(self.config.batch_size, (len(self.train_ids) - 1) // (k2 + 1) or 1)
-        per_stream = (len(self.train_ids) - 1) // B
+        B = min(self.config.batch_size, (N - 1) // (k2 + 1) or 1)
+        per_stream = (N - 1) // B
         windows = max(1, (per_stream - 1 - (k2 - k1)) // k1)  # every window inside its stream
-        i = step % windows
-        starts = torch.arange(B) * per_stream + i * k1
-        tokens = torch.stack([self.train_ids[s : s + k2 + 1] for s in starts.tolist()])  # (B, k2 + 1)
+        epoch, i = divmod(step, windows)
+        # each pass over the text starts its streams elsewhere (the text read as a ring), so the
+        # windows' edges, where the gradient is cut and the state starts over, move from pass
+        # to pass: the same text in new contexts. The golden ratio spreads the shifts evenly.
+        shift = int(N * ((epoch * 0.6180339887498949) % 1.0))
+        starts = torch.arange(B) * per_stream + shift + i * k1
+        tokens = self.train_ids[(starts[:, None] + torch.arange(k2 + 1)) % N]  # (B, k2 + 1)
         return tokens, i == 0, k1
 
     @staticmethod
