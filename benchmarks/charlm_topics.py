@@ -2,7 +2,8 @@
 
     python benchmarks/charlm_topics.py RUN_DIR
 
-1. each test topic's bits per character beside xz -9's extra bits for it after the training text;
+1. each test topic's bits per character (and, for a model with a cache, without it) beside xz -9's
+   extra bits for it after the training text;
 2. the openings (first 400 characters) of all built-in topics: the worst three and the median,
    the check that found runs sent off into ~19 bits a character by some openings.
 """
@@ -18,7 +19,7 @@ import torch
 
 from rnnkit import Run
 from rnnkit.data.text import CharVocab, builtin_corpus
-from rnnkit.tasks.charlm import bits_per_char
+from rnnkit.tasks.charlm import bits_per_char, without_cache
 
 
 def main() -> None:
@@ -30,13 +31,18 @@ def main() -> None:
     base = len(lzma.compress(train, preset=9))
     keys = sorted(topics)
     test_keys = sorted(random.Random(0).sample(keys, 12)[6:])  # builtin_corpus's draw, seed 0
-    print("| topic | characters | bpc | xz given the training text |\n|---|---|---|---|")
+    cache = getattr(run.model.config, "cache_size", 0)
+    extra = " without the cache |" if cache else ""
+    print(f"| topic | characters | bpc |{extra} xz given the training text |")
+    print("|---|---|---|" + ("---|" if cache else "") + "---|")
     with torch.no_grad():
         for key in test_keys:
             text = topics[key]
-            bpc = bits_per_char(run.model, vocab.encode(text), streams=1)
+            ids = vocab.encode(text)
+            bpc = bits_per_char(run.model, ids, streams=1)
+            alone = f" {bits_per_char(without_cache(run.model), ids, streams=1):.3f} |" if cache else ""
             xz = 8 * (len(lzma.compress(train + text.encode(), preset=9)) - base) / len(text)
-            print(f"| {key} | {len(text):,} | {bpc:.3f} | {xz:.3f} |")
+            print(f"| {key} | {len(text):,} | {bpc:.3f} |{alone} {xz:.3f} |")
         openings = sorted(
             (bits_per_char(run.model, vocab.encode(topics[k][:400]), streams=1), k) for k in keys
         )

@@ -56,23 +56,34 @@ def charlm(root, text_file):
 
 
 def same_language_model(run, path, layers: int, sizes) -> None:
-    """The graph of a charlm or music run: (tokens, h, c) -> (logits, h, c) as the model gives
-    them, at each (batch, time) of `sizes`."""
+    """The graph of a charlm or music run: (tokens, states) -> (logits, states) as the model gives
+    them, at each (batch, time) of `sizes`, from the JSON's initial state and from a state the
+    model reached (the LSTM's h and c made random; a charlm's cache memory holding what it read)."""
     s, meta = session(path)
-    assert [i.name for i in s.get_inputs()] == ["tokens", "state_in_0", "state_in_1"]  # LSTM: h, c
-    assert [o.name for o in s.get_outputs()] == ["logits", "state_out_0", "state_out_1"]
+    n = len(meta["initial_state"])
+    cache = run.model.config.cache_size
+    assert n == 2 + 2 * bool(cache)  # LSTM: h, c; then the cache's keys and ids
+    assert [i.name for i in s.get_inputs()] == ["tokens", *(f"state_in_{j}" for j in range(n))]
+    assert [o.name for o in s.get_outputs()] == ["logits", *(f"state_out_{j}" for j in range(n))]
     V = len(meta["vocabulary"])
     g = torch.Generator().manual_seed(0)
     for B, T in sizes:
         tokens = torch.randint(0, V, (B, T), generator=g)
-        state = tuple(torch.randn(layers, B, 12, generator=g) for _ in range(2))
-        with torch.no_grad():
-            logits, (h, c) = run.model(tokens, state)
-        got = s.run(
-            None, {"tokens": tokens.numpy(), "state_in_0": state[0].numpy(), "state_in_1": state[1].numpy()}
+        initial = tuple(
+            torch.tensor(x, dtype=torch.float32)[:, None].expand(-1, B, -1) for x in meta["initial_state"]
         )
-        for a, b in zip(got, (logits, h, c)):
-            close(a, b)
+        with torch.no_grad():
+            _, reached = run.model(torch.randint(0, V, (B, 2 * T + 3), generator=g))
+        reached = (*(torch.randn(layers, B, 12, generator=g) for _ in range(2)), *reached[2:])
+        for state in (initial, reached):
+            assert [tuple(x.shape) for x in state][:2] == [(layers, B, 12)] * 2
+            with torch.no_grad():
+                logits, out = run.model(tokens, state)
+            got = s.run(
+                None, {"tokens": tokens.numpy(), **{f"state_in_{j}": x.numpy() for j, x in enumerate(state)}}
+            )
+            for a, b in zip(got, (logits, *out), strict=True):
+                close(a, b)
 
 
 def test_charlm_logits_and_states(charlm):

@@ -22,10 +22,12 @@ def train(tmp_path, capsys, name, *args):
 
 
 def test_charlm_beats_xz_given_the_training_text(tmp_path, capsys):
-    """The main job with its defaults (about 10 minutes): below xz -9 given the training text
-    first, and dynamic evaluation at least 0.05 bpc lower still (docs/tasks.md, charlm)."""
+    """The main job with its defaults (about 5 minutes): below xz -9 given the training text
+    first and below the issue's 1.70 (1.57 measured: the continuous cache; the recurrent model
+    alone 1.78), and dynamic evaluation at least 0.05 bpc lower still (docs/tasks.md, charlm)."""
     m = train(tmp_path, capsys, "charlm", "charlm")
-    assert m["bpc"] < m["xz_cond_bpc"], m
+    assert m["bpc"] < m["xz_cond_bpc"] and m["bpc"] < 1.70, m
+    assert m["bpc"] < m["bpc_without_cache"] - 0.1, m  # what the cache copies
     assert main(["evaluate", str(tmp_path / "charlm"), "--dynamic", "--json"]) == 0
     dynamic = json.loads(capsys.readouterr().out)
     assert dynamic["bpc"] == m["bpc"] and dynamic["bpc_dynamic"] <= m["bpc"] - 0.05, dynamic

@@ -19,6 +19,7 @@ A run never writes over or deletes a file it did not write: --out must be new, e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -79,6 +80,8 @@ def read_config(run_dir) -> dict:
     for key in ("task_config", "train", "model"):
         if not isinstance(config.get(key), dict):
             raise RnnkitValueError(f"{path}: {key} must be an object, got {type(config.get(key)).__name__}")
+    # an option added since the run was saved takes the value that gives the run as it was
+    config["task_config"] = {**getattr(TASKS[config["task"]][1], "SAVED_BEFORE", {}), **config["task_config"]}
     _options(path, "task_config", TASKS[config["task"]][1], config["task_config"])
     _options(path, "train", TrainConfig, config["train"])
     seed = config.get("seed", 0)
@@ -130,8 +133,17 @@ def task_of(config: dict, run_dir, data: str | None = None):
         ) from None
     task.run_dir = Path(run_dir)  # where a task may cache results
     with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
-        rebuilt = describe(task.build_model())
-    _same_model(Path(run_dir) / "config.json", _plain(rebuilt), _plain(config["model"]))
+        model = task.build_model()
+    saved = _plain(config["model"])
+    if isinstance(saved.get("config"), dict) and dataclasses.is_dataclass(getattr(model, "config", None)):
+        # a model setting added since the run was saved: absent means its default, as `load` reads it
+        defaults = {
+            f.name: f.default
+            for f in dataclasses.fields(model.config)
+            if f.default is not dataclasses.MISSING
+        }
+        saved["config"] = {**_plain(defaults), **saved["config"]}
+    _same_model(Path(run_dir) / "config.json", _plain(describe(model)), saved)
     return task
 
 

@@ -6,6 +6,11 @@
     h_t, s_t = RNN(e_t, s_{t-1})      any recurrent layer of the library, stacked
     p(x_{t+1} | x_<=t) = softmax(W h_t + b)
 
+With `cache_size` > 0, in evaluation (not in training, whose loss is the recurrent model's
+alone), p is mixed with a continuous cache over the last cache_size positions' h
+(rnnkit.models._cache), the logits returned are log p, and the state ends with the cache's
+memory: (*the layer's states, keys (m, B, H), ids (m, B, 1)).
+
 The state s is explicit: forward takes and returns it, so truncated BPTT and streaming pass it
 along and nothing is hidden in the module. With `tie_weights` the output matrix W is the
 embedding matrix E (Press and Wolf 2017), which needs embedding_dim == hidden_size.
@@ -22,7 +27,8 @@ from torch import nn
 from rnnkit._checks import check_positive_int
 from rnnkit.cells.lstm import sample_loop
 from rnnkit.cells.traced import tracing
-from rnnkit.errors import RnnkitValueError
+from rnnkit.errors import RnnkitUnsupportedError, RnnkitValueError
+from rnnkit.models._cache import cache_logits, empty_memory
 from rnnkit.models._inputs import check_token_ids
 from rnnkit.models._recurrent import Regularized, recurrent_layer, regularizers
 
@@ -40,10 +46,20 @@ class LanguageModelConfig(Regularized):
     embedding_dropout: float = 0.0
     tie_weights: bool = False
     impl: str = "fused"
+    # the continuous cache, in evaluation: positions kept (0: none), sharpness, and its share of p
+    cache_size: int = 0
+    cache_theta: float = 20.0
+    cache_lambda: float = 0.2
 
     def __post_init__(self):
         for name in ("vocab_size", "embedding_dim", "hidden_size", "num_layers"):
             check_positive_int(name, getattr(self, name))
+        if isinstance(self.cache_size, bool) or not isinstance(self.cache_size, int) or self.cache_size < 0:
+            raise RnnkitValueError(f"cache_size must be an integer >= 0, got {self.cache_size!r}")
+        if not (isinstance(self.cache_theta, (int, float)) and 0 <= self.cache_theta < float("inf")):
+            raise RnnkitValueError(f"cache_theta must be a finite number >= 0, got {self.cache_theta!r}")
+        if not (isinstance(self.cache_lambda, (int, float)) and 0 <= self.cache_lambda <= 1):
+            raise RnnkitValueError(f"cache_lambda must be in [0, 1], got {self.cache_lambda!r}")
         for name in ("dropout", "embedding_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise RnnkitValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -78,8 +94,55 @@ class LanguageModel(nn.Module):
     def forward(self, tokens: torch.Tensor, state=None, *, lengths=None):
         check_token_ids("tokens", tokens, self.config.vocab_size)
         e = self.drop(self._embed(tokens))  # (B, T, D)
+        if not self.config.cache_size:
+            h, state = self.rnn(e, state, lengths=lengths)  # (B, T, H)
+            return self.head(self.drop(h)), state  # (B, T, V)
+        state, memory = self._split(state, tokens.shape[0], e)
+        if lengths is not None and not self.training:
+            raise RnnkitUnsupportedError(
+                "lengths: a language model with a cache (cache_size > 0) reads whole sequences; "
+                "its memory would keep the padding"
+            )
         h, state = self.rnn(e, state, lengths=lengths)  # (B, T, H)
-        return self.head(self.drop(h)), state  # (B, T, V)
+        logits = self.head(self.drop(h))  # (B, T, V)
+        if self.training:
+            return logits, self._join(state, memory)
+        logits, *memory = self._cache(logits, h, tokens, *memory)
+        return logits, self._join(state, memory)
+
+    def _cache(self, logits, h, tokens, keys, ids):
+        c = self.config
+        return cache_logits(
+            logits, h, tokens, keys, ids, size=c.cache_size, theta=c.cache_theta, lam=c.cache_lambda
+        )
+
+    def _split(self, state, batch: int, like: torch.Tensor):
+        """A cache model's state -> (the layer's state, (keys, ids)); None: zeros and an empty memory."""
+        if state is None:  # in evaluation all cache_size slots, empty, as the exported graph takes
+            # them; training keeps no memory (a zero-length one: nothing allocated a step)
+            size = 0 if self.training else self.config.cache_size
+            return None, empty_memory(batch, self.config.hidden_size, like=like, size=size)
+        if not isinstance(state, (tuple, list)) or len(state) < 3:
+            raise RnnkitValueError(
+                "state: a language model with a cache takes (*the layer's states, cache keys, cache "
+                f"ids), got {type(state).__name__} of {len(state) if isinstance(state, (tuple, list)) else 1}"
+            )
+        layer = tuple(state[:-2])
+        return (layer[0] if len(layer) == 1 else layer), tuple(state[-2:])
+
+    @staticmethod
+    def _join(state, memory) -> tuple:
+        return (*(state if isinstance(state, tuple) else (state,)), *memory)
+
+    def default_states(self, batch: int) -> list[torch.Tensor]:
+        """The states a sequence starts from, batch second: the layer's (zeros, or the learned
+        initial state), then with a cache its memory of `cache_size` empty slots (zeros)."""
+        states = list(self.rnn.default_states(batch))
+        if self.config.cache_size:
+            states += empty_memory(
+                batch, self.config.hidden_size, like=states[0], size=self.config.cache_size
+            )
+        return states
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         p = self.config.embedding_dropout
@@ -97,11 +160,18 @@ class LanguageModel(nn.Module):
             return logits[:, 0], state
         if not tracing():
             self._check_step_ids(token)
+        if self.config.cache_size:
+            state, memory = self._split(state, token.shape[0], self.embedding.weight)
         if self.training:
             h, state = self.rnn.step(self.drop(self._embed(token)), state)
-            return self.head(self.drop(h)), state
+            logits = self.head(self.drop(h))
+            return (logits, self._join(state, memory)) if self.config.cache_size else (logits, state)
         h, state = self.rnn.step(F.embedding(token, self.embedding.weight), state)
-        return F.linear(h, self.head.weight, self.head.bias), state
+        logits = F.linear(h, self.head.weight, self.head.bias)
+        if not self.config.cache_size:
+            return logits, state
+        logits, *memory = self._cache(logits[:, None], h[:, None], token[:, None], *memory)
+        return logits[:, 0], self._join(state, memory)
 
     def _check_step_ids(self, token: torch.Tensor) -> None:
         """The ids of a decoding step, checked without a reduction (one or a few ids a step)."""
@@ -114,6 +184,8 @@ class LanguageModel(nn.Module):
         them through `step` (the same tokens), in one compiled loop where the model allows it (eval,
         plain LSTM layers, CPU; `rnnkit.cells.lstm.sample_loop`); None elsewhere."""
         if self.training or not isinstance(token, torch.Tensor) or token.dim() != 1 or tracing():
+            return None
+        if self.config.cache_size:  # the loop knows the recurrent layers only
             return None
         if not hasattr(self.rnn, "lstm_steps"):
             return None

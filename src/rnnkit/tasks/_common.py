@@ -64,16 +64,31 @@ def state_axes(layer, prefix: str) -> tuple[tuple[str, ...], dict, list]:
 def language_model_graphs(model, tokens_doc: str, logits_doc: str) -> list[OnnxGraph]:
     """The one graph of a language model read with its state carried (charlm, music): tokens
     (B, T) and the states in -> logits (B, T, V) and the states out; `tokens_doc` and
-    `logits_doc` say what the ids and the logits are."""
+    `logits_doc` say what the ids and the logits are. A model with a cache has its memory as two
+    more states (rnnkit.models._cache), of cache_size slots each, zeros when empty."""
     layer = model.rnn
     tokens = torch.zeros(2, 5, dtype=torch.long, device=next(model.parameters()).device)
     ins, axes, docs = state_axes(layer, "state_in")
     outs, _, out_docs = state_axes(layer, "state_out")
+    size = getattr(model.config, "cache_size", 0)
+    if size:
+        H, n = model.config.hidden_size, layer.num_states
+        ins, outs = (
+            ins + (f"state_in_{n}", f"state_in_{n + 1}"),
+            outs + (f"state_out_{n}", f"state_out_{n + 1}"),
+        )
+        axes |= {name: {1: "batch"} for name in ins[-2:]}
+        for names, described in ((ins, docs), (outs, out_docs)):
+            described += [
+                f"{names[-2]}: float32 ({size}, batch, {H}), the cache's keys: the last {size} positions' "
+                "outputs at unit length, oldest first (zeros: an empty slot)",
+                f"{names[-1]}: float32 ({size}, batch, 1), each slot's input token id + 1 (0: an empty slot)",
+            ]
     V = model.config.vocab_size
     return [
         OnnxGraph(
             FlatStates(model),
-            (tokens, tuple(layer.default_states(2))),
+            (tokens, tuple(model.default_states(2))),
             ("tokens", *ins),
             ("logits", *outs),
             {"tokens": {0: "batch", 1: "time"}, **axes},

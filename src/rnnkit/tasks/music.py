@@ -477,7 +477,7 @@ class MusicTask(Task):
             "end_id": self.end,
             "unknown_id": self.unk,
             "steps_per_quarter": music.STEPS_PER_QUARTER,
-            "initial_state": [s[:, 0].tolist() for s in model.rnn.default_states(1)],
+            "initial_state": [s[:, 0].tolist() for s in model.default_states(1)],
         }
 
     def plot(self, model, run_dir: Path) -> list[Path]:
