@@ -28,10 +28,15 @@ def _model(cache_size=6, theta=3.0, lam=0.3, layers=1, cell="lstm"):
     return LanguageModel(config).double().eval()
 
 
+def _weights(model):
+    """The model's weights without the cache's settings (buffers a model without a cache lacks)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("cache_")}
+
+
 def _reference(model, tokens):
     """log p of every position by the cache's definition, one position at a time."""
     plain = LanguageModel(model.config.__class__(**{**model.config.__dict__, "cache_size": 0})).double()
-    plain.load_state_dict(model.state_dict())
+    plain.load_state_dict(_weights(model))
     plain.eval()
     e = plain.embedding(tokens)
     h, _ = plain.rnn(e)  # (B, T, H)
@@ -99,7 +104,7 @@ def test_it_copies_what_it_read():
     """A text read twice: the second reading is cheaper with the cache than without."""
     model = _model(cache_size=50, theta=20.0, lam=0.5)
     plain = LanguageModel(LanguageModelConfig(**{**model.config.__dict__, "cache_size": 0})).double().eval()
-    plain.load_state_dict(model.state_dict())
+    plain.load_state_dict(_weights(model))
     text = torch.randint(0, 9, (1, 20))
     tokens = torch.cat([text, text], 1)
 
@@ -114,7 +119,7 @@ def test_it_copies_what_it_read():
 def test_training_is_the_recurrent_model_alone():
     model = _model().train()
     plain = LanguageModel(LanguageModelConfig(**{**model.config.__dict__, "cache_size": 0})).double().train()
-    plain.load_state_dict(model.state_dict())
+    plain.load_state_dict(_weights(model))
     tokens = torch.randint(0, 9, (2, 12))
     torch.manual_seed(1)
     ours, state = model(tokens)
@@ -145,3 +150,37 @@ def test_bad_settings_and_states():
         model(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 1, 7))
     with pytest.raises(RnnkitError, match="lengths"):
         model(torch.zeros(1, 3, dtype=torch.long), lengths=torch.tensor([2]))
+
+
+def test_fit_chooses_the_grids_best_as_the_model_reads_it():
+    """fit_cache mixes one read per theta arithmetically; each setting read for real must agree,
+    and the one it keeps must be the best (lambda 0, the model alone, among them)."""
+    from rnnkit.tasks.charlm import bits_per_char, fit_cache
+
+    model = _model(cache_size=30)
+    ids = torch.cat([torch.randint(0, 9, (6,))] * 60)  # a text that repeats itself: the cache pays
+    thetas, lambdas = (5.0, 20.0), (0.0, 0.2, 0.6)
+    read = {}
+    for theta in thetas:
+        for lam in lambdas:
+            model.cache_theta.fill_(theta)
+            model.cache_lambda.fill_(lam)
+            read[theta, lam] = bits_per_char(model, ids)
+    bits = fit_cache(model, ids, thetas, lambdas)
+    chosen = (model.cache_theta.item(), model.cache_lambda.item())
+    assert chosen[1] > 0 and bits == pytest.approx(min(read.values()), abs=1e-9)
+    assert bits == pytest.approx(read[chosen], abs=1e-9) == pytest.approx(bits_per_char(model, ids), abs=1e-9)
+    # a lambda given is kept; a text that never repeats gets no cache
+    fit_cache(model, ids, thetas, (0.3,))
+    assert model.cache_lambda.item() == pytest.approx(0.3)
+    noise = torch.randint(0, 9, (200,))
+    fit_cache(model, noise, (20.0,), (0.0, 0.5))
+    assert model.cache_lambda.item() == 0.0
+
+
+def test_the_settings_are_saved_with_the_weights():
+    model = _model()
+    model.cache_theta.fill_(7.0)
+    again = _model()
+    again.load_state_dict(model.state_dict())
+    assert again.cache_theta.item() == 7.0 and {"cache_theta", "cache_lambda"} <= set(model.state_dict())

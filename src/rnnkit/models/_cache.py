@@ -12,9 +12,10 @@ probability on the tokens that followed contexts like the present one:
     p(w) = (1 - lam) softmax(W h_t + b)_w + lam p_cache(w)        lam = 0 before any position
 
 and returns log p as the logits (softmax(log p) = p, so every reader of logits, the loss, sampling,
-an ONNX consumer, stays right). It has no weights: theta and lam are the model's settings, chosen
-by measurement (docs/tasks.md, charlm). The memory is part of the recurrent state, so a text read
-in chunks gives the same numbers as read whole.
+an ONNX consumer, stays right). It has no trained weights: theta and lam are settings, fitted to
+held-out text (charlm: on the validation text at each evaluation; docs/tasks.md, charlm), and
+training is the recurrent model's alone. The memory is part of the recurrent state, so a text
+read in chunks gives the same numbers as read whole.
 
 Memory as state, batch second like the recurrent states (all-zero tensors are an empty cache):
     keys (m, B, H): the last m <= size positions' k_j, oldest first
@@ -42,8 +43,8 @@ def cache_logits(
     ids: torch.Tensor,
     *,
     size: int,
-    theta: float,
-    lam: float,
+    theta: float | torch.Tensor,
+    lam: float | torch.Tensor,
 ):
     """logits (B, T, V) of the model, its outputs h (B, T, H) after reading tokens (B, T), and the
     memory (keys (m, B, H), ids (m, B, 1)) -> (log p (B, T, V), keys', ids') with the last `size`
@@ -53,12 +54,13 @@ def cache_logits(
     all_keys = torch.cat([keys.transpose(0, 1), F.normalize(h, dim=-1)], 1)  # (B, m + T, H)
     all_ids = torch.cat([ids[..., 0].transpose(0, 1), tokens.to(ids.dtype) + 1], 1)  # (B, m + T)
     # slot j < m + T - 1 has a known next token: slot j + 1's input
-    scores = theta * (all_keys[:, m:] @ all_keys[:, :-1].transpose(1, 2))  # (B, T, m + T - 1)
+    scores = (theta * all_keys[:, m:]) @ all_keys[:, :-1].transpose(1, 2)  # (B, T, m + T - 1)
     j = torch.arange(m + T - 1, device=h.device)
     t = torch.arange(T, device=h.device)[:, None] + m  # position t's slot
     valid = ((j < t) & (j >= t - size))[None] & (all_ids[:, None, :-1] > 0)  # (B, T, m + T - 1)
-    # a finite floor, not -inf: a row with nothing to attend to must not give NaN
-    a = torch.softmax(scores.masked_fill(~valid, torch.finfo(scores.dtype).min), -1) * valid
+    # a finite floor, not -inf: a row with nothing to attend to gets finite weights (and weight 0
+    # below), not NaN; in any other row the floor's exp is exactly 0
+    a = torch.softmax(scores.masked_fill_(~valid, torch.finfo(scores.dtype).min), -1)
     follows = F.one_hot((all_ids[:, 1:].long() - 1).clamp(min=0), V).to(a.dtype)  # (B, m + T - 1, V)
     weight = lam * valid.any(-1, keepdim=True).to(a.dtype)  # (B, T, 1): no cache before any position
     p = (1 - weight) * torch.softmax(logits, -1) + weight * (a @ follows)

@@ -9,7 +9,9 @@
 With `cache_size` > 0, in evaluation (not in training, whose loss is the recurrent model's
 alone), p is mixed with a continuous cache over the last cache_size positions' h
 (rnnkit.models._cache), the logits returned are log p, and the state ends with the cache's
-memory: (*the layer's states, keys (m, B, H), ids (m, B, 1)).
+memory: (*the layer's states, keys (m, B, H), ids (m, B, 1)). The cache's sharpness and share
+are the buffers `cache_theta` and `cache_lambda` (saved with the weights; the config gives their
+first values), so a task can fit them to held-out text after training (charlm does).
 
 The state s is explicit: forward takes and returns it, so truncated BPTT and streaming pass it
 along and nothing is hidden in the module. With `tie_weights` the output matrix W is the
@@ -46,7 +48,8 @@ class LanguageModelConfig(Regularized):
     embedding_dropout: float = 0.0
     tie_weights: bool = False
     impl: str = "fused"
-    # the continuous cache, in evaluation: positions kept (0: none), sharpness, and its share of p
+    # the continuous cache, in evaluation: positions kept (0: none); the first values of its
+    # sharpness and its share of p (buffers of the same names, which a task may fit)
     cache_size: int = 0
     cache_theta: float = 20.0
     cache_lambda: float = 0.2
@@ -90,6 +93,9 @@ class LanguageModel(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             self.head.weight = self.embedding.weight
+        if config.cache_size:
+            self.register_buffer("cache_theta", torch.tensor(float(config.cache_theta)))
+            self.register_buffer("cache_lambda", torch.tensor(float(config.cache_lambda)))
 
     def forward(self, tokens: torch.Tensor, state=None, *, lengths=None):
         check_token_ids("tokens", tokens, self.config.vocab_size)
@@ -111,10 +117,8 @@ class LanguageModel(nn.Module):
         return logits, self._join(state, memory)
 
     def _cache(self, logits, h, tokens, keys, ids):
-        c = self.config
-        return cache_logits(
-            logits, h, tokens, keys, ids, size=c.cache_size, theta=c.cache_theta, lam=c.cache_lambda
-        )
+        size, theta, lam = self.config.cache_size, self.cache_theta, self.cache_lambda
+        return cache_logits(logits, h, tokens, keys, ids, size=size, theta=theta, lam=lam)
 
     def _split(self, state, batch: int, like: torch.Tensor):
         """A cache model's state -> (the layer's state, (keys, ids)); None: zeros and an empty memory."""
