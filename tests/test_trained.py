@@ -142,3 +142,30 @@ def test_a_cpu_run_evaluates_samples_and_predicts_on_cuda(charlm_run):
     assert abs(run.evaluate()["bpc"] - cpu.evaluate()["bpc"]) < 1e-3
     assert run.sample(prime="The ", length=20, seed=1).startswith("The ")
     assert all(v.startswith("def ") for v in run.predict(["def "]))
+
+
+def test_charlm_samples_without_its_cache_unless_asked(charlm_run, capsys):
+    """sample draws from the recurrent model alone (the cache would copy the sample's own slips);
+    cache=True / --cache draws with it, as the model's own step does."""
+    from rnnkit.decoding import sample
+    from rnnkit.tasks.charlm import without_cache
+
+    run = rnnkit.Run.load(charlm_run)
+    assert run.model.config.cache_size > 0
+    prime = run._task.vocab.encode("The ")[None]
+
+    def drawn(model):
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            out = sample(model.step, prime, 60, temperature=1.0, generator=g)
+        return "The " + run._task.vocab.decode(out[0])
+
+    capsys.readouterr()
+    assert main(["sample", str(charlm_run), "--prime", "The ", "--length", "60", "--cache"]) == 0
+    assert capsys.readouterr().out == run.sample("The ", 60, cache=True) + "\n"
+    run.model.cache_lambda.fill_(0.5)  # a share that shows (the fitted one may be 0 on so short a run)
+    assert run.sample("The ", 60) == drawn(without_cache(run.model))
+    assert run.sample("The ", 60, cache=True) == drawn(run.model)
+    assert run.sample("The ", 60, cache=True) != run.sample("The ", 60)
+    with pytest.raises(rnnkit.RnnkitTypeError, match="cache"):
+        run.sample(cache="yes")

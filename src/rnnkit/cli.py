@@ -721,6 +721,7 @@ def cmd_sample(args) -> int:
             top_p=opts.top_p,
             seed=opts.seed,
             out=opts.out,
+            cache=opts.cache,
         )
     )
     if opts.out:

@@ -110,6 +110,12 @@ class SampleOptions(Options):
         None, "draw from the nucleus of this mass only", real(0.0, 1.0, low_open=True, special={None: "all"})
     )
     seed: int = _seed("seed of the draw")
+    cache: bool = option(
+        False,
+        "charlm: draw with the model's continuous cache too (it copies from the sample's own text, "
+        "which feeds back its slips: samples read worse; evaluation always uses it)",
+        flag(),
+    )
     out: str | None = _path("also write the sample to this new file (music: .mid MIDI or .musicxml)")
     device: str = _run_device()
 

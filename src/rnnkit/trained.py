@@ -103,13 +103,21 @@ class Run:
 
         return export_onnx(self, out)
 
-    def sample(self, prime="", length=300, temperature=1.0, top_k=None, top_p=None, seed=0, out=None) -> str:
+    def sample(
+        self, prime="", length=300, temperature=1.0, top_k=None, top_p=None, seed=0, out=None, cache=False
+    ) -> str:
         """charlm: `prime` continued by `length` drawn characters (a string); music: a piece of
         up to `length` sixteenth-note steps, as text (`prime` its opening or key). With `out`, the
         sample is also written there (music: MIDI for .mid/.midi, MusicXML for .musicxml/.xml;
-        charlm: the text), a new file only. As `rnnkit sample`."""
+        charlm: the text), a new file only. charlm draws from the recurrent model alone unless
+        `cache` (its continuous cache too). As `rnnkit sample`."""
         if not hasattr(self._task, "sample"):
             raise RnnkitUnsupportedError(f"task {self.task} has no sample; use predict")
+        if not isinstance(cache, bool):
+            raise RnnkitTypeError(f"cache must be True or False, got {cache!r}")
+        _applies(
+            "sample", self._task, {"cache": cache} if cache else {}, getattr(self._task, "sample_options", ())
+        )
         o = SampleOptions(
             prime=prime,
             length=length,
@@ -131,6 +139,7 @@ class Run:
                 top_k=o.top_k,
                 top_p=o.top_p,
                 seed=o.seed,
+                **({"cache": True} if cache else {}),
             )
         if target is not None:
             write = getattr(self._task, "write_sample", None)
