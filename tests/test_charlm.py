@@ -1,6 +1,7 @@
 """charlm on a text a user brings: small files, the selected weights, baselines computed once."""
 
 import json
+import math
 import random
 
 import pytest
@@ -158,3 +159,31 @@ def test_each_pass_over_the_text_starts_its_streams_elsewhere(tmp_path):
     firsts = [tuple(s) for s in passes.values()]
     assert len(set(firsts)) == len(firsts)  # every pass starts its streams somewhere new
     assert len({s % k1 for f in firsts for s in f}) > 1  # and the windows' edges move too
+
+
+def test_a_model_of_your_own_is_evaluated(tmp_path, text_file):
+    """The task reads any model forward(tokens, state) -> (logits, state) (what the Trainer takes
+    for a model of a user's own): no config, so no cache, and the figures still come."""
+    from torch import nn
+
+    from rnnkit.tasks.charlm import CharLMConfig, CharLMTask
+
+    class Own(nn.Module):
+        def __init__(self, vocab):
+            super().__init__()
+            self.embedding, self.rnn, self.head = (
+                nn.Embedding(vocab, 8),
+                nn.LSTM(8, 16, batch_first=True),
+                nn.Linear(16, vocab),
+            )
+
+        def forward(self, tokens, state=None):
+            h, state = self.rnn(self.embedding(tokens), state)
+            return self.head(h), state
+
+    task = CharLMTask(CharLMConfig(seq_len=16, batch_size=4), data=str(text_file))
+    task.run_dir = tmp_path
+    model = Own(len(task.vocab))
+    assert set(task.evaluate(model)) == {"bpc"}
+    metrics = task.test_metrics(model)
+    assert "bpc_without_cache" not in metrics and math.isfinite(metrics["bpc"])

@@ -61,6 +61,19 @@ def state_axes(layer, prefix: str) -> tuple[tuple[str, ...], dict, list]:
     return names, {n: {1: "batch"} for n in names}, docs
 
 
+def cache_size(model) -> int:
+    """The positions a language model's continuous cache keeps (0: none, as for a model of a user's
+    own, which has no `config`)."""
+    return getattr(getattr(model, "config", None), "cache_size", 0)
+
+
+def initial_states(model, batch: int) -> list:
+    """The states a language model starts a sequence from (batch second): its own
+    `default_states` (a cache's memory included), else its recurrent layer's."""
+    own = getattr(model, "default_states", None)
+    return list(own(batch) if own is not None else model.rnn.default_states(batch))
+
+
 def language_model_graphs(model, tokens_doc: str, logits_doc: str) -> list[OnnxGraph]:
     """The one graph of a language model read with its state carried (charlm, music): tokens
     (B, T) and the states in -> logits (B, T, V) and the states out; `tokens_doc` and
@@ -70,7 +83,7 @@ def language_model_graphs(model, tokens_doc: str, logits_doc: str) -> list[OnnxG
     tokens = torch.zeros(2, 5, dtype=torch.long, device=next(model.parameters()).device)
     ins, axes, docs = state_axes(layer, "state_in")
     outs, _, out_docs = state_axes(layer, "state_out")
-    size = getattr(model.config, "cache_size", 0)
+    size = cache_size(model)
     if size:
         H, n = model.config.hidden_size, layer.num_states
         ins, outs = (
@@ -88,7 +101,7 @@ def language_model_graphs(model, tokens_doc: str, logits_doc: str) -> list[OnnxG
     return [
         OnnxGraph(
             FlatStates(model),
-            (tokens, tuple(model.default_states(2))),
+            (tokens, tuple(initial_states(model, 2))),
             ("tokens", *ins),
             ("logits", *outs),
             {"tokens": {0: "batch", 1: "time"}, **axes},

@@ -41,9 +41,11 @@ from rnnkit.tasks._common import (
     OnnxGraph,
     RegularizerOptions,
     Task,
+    cache_size,
     cached_baseline,
     cell_option,
     data_key,
+    initial_states,
     language_model_graphs,
 )
 from rnnkit.training.dynamic import DECAY_GRID, LR_GRID, dynamic_bits, tune
@@ -232,7 +234,7 @@ class CharLMTask(Task):
         same characters (the weights kept at the best evaluation keep the settings fitted there)."""
         val = self.splits.val[: self.config.eval_chars]
         ids = self.vocab.encode(val)
-        if not getattr(model.config, "cache_size", 0):
+        if not cache_size(model):
             return {"bpc": self.bits_per_char(val, ids, bits_per_char(model, ids))}
         c = self.config
         thetas = THETAS if c.cache_theta is None else (c.cache_theta,)
@@ -253,7 +255,7 @@ class CharLMTask(Task):
         test = self.splits.test if data is None else read_text(data)
         ids = self.vocab.encode(test)
         metrics = {"bpc": self.bits_per_char(test, ids, bits_per_char(model, ids))}
-        if getattr(model.config, "cache_size", 0):  # what the cache adds, in plain sight
+        if cache_size(model):  # what the cache adds, in plain sight
             alone = without_cache(model)
             metrics["bpc_without_cache"] = self.bits_per_char(test, ids, bits_per_char(alone, ids))
             metrics |= {"cache_theta": model.cache_theta.item(), "cache_lambda": model.cache_lambda.item()}
@@ -317,7 +319,7 @@ class CharLMTask(Task):
         """`prime` continued by `length` drawn tokens, from the recurrent model alone unless `cache`:
         in a sample the cache would copy the model's own text, its slips included (docs/tasks.md,
         charlm: misspelt words at temperature 0.8), while in evaluation it copies the text read."""
-        if not cache and getattr(model.config, "cache_size", 0):
+        if not cache and cache_size(model):
             model = without_cache(model)
         device = next(model.parameters()).device
         prefix = self.vocab.encode(prime or "\n")[None].to(device)
@@ -363,7 +365,7 @@ class CharLMTask(Task):
             "vocabulary": vocabulary,
             "unknown_id": 0,
             # the states to start from: (num_layers, size) each, the same for every sequence
-            "initial_state": [s[:, 0].tolist() for s in model.default_states(1)],
+            "initial_state": [s[:, 0].tolist() for s in initial_states(model, 1)],
         }
 
     def predict_values(self, model, inputs: list[str], **options) -> list[str]:

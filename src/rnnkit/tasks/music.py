@@ -44,6 +44,7 @@ from rnnkit.tasks._common import (
     cell_option,
     data_key,
     device_of,
+    initial_states,
     language_model_graphs,
     pad_ids,
     pyplot,
@@ -477,7 +478,7 @@ class MusicTask(Task):
             "end_id": self.end,
             "unknown_id": self.unk,
             "steps_per_quarter": music.STEPS_PER_QUARTER,
-            "initial_state": [s[:, 0].tolist() for s in model.default_states(1)],
+            "initial_state": [s[:, 0].tolist() for s in initial_states(model, 1)],
         }
 
     def plot(self, model, run_dir: Path) -> list[Path]:
