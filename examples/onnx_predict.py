@@ -53,7 +53,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def charlm_sample(model: Exported, prime: str, length: int, temperature: float, rng) -> str:
     """Read the prime, then draw one token (a character, or a BPE subword) at a time, carrying
-    the recurrent state."""
+    the recurrent state. The exported graph is the model as `rnnkit evaluate` scores it, with its
+    continuous cache (its memory: the last states listed), so this draws as `rnnkit sample
+    --cache` does."""
     vocab = model.meta["vocabulary"]
     states = [np.asarray(s, dtype=np.float32)[:, None, :] for s in model.meta["initial_state"]]  # (L, 1, n)
     prefix = tokenize(model, [prime or "\n"])[0]
