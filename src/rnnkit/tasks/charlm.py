@@ -93,7 +93,8 @@ class CharLMConfig(RegularizerOptions):
     cache_size: int = option(
         2000,
         "characters the cache keeps to copy from (the model's memory of what it read)",
-        integer(0, MAX_LENGTH, special={0: "no cache"}),
+        # its memory is state, cache_size x hidden_size floats a stream: 10,000 x 512 is 20 MB
+        integer(0, 10_000, special={0: "no cache"}),
     )
     cache_theta: float | None = option(
         None,
