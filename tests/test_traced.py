@@ -238,6 +238,10 @@ MODELS = {
         m.LanguageModel(m.LanguageModelConfig(20, hidden_size=16, embedding_dim=8)),
         (torch.randint(0, 20, (3, 7)),),
     ),
+    "language_model_with_cache": lambda m: (  # charlm's model: the cache's memory in the state
+        m.LanguageModel(m.LanguageModelConfig(20, hidden_size=16, embedding_dim=8, cache_size=5)),
+        (torch.randint(0, 20, (3, 7)),),
+    ),
     "classifier": lambda m: (
         m.SequenceClassifier(
             m.SequenceClassifierConfig(
