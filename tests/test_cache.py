@@ -148,6 +148,11 @@ def test_bad_settings_and_states():
     model = _model()
     with pytest.raises(RnnkitError, match="state"):
         model(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 1, 7))
+    h = torch.zeros(1, 2, 7, dtype=torch.double)
+    with pytest.raises(RnnkitError, match=r"keys \(m, 2, 7\).*got \(6, 2, 5\)"):
+        model(torch.zeros(2, 3, dtype=torch.long), (h, h, torch.zeros(6, 2, 5), torch.zeros(6, 2, 1)))
+    with pytest.raises(RnnkitError, match=r"ids \(m, 2, 1\).*got \(6, 2, 7\) and \(5, 2, 1\)"):
+        model.step(torch.zeros(2, dtype=torch.long), (h, h, torch.zeros(6, 2, 7), torch.zeros(5, 2, 1)))
     with pytest.raises(RnnkitError, match="lengths"):
         model(torch.zeros(1, 3, dtype=torch.long), lengths=torch.tensor([2]))
 
@@ -184,3 +189,26 @@ def test_the_settings_are_saved_with_the_weights():
     again = _model()
     again.load_state_dict(model.state_dict())
     assert again.cache_theta.item() == 7.0 and {"cache_theta", "cache_lambda"} <= set(model.state_dict())
+
+
+def test_a_run_saved_before_the_cache_loads_as_it_was_trained(tmp_path, text_file, capsys):
+    """A charlm run whose config.json predates the cache (no cache options, no cache settings in
+    its model) loads without one and scores what it scored, instead of 'the file was edited'."""
+    import json
+
+    import rnnkit
+    from rnnkit.cli import main
+
+    run = tmp_path / "old"
+    flags = ["--hidden-size", "16", "--embedding-dim", "8", "--seq-len", "16", "--batch-size", "4"]
+    argv = ["train", "--data", str(text_file), "--steps", "4", "--eval-every", "2", "--cache-size", "0"]
+    assert main([*argv, *flags, "--out", str(run)]) == 0
+    before = rnnkit.Run.load(run).evaluate()["bpc"]
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    for section in (config["task_config"], config["model"]["config"]):
+        for name in ("cache_size", "cache_theta", "cache_lambda"):
+            del section[name]
+    path.write_text(json.dumps(config))
+    again = rnnkit.Run.load(run)
+    assert again.model.config.cache_size == 0 and again.evaluate()["bpc"] == before

@@ -131,8 +131,31 @@ class LanguageModel(nn.Module):
                 "state: a language model with a cache takes (*the layer's states, cache keys, cache "
                 f"ids), got {type(state).__name__} of {len(state) if isinstance(state, (tuple, list)) else 1}"
             )
+        keys, ids = state[-2:]
+        if not tracing():
+            self._check_memory(keys, ids, batch)
         layer = tuple(state[:-2])
-        return (layer[0] if len(layer) == 1 else layer), tuple(state[-2:])
+        return (layer[0] if len(layer) == 1 else layer), (keys, ids)
+
+    def _check_memory(self, keys, ids, batch: int) -> None:
+        """The cache's memory as the model returns it: keys (m, B, H) and ids (m, B, 1), the same m."""
+        H = self.config.hidden_size
+        ok = (
+            isinstance(keys, torch.Tensor)
+            and isinstance(ids, torch.Tensor)
+            and keys.dim() == 3
+            and ids.dim() == 3
+            and keys.shape[1:] == (batch, H)
+            and ids.shape == (keys.shape[0], batch, 1)
+        )
+        if not ok:
+            shapes = [
+                tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (keys, ids)
+            ]
+            raise RnnkitValueError(
+                f"state: the cache's memory must be keys (m, {batch}, {H}) and ids (m, {batch}, 1) "
+                f"for a batch of {batch}, got {shapes[0]} and {shapes[1]}"
+            )
 
     @staticmethod
     def _join(state, memory) -> tuple:
