@@ -431,14 +431,24 @@ def log_probs(model, ids: torch.Tensor, streams: int = 16, chunk: int = 256) -> 
 @torch.no_grad()
 def fit_cache(model, ids: torch.Tensor, thetas=THETAS, lambdas=LAMBDAS) -> float:
     """Sets `model`'s cache_theta and cache_lambda to the pair of the grid that reads `ids` (held-out
-    text) in the fewest bits, and returns those bits per token. One read without the cache gives
-    p_model, one per theta with lambda = 1 gives p_cache (p_model where the memory is empty), and
-    every lambda is their mixture (1 - lambda) p_model + lambda p_cache, as the cache computes it."""
+    text) in the fewest bits, and returns those bits per token."""
     if len(ids) < 2:
         return float("nan")
+    bits, theta, lam = min(cache_grid(model, ids, thetas, lambdas))
+    model.cache_theta.fill_(theta)
+    model.cache_lambda.fill_(lam)
+    return bits
+
+
+@torch.no_grad()
+def cache_grid(model, ids: torch.Tensor, thetas=THETAS, lambdas=LAMBDAS) -> list[tuple[float, float, float]]:
+    """(bits per token, theta, lambda) of `ids` for each pair of the grid (lambda 0: the model alone),
+    the model's own settings left as they were. One read without the cache gives p_model, one per
+    theta with lambda = 1 gives p_cache (p_model where the memory is empty), and every lambda is
+    their mixture (1 - lambda) p_model + lambda p_cache, as the cache computes it."""
     plain = log_probs(without_cache(model), ids)
     theta0, lambda0 = model.cache_theta.clone(), model.cache_lambda.clone()
-    tried = [(-plain.mean().item(), theta0.item(), 0.0)] if 0.0 in lambdas else []  # the model alone
+    tried = [(-plain.mean().item(), theta0.item(), 0.0)] if 0.0 in lambdas else []
     try:
         for theta in thetas if any(lambdas) else ():
             model.cache_theta.fill_(theta)
@@ -452,7 +462,4 @@ def fit_cache(model, ids: torch.Tensor, thetas=THETAS, lambdas=LAMBDAS) -> float
     finally:
         model.cache_theta.copy_(theta0)
         model.cache_lambda.copy_(lambda0)
-    best = min(tried)
-    model.cache_theta.fill_(best[1])
-    model.cache_lambda.fill_(best[2])
-    return best[0] / math.log(2)
+    return [(nats / math.log(2), theta, lam) for nats, theta, lam in tried]
